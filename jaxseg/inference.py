@@ -1,0 +1,105 @@
+"""Sliding-window inference over whole volumes with the upstream window grid and count averaging.
+
+`sliding_window_parity` reproduces `yulequan/UA-MT: code/test_util.py::test_single_case` (also used by the
+MT baseline): zero-pad only the axes shorter than the patch, visit a strided window grid whose last window is
+snapped to the border, average the per-window class probabilities by overlap count, argmax, crop the padding.
+Windows are sent to the network in fixed-size batches so a jitted `prob_fn` compiles once per patch shape.
+
+Axis order is the h5 order (D, H, W) = (x, y, z): `stride_xy` applies to axes 0 and 1, `stride_z` to axis 2,
+and `patch_size` reads as upstream (112, 112, 80).
+
+DTC (`HiLab-git/DTC: code/test_util.py`) differs only in the per-window rule (sigmoid of a one-channel seg
+head broadcast over both classes, label = score > 0.5); it is not implemented here.
+"""
+import itertools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+ProbFn = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(size: int, patch: int, stride: int) -> list[int]:
+  """Window start offsets along one axis (UA-MT `test_single_case`).
+
+  n = ceil((size - patch) / stride) + 1 windows, start_i = min(stride * i, size - patch): the last window
+  is snapped to the border.
+
+  Args:
+    size: axis length, >= patch (pad first otherwise).
+    patch: window length.
+    stride: step between windows, > 0.
+  """
+  if stride <= 0:
+    raise ValueError(f"window_starts: stride must be > 0, got {stride}")
+  if patch <= 0 or size < patch:
+    raise ValueError(f"window_starts: need 0 < patch <= size, got size {size}, patch {patch}")
+  n = math.ceil((size - patch) / stride) + 1
+  return [min(stride * i, size - patch) for i in range(n)]
+
+
+def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
+                          stride_xy: int, stride_z: int, num_classes: int,
+                          batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+  """Whole-volume prediction by averaged overlapping windows (UA-MT `test_util.test_single_case`).
+
+  Args:
+    prob_fn: maps windows [N, pd, ph, pw, Cin] float32 to class probabilities [N, pd, ph, pw, num_classes]
+      (e.g. a jitted softmax of the network in eval mode). Always called with N == batch_size; the last
+      batch is zero-filled and the extra outputs are dropped.
+    image: [D, H, W] or [D, H, W, Cin].
+    patch_size: (pd, ph, pw).
+    stride_xy: stride along axes 0 and 1.
+    stride_z: stride along axis 2.
+    num_classes: number of probability channels prob_fn returns.
+    batch_size: windows per prob_fn call.
+
+  Returns:
+    label_map: int64 [D, H, W], argmax of the averaged probabilities (ties -> lowest class).
+    score_map: float32 [D, H, W, num_classes], probabilities averaged over the windows covering a voxel.
+  """
+  image = np.asarray(image)
+  if image.ndim == 3:
+    image = image[..., None]
+  if image.ndim != 4:
+    raise ValueError(f"sliding_window_parity: image must be [D, H, W] or [D, H, W, Cin], got shape "
+                     f"{image.shape}")
+  patch = tuple(int(p) for p in patch_size)
+  if len(patch) != 3:
+    raise ValueError(f"sliding_window_parity: patch_size must have 3 entries, got {patch_size!r}")
+  if batch_size <= 0:
+    raise ValueError(f"sliding_window_parity: batch_size must be > 0, got {batch_size}")
+
+  spatial = image.shape[:3]
+  # Pad only where the volume is smaller than the patch; floor half on the left, as upstream.
+  pads = [max(p - s, 0) for s, p in zip(spatial, patch)]
+  pad_width = [(pd // 2, pd - pd // 2) for pd in pads] + [(0, 0)]
+  padded = np.pad(image.astype(np.float32), pad_width, mode="constant", constant_values=0)
+  strides = (stride_xy, stride_xy, stride_z)
+  starts = list(itertools.product(*(window_starts(s, p, st)
+                                    for s, p, st in zip(padded.shape[:3], patch, strides))))
+
+  score = np.zeros(padded.shape[:3] + (num_classes,), dtype=np.float32)
+  count = np.zeros(padded.shape[:3], dtype=np.float32)
+  window_shape = patch + (padded.shape[3],)
+  batch = np.zeros((batch_size,) + window_shape, dtype=np.float32)
+  for first in range(0, len(starts), batch_size):
+    chunk = starts[first:first + batch_size]
+    batch[:] = 0.0
+    for i, (x, y, z) in enumerate(chunk):
+      batch[i] = padded[x:x + patch[0], y:y + patch[1], z:z + patch[2]]
+    probs = np.asarray(prob_fn(batch), dtype=np.float32)
+    expected = (batch_size,) + patch + (num_classes,)
+    if probs.shape != expected:
+      raise ValueError(f"sliding_window_parity: prob_fn returned shape {probs.shape}, expected {expected}")
+    # Accumulate in upstream's window order so float32 sums round the same way.
+    for i, (x, y, z) in enumerate(chunk):
+      region = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+      score[region] += probs[i]
+      count[region] += 1.0
+
+  score /= count[..., None]
+  label = np.argmax(score, axis=-1).astype(np.int64)
+  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
+  return label[crop], np.ascontiguousarray(score[crop])

@@ -1,0 +1,100 @@
+"""Functions the methods share: model building, optimizer, forward passes, teacher noise.
+
+Methods share code through these functions, not through inheritance.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxseg import models
+from jaxseg import schedules
+from jaxseg.state import TrainState
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The network named by `config.model.name` with `config.model.kwargs` and the compute dtype."""
+  kwargs = dict(config.model.get("kwargs", {}))
+  dtype = config.get("compute_dtype", "float32")
+  if dtype not in _DTYPES:
+    raise ValueError(f"config.compute_dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
+  return models.get(config.model.name, dtype=_DTYPES[dtype], **kwargs)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum and *coupled* weight decay, as torch.optim.SGD(weight_decay=...).
+
+  torch adds `wd * p` to the gradient before the momentum buffer, so the decay goes first in the
+  chain (upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py).
+  """
+  opt = config.optimizer
+  if opt.lr_schedule == "step":
+    lr = schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor)
+  elif opt.lr_schedule == "poly":
+    lr = schedules.poly_lr(opt.lr, config.total_steps, opt.get("poly_power", 0.9))
+  elif opt.lr_schedule == "constant":
+    lr = optax.constant_schedule(opt.lr)
+  else:
+    raise ValueError(f"config.optimizer.lr_schedule={opt.lr_schedule!r}: expected step, poly or constant")
+  if opt.name != "sgd":
+    raise ValueError(f"config.optimizer.name={opt.name!r}: only 'sgd' (the upstream optimizer) is implemented")
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay),
+      optax.sgd(lr, momentum=opt.momentum or None),
+  )
+
+
+def init_variables(model, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
+  """Flax variables {'params', 'batch_stats'} for `images` [B, D, H, W, C] (eval-mode trace)."""
+  variables = model.init({"params": rng}, images, train=False)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def train_forward(model, params, batch_stats, images, dropout_rng):
+  """Train-mode forward (batch-statistics BN, dropout on). Returns (logits, new batch_stats)."""
+  logits, mutated = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True,
+      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+  return logits, mutated.get("batch_stats", {})
+
+
+def eval_probabilities(model, params, batch_stats, images):
+  """Eval-mode softmax probabilities [B, D, H, W, n_classes] in float32."""
+  logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def teacher_noise(rng: jax.Array, shape, std: float, clip: float) -> jax.Array:
+  """clamp(std * N(0, 1), -clip, clip) per voxel (UA-MT/MT teacher input noise)."""
+  return jnp.clip(std * jax.random.normal(rng, shape, jnp.float32), -clip, clip)
+
+
+def new_state(method, rng: jax.Array, example_batch, aux_fn=None) -> TrainState:
+  """Initial TrainState for `method` (which has .model and .tx); `aux_fn(rng, variables)` builds aux."""
+  init_rng, aux_rng, step_rng = jax.random.split(rng, 3)
+  variables = init_variables(method.model, init_rng, jnp.asarray(example_batch["image"]))
+  aux = aux_fn(aux_rng, variables) if aux_fn is not None else {}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      opt_state=method.tx.init(variables["params"]),
+      rng=step_rng,
+      aux=aux,
+  )
+
+
+def apply_gradients(tx, state: TrainState, grads, batch_stats, aux=None) -> TrainState:
+  """One optimizer update; the step counter advances and the new BN statistics are kept."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      aux=state.aux if aux is None else aux,
+  )

@@ -1,0 +1,80 @@
+"""Shared test set-up: CPU only, a persistent compilation cache, and the parity fixture loader.
+
+Parity fixtures come from ``JAXSEG_PARITY_DIR`` (default ``../shared/parity`` relative to the repo
+root). Where the folder is absent (a user's fresh clone) parity tests skip with a reason that says
+how to get them; with ``JAXSEG_REQUIRE_PARITY=1`` (set by ``.ci/run``) a missing fixture fails.
+"""
+import json
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_REPO / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def parity_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("JAXSEG_PARITY_DIR", _REPO.parent / "shared" / "parity"))
+
+
+def data_dir() -> pathlib.Path:
+  """Real data shipped beside the project (``../shared/data``), or ``JAXSEG_SHARED_DATA``."""
+  return pathlib.Path(os.environ.get("JAXSEG_SHARED_DATA", _REPO.parent / "shared" / "data"))
+
+
+class ParityFile:
+  """One fixture file: ``cases`` (names from ``meta``), ``case(name)`` -> {key: array}, ``meta``."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self.npz = np.load(path, allow_pickle=False)
+    self.meta = json.loads(str(self.npz["meta"][()] if self.npz["meta"].shape == () else self.npz["meta"][0]))
+
+  @property
+  def cases(self) -> list[str]:
+    """Case names as listed in ``meta['cases']`` (FUNCTIONS.md files)."""
+    return list(self.meta["cases"])
+
+  def case_args(self, name: str) -> dict:
+    return self.meta["cases"][name].get("args", {}) or {}
+
+  def case(self, name: str) -> dict:
+    prefix = name + "/"
+    return {k[len(prefix):]: self.npz[k] for k in self.npz.files if k.startswith(prefix)}
+
+  def group(self, prefix: str) -> dict:
+    """All arrays under ``prefix/`` (NETWORKS.md files: ``param/``, ``out/``, ``grad64/`` ...)."""
+    prefix = prefix.rstrip("/") + "/"
+    return {k[len(prefix):]: self.npz[k] for k in self.npz.files if k.startswith(prefix)}
+
+  def __getitem__(self, key):
+    return self.npz[key]
+
+
+@pytest.fixture
+def parity():
+  """``parity("losses_uamt.npz")`` -> ParityFile, skipping (or failing under CI) when absent."""
+
+  def load(name: str) -> ParityFile:
+    path = parity_dir() / name
+    if not path.exists():
+      msg = (f"parity fixture {path} not found: set JAXSEG_PARITY_DIR to the folder holding the "
+             "upstream fixtures (shared/parity, see third_party/README.md)")
+      if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":
+        pytest.fail(msg)
+      pytest.skip(msg)
+    return ParityFile(path)
+
+  return load
+
+
+
+def tiny_config(method: str = "mean_teacher", steps: int = 4):
+  """configs/smoke.py: the demo recipe at test size (n_filters 4, 16^3 patches, 8 phantoms)."""
+  from jaxseg import config_lib
+  return config_lib.load_config_module(_REPO / "configs" / "smoke.py").get_config(
+      f"method={method},steps={steps}")
