@@ -9,6 +9,7 @@ import pathlib
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from jaxseg import train
@@ -27,6 +28,8 @@ def default_workdir(config_arg: str) -> str:
 
 def main(argv):
   del argv
+  # Orbax reports every checkpoint step at INFO; keep the console to jaxseg's own progress lines.
+  logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   train.train_and_evaluate(_CONFIG.value, workdir)
 

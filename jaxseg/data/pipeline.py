@@ -1,0 +1,195 @@
+"""Training batches: two-stream (labeled-first) sampling and augmentation in a grain pipeline.
+
+Sampling follows ``yulequan/UA-MT: code/dataloaders/la_heart.py`` (TwoStreamBatchSampler):
+* labeled epoch e: a fresh permutation of the labeled indices, chunked into groups of
+  ``labeled_batch_size`` (incomplete tail dropped); an epoch is
+  ``len(labeled) // labeled_batch_size`` batches;
+* unlabeled: an endless chain of fresh permutations of the unlabeled indices, chunked into groups of
+  ``batch_size - labeled_batch_size`` (chunks may straddle two permutations), restarted at every
+  labeled epoch (the partly used chain is discarded);
+* batch j of an epoch = labeled chunk j followed by unlabeled chunk j.
+
+Unlike upstream (a global numpy RNG shared by sampler and workers), every random draw is a pure
+function of (seed, batch number, slot) through ``np.random.SeedSequence``: example n of the
+stream is computed from n alone. The stream is therefore identical whatever the worker/thread
+count, and the grain iterator state (the next batch number, per worker with ``worker_count > 0``)
+restores it exactly.
+"""
+import json
+import sys
+from typing import Any, Sequence
+
+from absl import flags
+import grain
+import numpy as np
+
+from jaxseg.data import transforms
+
+# Domains of the seed tree, so that the three kinds of draws never share a stream.
+_LABELED, _UNLABELED, _AUGMENT = 0, 1, 2
+AUGMENTATIONS = ("rot_flip_crop", "crop")
+
+
+def _permutation(seed: int, *key: int, n: int) -> np.ndarray:
+  return np.random.default_rng(np.random.SeedSequence([seed, *key])).permutation(n)
+
+
+class TwoStreamSampler:
+  """Which source index sits in each slot of each batch (a pure function of the batch number).
+
+  Args:
+    labeled_idx: source indices of labeled cases (primary stream).
+    unlabeled_idx: source indices of unlabeled cases (secondary stream); may be empty only when
+      ``labeled_batch_size == batch_size``.
+    batch_size: examples per batch.
+    labeled_batch_size: labeled examples per batch (they come first).
+    seed: non-negative integer.
+  """
+
+  def __init__(self, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int], batch_size: int,
+               labeled_batch_size: int, seed: int):
+    self.labeled = np.asarray(labeled_idx, np.int64)
+    self.unlabeled = np.asarray(unlabeled_idx, np.int64)
+    self.batch_size = int(batch_size)
+    self.labeled_batch_size = int(labeled_batch_size)
+    self.unlabeled_batch_size = self.batch_size - self.labeled_batch_size
+    self.seed = int(seed)
+    if self.seed < 0:
+      raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 1 <= self.labeled_batch_size <= self.batch_size:
+      raise ValueError(f"labeled_batch_size={labeled_batch_size} must be in [1, batch_size="
+                       f"{batch_size}]")
+    if len(self.labeled) < self.labeled_batch_size:
+      raise ValueError(f"{len(self.labeled)} labeled cases cannot fill labeled_batch_size="
+                       f"{labeled_batch_size}")
+    if self.unlabeled_batch_size and len(self.unlabeled) == 0:
+      raise ValueError(f"batch_size={batch_size} > labeled_batch_size={labeled_batch_size} needs "
+                       "unlabeled cases, but unlabeled_idx is empty")
+    self.batches_per_epoch = len(self.labeled) // self.labeled_batch_size
+
+  def index(self, batch: int, slot: int) -> int:
+    """Source index for ``slot`` (0..batch_size-1) of batch number ``batch``."""
+    epoch, j = divmod(int(batch), self.batches_per_epoch)
+    if slot < self.labeled_batch_size:
+      perm = _permutation(self.seed, _LABELED, epoch, n=len(self.labeled))
+      return int(self.labeled[perm[j * self.labeled_batch_size + slot]])
+    position = j * self.unlabeled_batch_size + (slot - self.labeled_batch_size)
+    cycle, offset = divmod(position, len(self.unlabeled))
+    perm = _permutation(self.seed, _UNLABELED, epoch, cycle, n=len(self.unlabeled))
+    return int(self.unlabeled[perm[offset]])
+
+  def batch_indices(self, batch: int) -> list[int]:
+    return [self.index(batch, s) for s in range(self.batch_size)]
+
+
+class _MakeExample:
+  """Example number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}."""
+
+  def __init__(self, source, sampler: TwoStreamSampler, patch_size: Sequence[int], augment: str):
+    self.source = source
+    self.sampler = sampler
+    self.patch_size = tuple(int(p) for p in patch_size)
+    self.augment = augment
+
+  def __call__(self, n: int) -> dict[str, np.ndarray]:
+    batch, slot = divmod(int(n), self.sampler.batch_size)
+    case = self.source[self.sampler.index(batch, slot)]
+    rng = np.random.default_rng(np.random.SeedSequence([self.sampler.seed, _AUGMENT, batch, slot]))
+    image, label = case["image"], case["label"]
+    if self.augment == "rot_flip_crop":
+      image, label = transforms.random_rot_flip(image, label, rng)
+    image, label = transforms.random_crop(image, label, self.patch_size, rng)
+    return {"image": image.astype(np.float32)[..., None], "label": label.astype(np.int32)}
+
+
+def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
+                       batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
+                       seed: int, augment: str = "rot_flip_crop", worker_count: int = 0,
+                       num_threads: int = 2) -> grain.IterDataset:
+  """The endless batched training stream as a grain IterDataset (see module docstring).
+
+  Args:
+    source: random-access source, ``source[i]`` -> {'image' [D, H, W], 'label' [D, H, W], ...}.
+    labeled_idx, unlabeled_idx: source indices of the two streams.
+    batch_size, labeled_batch_size: examples per batch, of which the first are labeled.
+    patch_size: (pd, ph, pw) crop size.
+    seed: non-negative integer; fixes sampling and augmentation.
+    augment: 'rot_flip_crop' (UA-MT: RandomRotFlip then RandomCrop) or 'crop' (RandomCrop only).
+    worker_count: 0 computes in this process (with ``num_threads`` reader threads); > 0 uses that
+      many grain worker processes. The stream is the same either way.
+    num_threads: grain reader threads per process.
+
+  Returns:
+    IterDataset of {'image': float32 [B, pd, ph, pw, 1], 'label': int32 [B, pd, ph, pw]}.
+  """
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f"augment={augment!r} is not one of {AUGMENTATIONS}")
+  if len(tuple(patch_size)) != 3:
+    raise ValueError(f"patch_size must have 3 sizes, got {patch_size}")
+  n_source = len(source)
+  for name, idx in (("labeled_idx", labeled_idx), ("unlabeled_idx", unlabeled_idx)):
+    bad = [int(i) for i in idx if not 0 <= int(i) < n_source]
+    if bad:
+      raise ValueError(f"{name} has indices {bad} outside the source's [0, {n_source})")
+  sampler = TwoStreamSampler(labeled_idx, unlabeled_idx, batch_size, labeled_batch_size, seed)
+  # Example n = slot n % B of batch n // B; sys.maxsize makes the stream practically endless.
+  # Batching happens on the MapDataset, so an element is a whole batch: grain worker processes then
+  # deal out whole batches (round-robin, order kept) and the stream cannot depend on worker_count.
+  ds = grain.MapDataset.range(sys.maxsize).map(_MakeExample(source, sampler, patch_size, augment))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))
+  ids = ds.to_iter_dataset(read)
+  if worker_count > 0:
+    # grain's worker processes read absl flags; outside an absl app (tests, notebooks) they are
+    # unparsed and grain would fail, so accept the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ids
+
+
+def make_train_iterator(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
+                        batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
+                        seed: int, augment: str = "rot_flip_crop",
+                        worker_count: int = 0) -> grain.DatasetIterator:
+  """``iter(make_train_dataset(...))``: a checkpointable iterator (``get_state``/``set_state``)."""
+  return iter(make_train_dataset(source, labeled_idx, unlabeled_idx, batch_size, labeled_batch_size,
+                                 patch_size, seed, augment, worker_count))
+
+
+_INT_KEYS = "__int_keys__"
+
+
+def _encode(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    if obj and all(isinstance(k, int) for k in obj):
+      return {_INT_KEYS: {str(k): _encode(v) for k, v in obj.items()}}
+    return {k: _encode(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_encode(v) for v in obj]
+  return obj
+
+
+def _decode(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    if set(obj) == {_INT_KEYS}:
+      return {int(k): _decode(v) for k, v in obj[_INT_KEYS].items()}
+    return {k: _decode(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_decode(v) for v in obj]
+  return obj
+
+
+def iterator_state_to_json(state: Any) -> str:
+  """Grain iterator state -> JSON text.
+
+  Grain states are nested dicts/lists of ints and strings, but some (the interleave under
+  ``mp_prefetch``: ``future_states``) use int dict keys, which plain JSON would turn into strings;
+  those dicts are tagged so :func:`iterator_state_from_json` gives back the exact state.
+  """
+  return json.dumps(_encode(state), sort_keys=True)
+
+
+def iterator_state_from_json(text: str) -> Any:
+  """Inverse of :func:`iterator_state_to_json`."""
+  return _decode(json.loads(text))

@@ -1,0 +1,104 @@
+"""Tests for jaxseg.data.la: paths, root discovery, lazy RAM cache, and two real LA cases."""
+import csv
+
+import numpy as np
+import pytest
+
+from tests.conftest import data_dir
+from jaxseg.data import SOURCES, build_source
+from jaxseg.data.h5io import DataError, write_case
+from jaxseg.data.la import ENV_VAR, LASource, case_path, find_root
+
+
+def _write_root(root, n=3, shape=(6, 5, 4)):
+  ids = [f"case{i}" for i in range(n)]
+  for i, case_id in enumerate(ids):
+    image = np.full(shape, float(i), np.float32)
+    label = (np.arange(np.prod(shape)).reshape(shape) % (i + 2) == 0).astype(np.uint8)
+    write_case(case_path(root, case_id), image, label)
+  (root / "train.list").write_text("\n".join(ids) + "\n")
+  return ids
+
+
+def test_case_path(tmp_path):
+  assert case_path(tmp_path, "ABC") == tmp_path / "2018LA_Seg_Training Set" / "ABC" / "mri_norm2.h5"
+
+
+def test_source_reads_caches_lazily_and_returns_readonly(tmp_path, monkeypatch):
+  ids = _write_root(tmp_path)
+  src = LASource(tmp_path, ids, num_classes=2)
+  assert len(src) == 3
+  assert src._cache == {}
+  item = src[1]
+  assert sorted(src._cache) == [1]
+  assert item["case"] == "case1"
+  assert item["image"].dtype == np.float32 and item["label"].dtype == np.uint8
+  np.testing.assert_array_equal(item["image"], np.ones((6, 5, 4), np.float32))
+  assert int(item["label"].sum()) == int((np.arange(120) % 3 == 0).sum())
+  assert not item["image"].flags.writeable
+  # Served from RAM afterwards: even with the file gone.
+  case_path(tmp_path, "case1").unlink()
+  np.testing.assert_array_equal(src[1]["label"], item["label"])
+  assert src[-1]["case"] == "case2"
+  with pytest.raises(IndexError):
+    src[3]
+
+
+def test_source_error_names_missing_case(tmp_path):
+  src = LASource(tmp_path, ["ghost"], num_classes=2)
+  with pytest.raises(DataError, match="ghost"):
+    src[0]
+
+
+def test_find_root_argument_then_env(tmp_path, monkeypatch):
+  good = tmp_path / "good"
+  good.mkdir()
+  (good / "train.list").write_text("a\n")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  monkeypatch.delenv(ENV_VAR, raising=False)
+  assert find_root(good) == good
+  monkeypatch.setenv(ENV_VAR, str(good))
+  assert find_root(None) == good
+  assert find_root(empty) == good
+  monkeypatch.setenv(ENV_VAR, str(empty))
+  with pytest.raises(DataError) as e:
+    find_root(tmp_path / "missing")
+  msg = str(e.value)
+  assert str(tmp_path / "missing") in msg and str(empty) in msg
+  assert "UA-MT" in msg and "shared/data/LA" in msg
+  monkeypatch.delenv(ENV_VAR)
+  with pytest.raises(DataError, match="not set"):
+    find_root("")
+
+
+def test_registry(tmp_path):
+  ids = _write_root(tmp_path, n=2)
+  assert SOURCES["la"] is LASource and SOURCES["synthetic"] is LASource
+  src = build_source("synthetic", tmp_path, ids, 2)
+  assert src[0]["case"] == "case0"
+  with pytest.raises(DataError, match="unknown data source 'nope'"):
+    build_source("nope", tmp_path, ids, 2)
+
+
+def test_real_la_cases():
+  root = data_dir() / "LA"
+  if not (root / "train.list").is_file():
+    pytest.skip(f"real LA data not found at {root} "
+                "(set JAXSEG_SHARED_DATA to the shared/data folder)")
+  ids = [line.strip() for line in (root / "train.list").read_text().splitlines() if line.strip()]
+  assert len(ids) == 32 and ids[0] == "06SR5RBREL16DQ6M8LWS"
+  with open(data_dir() / "files.csv") as f:
+    table = {row["file"]: row for row in csv.DictReader(f)}
+  src = LASource(find_root(root), ids[:2], num_classes=2)
+  for i in range(2):
+    item = src[i]
+    image, label = item["image"], item["label"]
+    row = table[f"LA/2018LA_Seg_Training Set/{ids[i]}/mri_norm2.h5"]
+    assert image.dtype == np.float32 and label.dtype == np.uint8
+    # (x, y, z) kept as (D, H, W): z = 88 is the last axis.
+    assert image.shape == label.shape and image.shape[2] == 88
+    assert "x".join(map(str, image.shape)) == row["shape"]
+    np.testing.assert_array_equal(np.unique(label), [0, 1])
+    assert int(label.sum()) == int(row["foreground_voxels"])
+    assert -1.5 < image.min() < 0 < image.max() < 20
