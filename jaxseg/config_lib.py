@@ -102,6 +102,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for p in config.data.patch_size:
     need(p % 16 == 0, f"data.patch_size={tuple(config.data.patch_size)}: every side must be divisible "
                       "by 16 (VNet has four stride-2 downsamplings)")
+  # Grain worker processes stream the same batches (tests/test_pipeline.py) but their iterator
+  # state did not survive an orbax save/restore round trip here; threads (worker_count 0, the
+  # default) prefetch enough for these crop-and-flip pipelines.
+  need(config.data.get("worker_count", 0) == 0,
+       f"data.worker_count={config.data.get('worker_count')}: only 0 (threaded prefetch) supports "
+       "checkpoint resume; use 0")
   need(config.eval.mode in ("parity",),
        f"eval.mode={config.eval.mode!r}: 'parity' is implemented ('clean' comes with the evaluate command)")
 
