@@ -126,7 +126,7 @@ def generate(root: str | os.PathLike, n_cases: int = 24, shape: tuple[int, int, 
              seed: int = 0) -> pathlib.Path:
   """Writes ``n_cases`` phantom cases in the LA layout under ``root``; returns ``root``.
 
-  Files: ``<root>/2018LA_Seg_Training Set/synth_XXX/mri_norm2.h5``, ``<root>/train.list`` and
+  Files: ``<root>/2018LA_Seg_Training Set/synth_NNN/mri_norm2.h5``, ``<root>/train.list`` and
   ``<root>/synthetic_manifest.json`` (seed, n_cases, shape). Does nothing when the manifest already
   matches and every case file exists. Each file is written atomically; the manifest is written
   last, so an interrupted generation is redone on the next call.
