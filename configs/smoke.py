@@ -14,6 +14,9 @@ from jaxseg import config_lib
 RECIPES = {
     "supervised": "la_vnet.py",
     "mean_teacher": "la_mt.py",
+    "uamt": "la_uamt.py",
+    "upc": "la_upc.py",
+    "acmt": "la_acmt.py",
 }
 
 

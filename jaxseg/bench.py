@@ -1,10 +1,15 @@
 """Benchmark one config's train step and inference; JSON out.
 
   python -m jaxseg.bench --config configs/la_mt.py --steps 5 --out bench.json
+  python -m jaxseg.bench --config configs/la_uamt.py --steps 3 --compare_mc
 
 Times the jitted `train_step` at the config's real batch and patch size on random data (compile
 separately from steady state), and the eval-mode forward on a batch of sliding windows. Speed is
 measured here, never in tests.
+
+`--compare_mc` (method uamt only) instead times the UA-MT step twice, with its Monte-Carlo teacher
+passes as one `jax.vmap` (what training runs) and as a Python loop of forwards, and prints one JSON
+line per case.
 """
 import json
 import sys
@@ -20,10 +25,20 @@ from jaxseg import config_lib
 from jaxseg import io_utils
 from jaxseg import methods
 from jaxseg import parallel
+from jaxseg.methods import uamt
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after the compiling one.")
 _OUT = flags.DEFINE_string("out", None, "Write the JSON here as well as to stdout.")
+_COMPARE_MC = flags.DEFINE_bool("compare_mc", False,
+                                "uamt only: time the step with MC passes as vmap and as a Python loop.")
+
+
+def _random_batch(config) -> dict:
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, *config.data.patch_size)
+  return {"image": rng.normal(size=shape + (1,)).astype(np.float32),
+          "label": rng.integers(0, config.data.num_classes, size=shape).astype(np.int32)}
 
 
 def benchmark(config, steps: int = 5) -> dict:
@@ -31,10 +46,7 @@ def benchmark(config, steps: int = 5) -> dict:
   method = methods.build(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  rng = np.random.default_rng(0)
-  shape = (config.batch_size, *config.data.patch_size)
-  batch = {"image": rng.normal(size=shape + (1,)).astype(np.float32),
-           "label": rng.integers(0, config.data.num_classes, size=shape).astype(np.int32)}
+  batch = _random_batch(config)
   t = time.perf_counter()
   state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
   jax.block_until_ready(state)
@@ -83,8 +95,68 @@ def benchmark(config, steps: int = 5) -> dict:
   }
 
 
+def compare_mc(config, steps: int = 5) -> list[dict]:
+  """UA-MT step with MC as 'loop' then 'vmap': compile seconds, median step seconds, memory.
+
+  The loop runs first: the device's `peak_bytes_in_use` only grows within a process, so the vmap
+  line's peak is max(loop, vmap). `temp_bytes` is each executable's own scratch size (XLA memory
+  analysis), comparable between the two.
+  """
+  if config.method != "uamt":
+    raise ValueError(f"--compare_mc is for method uamt, the config's method is {config.method!r}")
+  if steps < 1:
+    raise ValueError(f"--steps={steps}: --compare_mc needs at least one timed step")
+  config_lib.validate(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  batch = _random_batch(config)
+  results = []
+  for impl in ("loop", "vmap"):
+    method = uamt.UAMT(config, mc_impl=impl)
+    state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
+    device_batch = parallel.put_batch(batch, mesh)
+    t = time.perf_counter()
+    compiled = jax.jit(method.train_step, donate_argnums=0).lower(state, device_batch).compile()
+    compile_s = time.perf_counter() - t
+    analysis = compiled.memory_analysis()
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, device_batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t)
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    results.append({
+        "method": "uamt",
+        "mc_impl": impl,
+        "mc_passes": config.uamt.mc_passes,
+        "consistency_on": config.uamt.consistency_on,
+        "batch_size": config.batch_size,
+        "patch_size": list(config.data.patch_size),
+        "n_filters": config.model.kwargs.get("n_filters"),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "compile_s": compile_s,
+        "step_s_median": float(np.median(times)),
+        "steps_timed": len(times),
+        "temp_bytes": getattr(analysis, "temp_size_in_bytes", None) if analysis else None,
+        "peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
+        "final_loss": float(metrics["loss"]),
+    })
+    del state, compiled
+  return results
+
+
 def main(argv):
   del argv
+  if _COMPARE_MC.value:
+    results = compare_mc(_CONFIG.value, _STEPS.value)
+    for result in results:
+      print(json.dumps(result), file=sys.stdout, flush=True)
+    if _OUT.value:
+      io_utils.write_json(_OUT.value, results)
+    return
   result = benchmark(_CONFIG.value, _STEPS.value)
   text = json.dumps(result, indent=2)
   print(text, file=sys.stdout, flush=True)

@@ -8,12 +8,18 @@ A Method is built from a config and exposes:
     `state.step`;
   * `predict(state, images) -> probabilities`: the network(s) the upstream test script evaluates.
 """
+from jaxseg.methods.acmt import ACMT
 from jaxseg.methods.mean_teacher import MeanTeacher
 from jaxseg.methods.supervised import Supervised
+from jaxseg.methods.uamt import UAMT
+from jaxseg.methods.upc import UPC
 
 METHODS = {
     "supervised": Supervised,
     "mean_teacher": MeanTeacher,
+    "uamt": UAMT,
+    "upc": UPC,
+    "acmt": ACMT,
 }
 
 

@@ -86,9 +86,14 @@ class VNet(nn.Module):
     dtype: compute dtype (params stay float32; jnp.bfloat16 for bf16 compute). Logits are
       returned in at least float32.
 
-  Call: `apply(variables, x, train=False, turnoff_drop=False)`. With train=True, batch norm uses
-  batch statistics and updates `batch_stats` (pass mutable=['batch_stats']); dropout, when
-  has_dropout and not turnoff_drop, draws from the 'dropout' rng stream.
+  Call: `apply(variables, x, train=False, turnoff_drop=False, return_features=False)`. With
+  train=True, batch norm uses batch statistics and updates `batch_stats` (pass
+  mutable=['batch_stats']); dropout, when has_dropout and not turnoff_drop, draws from the 'dropout'
+  rng stream. With return_features=True the call returns `(logits, features)`, features a dict of
+  intermediate maps that AC-MT (`lemoshu/AC-MT: code/networks/vnet.py`) stashes as
+  `featuremap_center`: 'x5' `[B, D/16, H/16, W/16, 16f]` (the bottleneck after dropout, VNet) and
+  'x8' `[B, D/2, H/2, W/2, 2f]` (block_eight's output before its up-sampling, VNet_MTPD). Same
+  parameters either way.
   """
   n_channels: int = 1
   n_classes: int = 2
@@ -101,7 +106,8 @@ class VNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False,
+               return_features: bool = False):
     if self.normalization not in layers.NORMS:
       raise ValueError(f'VNet: unknown normalization {self.normalization!r}; expected one of '
                        f'{layers.NORMS}')
@@ -144,11 +150,14 @@ class VNet(nn.Module):
     x = resample('block_six_up', 4 * f, up=True)(x, train) + x3
     x = conv_block('block_seven', 3, 4 * f)(x, train)
     x = resample('block_seven_up', 2 * f, up=True)(x, train) + x2
-    x = conv_block('block_eight', 2, 2 * f)(x, train)
-    x = resample('block_eight_up', f, up=True)(x, train) + x1
+    x8 = conv_block('block_eight', 2, 2 * f)(x, train)
+    x = resample('block_eight_up', f, up=True)(x8, train) + x1
     x9 = conv_block('block_nine', 1, f)(x, train)
     if use_dropout:
       x9 = dropout(x9, deterministic=False)
     logits = layers.Conv(self.n_classes, (1, 1, 1), torch_init=self.torch_init, dtype=self.dtype,
                          name='out_conv')(x9)
-    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    if return_features:
+      return logits, {'x5': x5, 'x8': x8}
+    return logits

@@ -1,0 +1,204 @@
+"""UA-MT: uncertainty-aware Mean Teacher (Yu et al., MICCAI 2019), spec uamt.md.
+
+Upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py (`consistency_on='unlabeled'`,
+the default and the README's script) and code/train_LA_meanteacher_certainty.py (`consistency_on='all'`:
+teacher noise, MC passes and consistency on the whole batch).
+
+Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2; S, the consistency sub-batch, is [U1, U2]
+('unlabeled') or the whole batch ('all'):
+  * student forward on all four volumes, supervised 0.5 * (CE + Dice) on [:2];
+  * teacher target: EMA params in train mode on S + clamp(0.1 N, +-0.2), no gradient;
+  * Monte-Carlo uncertainty: T = 8 stochastic teacher predictions of S from T / 2 forwards, each on
+    [S, S] (the sub-batch repeated twice, so a forward's BN batch holds two noisy copies of every
+    volume) with fresh noise and dropout; the forwards run as one `jax.vmap` over keys;
+    u = entropy of the mean softmax (nats, eps 1e-6 inside the log);
+  * consistency = sum(mask * dist) / (n_classes sum(mask) + 1e-16), mask = u < (0.75 + 0.25
+    sigmoid_rampup(step, total_steps)) ln 2, dist = softmax MSE (or KL) of student vs teacher target;
+  * loss = supervised + 0.1 sigmoid_rampup(step // 150, 40) * consistency;
+  * EMA teacher with alpha = min(1 - 1/(step + 1), 0.99), parameters only.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxseg import losses
+from jaxseg import schedules
+from jaxseg.methods import common
+from jaxseg.state import TrainState
+
+# Upstream feeds the sub-batch repeated twice (`repeat(2, 1, 1, 1, 1)`) to each of its T / 2 forwards.
+MC_COPIES = 2
+_IMPLS = ("vmap", "loop")
+_DISTANCES = {"mse": losses.softmax_mse_loss, "kl": losses.softmax_kl_loss}
+
+
+def mc_teacher_logits(model, params: Any, batch_stats: Any, images: jax.Array, rng: jax.Array, *,
+                      passes: int, noise_std: float, noise_clip: float, copies: int = MC_COPIES,
+                      impl: str = "vmap") -> jax.Array:
+  """T = `passes` stochastic train-mode predictions of `images`, as UA-MT's MC loop makes them.
+
+  `passes / copies` forwards, each on `images` tiled `copies` times along the batch ([U1, U2, U1, U2]
+  for copies 2) plus fresh clamp(noise_std N(0, 1), +-noise_clip) noise and fresh dropout masks, so BN
+  batch statistics are over `copies * B` volumes as upstream. Forward f's copy c of sample b is
+  prediction f * copies + c of sample b, i.e. upstream row (f * copies + c) * B + b.
+
+  Args:
+    model: the Flax network (called with train=True; its batch_stats updates are discarded).
+    params: teacher parameters.
+    batch_stats: teacher BN statistics (unused by train-mode BN, needed by `apply`).
+    images: [B, D, H, W, 1].
+    rng: key; forward f uses `jax.random.split(rng, passes // copies)[f]` for noise and dropout.
+    passes: T, a multiple of `copies`.
+    noise_std, noise_clip: the input noise.
+    copies: repetitions of the batch per forward.
+    impl: 'vmap' (one batched forward, what UAMT uses) or 'loop' (a Python loop, for the benchmark).
+
+  Returns:
+    Logits [passes, B, D, H, W, n_classes], gradient stopped.
+  """
+  if impl not in _IMPLS:
+    raise ValueError(f"mc_teacher_logits: impl={impl!r}, expected one of {_IMPLS}")
+  if passes < copies or passes % copies:
+    raise ValueError(f"mc_teacher_logits: passes={passes} must be a positive multiple of copies={copies}")
+  n_forward = passes // copies
+  tiled = jnp.concatenate([images] * copies, axis=0)
+
+  def forward(key):
+    noise_key, dropout_key = jax.random.split(key)
+    noisy = tiled + common.teacher_noise(noise_key, tiled.shape, noise_std, noise_clip)
+    logits, _ = common.train_forward(model, params, batch_stats, noisy, dropout_key)
+    return logits
+
+  keys = jax.random.split(rng, n_forward)
+  if impl == "vmap":
+    logits = jax.vmap(forward)(keys)
+  else:
+    logits = jnp.stack([forward(keys[f]) for f in range(n_forward)])
+  # [n_forward, copies * B, ...] -> [n_forward * copies, B, ...] is a row-major regrouping.
+  logits = logits.reshape((passes, images.shape[0]) + logits.shape[2:])
+  return jax.lax.stop_gradient(logits)
+
+
+def mc_uncertainty(mc_logits: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+  """Mean softmax over the T predictions and its entropy (UA-MT: natural log, eps in the log).
+
+  Args:
+    mc_logits: [T, B, ..., C] (upstream's [T * B, C, ...] buffer regrouped: row i * B + b -> [i, b]).
+    eps: added inside the log.
+
+  Returns:
+    (mean_probs [B, ..., C] float32, uncertainty [B, ..., 1] in nats, not normalised).
+  """
+  probs = jax.nn.softmax(mc_logits.astype(jnp.float32), axis=-1)
+  mean_probs = jnp.mean(probs, axis=0)
+  return mean_probs, losses.entropy_map(mean_probs, eps=eps, keepdims=True)
+
+
+def certainty_masked_consistency(student_logits: jax.Array, teacher_logits: jax.Array,
+                                 uncertainty: jax.Array, step, max_steps: float,
+                                 consistency_type: str = "mse"):
+  """The UA-MT consistency on voxels whose uncertainty is below the ramped threshold.
+
+  Args:
+    student_logits, teacher_logits: [B, ..., C].
+    uncertainty: [B, ..., 1] from `mc_uncertainty`.
+    step: optimizer steps already taken (host or traced int).
+    max_steps: the threshold ramp length (upstream `max_iterations`).
+    consistency_type: 'mse' (softmax MSE, the default) or 'kl' (softmax KL).
+
+  Returns:
+    (consistency scalar, mask [B, ..., 1] float32 (1 = certain, kept), threshold scalar in nats).
+  """
+  if consistency_type not in _DISTANCES:
+    raise ValueError(f"consistency_type={consistency_type!r}: expected one of {sorted(_DISTANCES)}")
+  dist = _DISTANCES[consistency_type](student_logits.astype(jnp.float32),
+                                      teacher_logits.astype(jnp.float32))
+  threshold = schedules.uamt_threshold(step, max_steps)
+  mask = (uncertainty < threshold).astype(jnp.float32)
+  return losses.masked_consistency(dist, mask, dist.shape[-1]), mask, threshold
+
+
+class UAMT:
+  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py).
+
+  `mc_impl` exists for `jaxseg.bench --compare_mc` only; training always uses 'vmap'.
+  """
+
+  name = "uamt"
+
+  def __init__(self, config: ml_collections.ConfigDict, mc_impl: str = "vmap"):
+    hp = config.uamt
+    if hp.consistency_type not in _DISTANCES:
+      raise ValueError(f"config.uamt.consistency_type={hp.consistency_type!r}: expected one of "
+                       f"{sorted(_DISTANCES)}")
+    if hp.consistency_on not in ("unlabeled", "all"):
+      raise ValueError(f"config.uamt.consistency_on={hp.consistency_on!r}: expected 'unlabeled' "
+                       "(train_LA_meanteacher_certainty_unlabel.py) or 'all' (..._certainty.py)")
+    if hp.mc_passes < MC_COPIES or hp.mc_passes % MC_COPIES:
+      raise ValueError(f"config.uamt.mc_passes={hp.mc_passes}: must be a positive multiple of {MC_COPIES}")
+    if mc_impl not in _IMPLS:
+      raise ValueError(f"UAMT: mc_impl={mc_impl!r}, expected one of {_IMPLS}")
+    self.config = config
+    self.hp = hp
+    self.mc_impl = mc_impl
+    self.model = common.build_model(config)
+    self.tx = common.make_optimizer(config)
+    self.labeled_batch_size = config.labeled_batch_size
+    # Upstream ramps the threshold over max_iterations, the run length.
+    self.threshold_rampup = float(config.total_steps)
+
+  def init(self, rng: jax.Array, example_batch) -> TrainState:
+    def teacher(rng, _):
+      # Independently initialised like upstream; the EMA warm-up (alpha = 0 at step 0) copies the
+      # student into it at the first update.
+      variables = common.init_variables(self.model, rng, jnp.asarray(example_batch["image"]))
+      return {"ema_params": variables["params"], "ema_batch_stats": variables["batch_stats"]}
+    return common.new_state(self, rng, example_batch, aux_fn=teacher)
+
+  def train_step(self, state: TrainState, batch):
+    """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""
+    hp, lb = self.hp, self.labeled_batch_size
+    rng = jax.random.fold_in(state.rng, state.step)
+    student_rng, noise_rng, teacher_rng, mc_rng = jax.random.split(rng, 4)
+    images, labels = batch["image"], batch["label"]
+    consistency_images = images if hp.consistency_on == "all" else images[lb:]
+    ema_params, ema_stats = state.aux["ema_params"], state.aux["ema_batch_stats"]
+
+    noisy = consistency_images + common.teacher_noise(
+        noise_rng, consistency_images.shape, hp.noise_std, hp.noise_clip)
+    teacher_logits, teacher_stats = common.train_forward(self.model, ema_params, ema_stats, noisy,
+                                                         teacher_rng)
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+    mc_logits = mc_teacher_logits(
+        self.model, ema_params, ema_stats, consistency_images, mc_rng, passes=hp.mc_passes,
+        noise_std=hp.noise_std, noise_clip=hp.noise_clip, impl=self.mc_impl)
+    _, uncertainty = mc_uncertainty(mc_logits)
+    weight = schedules.consistency_weight(
+        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+
+    def loss_fn(params):
+      logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, images,
+                                                 student_rng)
+      supervised, ce, dice = losses.supervised_ce_dice(logits[:lb], labels[:lb])
+      student = logits if hp.consistency_on == "all" else logits[lb:]
+      consistency, mask, threshold = certainty_masked_consistency(
+          student, teacher_logits, uncertainty, state.step, self.threshold_rampup,
+          hp.consistency_type)
+      loss = supervised + weight * consistency
+      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice, "loss_consistency": consistency,
+                 "consistency_weight": weight, "uncertainty_threshold": threshold,
+                 "certain_fraction": jnp.mean(mask), "uncertainty_mean": jnp.mean(uncertainty)}
+      return loss, (batch_stats, metrics)
+
+    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    new_state = common.apply_gradients(self.tx, state, grads, batch_stats)
+    ema_params = schedules.ema_update(ema_params, new_state.params, state.step, hp.ema_decay)
+    # Teacher BN running statistics are never evaluated; keep the target forward's, drop the MC ones.
+    aux = {"ema_params": ema_params, "ema_batch_stats": teacher_stats}
+    return new_state.replace(aux=aux), metrics
+
+  def predict(self, state: TrainState, images):
+    """The student in eval mode, as upstream test_LA.py evaluates it."""
+    return common.eval_probabilities(self.model, state.params, state.batch_stats, images)
