@@ -58,6 +58,9 @@ def la_recipe(method: str, labeled: int, seed: int) -> ml_collections.ConfigDict
   c.data.patch_size = (112, 112, 80)
   c.data.augment = "rot_flip_crop"
   c.data.worker_count = 0
+  # mm per voxel in (D, H, W) order; clean-mode distances use it (the UA-MT LA volumes are 0.625 mm
+  # isotropic).
+  c.data.spacing = (0.625, 0.625, 0.625)
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, lr_schedule="step",
@@ -69,7 +72,10 @@ def la_recipe(method: str, labeled: int, seed: int) -> ml_collections.ConfigDict
 
   c.eval = ml_collections.ConfigDict(dict(
       mode="parity", split="val", stride_xy=18, stride_z=4, batch_size=4, every_steps=1000,
-      max_cases=0))
+      max_cases=0,
+      # Clean mode (jaxseg/evaluate.py): MONAI sliding-window arguments and largest-component
+      # post-processing. Either mode: save each case's label map (launch/report.py draws them).
+      overlap=0.5, sigma_scale=0.125, largest_cc=False, save_predictions=False))
 
   c.log_every_steps = 20
   c.checkpoint_every_steps = 500
@@ -108,8 +114,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.get("worker_count", 0) == 0,
        f"data.worker_count={config.data.get('worker_count')}: only 0 (threaded prefetch) supports "
        "checkpoint resume; use 0")
-  need(config.eval.mode in ("parity",),
-       f"eval.mode={config.eval.mode!r}: 'parity' is implemented ('clean' comes with the evaluate command)")
+  need(config.eval.mode in ("parity", "clean"),
+       f"eval.mode={config.eval.mode!r}: must be 'parity' or 'clean'")
 
 
 def load_config_module(path):

@@ -1,14 +1,36 @@
 """Evaluate a state on a split: per-case CSV, summary JSON, and a printed table.
 
-Parity mode (what published numbers mean; upstream yulequan/UA-MT code/test_util.py
-`test_all_case`): stride sliding window with count-averaged softmax, argmax, medpy dc / jc /
-hd95 / asd in voxels, an empty prediction scored (0, 0, 0, 0).
+  python -m jaxseg.evaluate --workdir RUN [--split val|test] [--mode parity|clean]
+                            [--checkpoint final|best_val] [--largest_cc] [--save_predictions]
+
+Two modes (DESIGN.md "Evaluation modes"), named in every output:
+  * parity (what published numbers mean; upstream yulequan/UA-MT code/test_util.py `test_all_case`):
+    stride sliding window with count-averaged softmax, argmax, medpy dc / jc / hd95 / asd in voxels, an
+    empty prediction scored (0, 0, 0, 0).
+  * clean: MONAI-style gaussian-blended sliding window (`eval.overlap`, `eval.sigma_scale`), optional
+    largest-connected-component post-processing per class (`eval.largest_cc`), distances in mm from
+    `data.spacing`, hd95 = max of the two directed 95th percentiles, symmetric ASSD (column `asd`), NaN
+    for undefined metrics (jaxseg/metrics.py `clean_case_metrics`); summary means ignore NaN and report
+    the count per metric in `n_nan`.
+
+Where results go (never overwriting the training-time result):
+  * training (jaxseg/train.py) writes `<workdir>/eval/<split>/{cases.csv,summary.json}`: the final state in
+    `config.eval.mode` (the contract every run fulfils);
+  * this command writes `<workdir>/eval/<split>/<variant>/`, variant = `<mode>[_lcc][_best_val]`
+    (`_lcc`: clean mode with largest-component post-processing; `_best_val`: the best-on-validation
+    checkpoint), plus `predictions/<case>.npz` (key `pred`, uint8 label map [D, H, W]) with
+    --save_predictions. Re-running the same variant replaces it; the summary records every setting.
 """
+import argparse
+import json
+import math
 import pathlib
 import sys
 import time
+import warnings
 
 import jax
+import ml_collections
 import numpy as np
 
 from jaxseg import inference
@@ -16,39 +38,48 @@ from jaxseg import io_utils
 from jaxseg import metrics
 
 METRIC_NAMES = ("dice", "jaccard", "hd95", "asd")
+MODES = ("parity", "clean")
+PREDICTIONS_DIR = "predictions"
 
 
 def evaluate(method, state, source, config, out_dir=None, split: str = "val",
-             checkpoint_step: int | None = None, max_cases: int = 0, stream=sys.stdout) -> dict:
+             checkpoint_step: int | None = None, max_cases: int = 0, stream=sys.stdout,
+             checkpoint: str = "final", save_predictions: bool | None = None) -> dict:
   """Evaluate `method.predict` under `state` on every case of `source` (a random-access source).
 
-  Returns the summary dict; when `out_dir` is given writes `cases.csv` and `summary.json` there.
+  `config.eval.mode` picks the mode (module docstring). Returns the summary dict; when `out_dir` is
+  given writes `cases.csv` and `summary.json` there, and with `save_predictions` (default:
+  `config.eval.save_predictions` when `out_dir` is given) each case's label map as
+  `out_dir/predictions/<case>.npz`.
   """
   mode = config.eval.mode
-  if mode != "parity":
-    raise ValueError(f"eval.mode={mode!r}: only 'parity' is implemented")
+  if mode not in MODES:
+    raise ValueError(f"eval.mode={mode!r}: must be one of {MODES}")
+  if save_predictions is None:  # the config's choice applies to results written to disk
+    save_predictions = out_dir is not None and bool(config.eval.get("save_predictions", False))
+  if save_predictions and out_dir is None:
+    raise ValueError("evaluate: save_predictions needs an out_dir")
   # One device is plenty for inference; this also frees it from the training mesh's shardings.
   state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
   predict = jax.jit(method.predict)
   num_classes = config.data.num_classes
+  settings = mode_settings(config)
   n = len(source) if not max_cases else min(max_cases, len(source))
   rows, t0 = [], time.time()
   for i in range(n):
     example = source[i]
-    image = np.asarray(example["image"], np.float32)
-    label_map, _ = inference.sliding_window_parity(
-        lambda w: predict(state, w), image, tuple(config.data.patch_size), config.eval.stride_xy,
-        config.eval.stride_z, num_classes, batch_size=config.eval.batch_size)
+    label_map = predict_case(lambda w: predict(state, w), np.asarray(example["image"], np.float32),
+                             config)
     row = {"case": example["case"]}
-    row.update(_case_metrics(label_map, np.asarray(example["label"]), num_classes))
+    row.update(_case_metrics(label_map, np.asarray(example["label"]), num_classes, mode=mode,
+                             spacing=settings.get("spacing_mm")))
     rows.append(row)
+    if save_predictions:
+      _save_prediction(pathlib.Path(out_dir) / PREDICTIONS_DIR / f"{example['case']}.npz", label_map)
     if stream is not None:
-      elapsed = time.time() - t0
-      eta = elapsed / (i + 1) * (n - i - 1)
-      print(f"  eval {split} [{i + 1}/{n}] {row['case']}: dice={row['dice']:.4f} "
-            f"({elapsed:.0f}s, ~{eta:.0f}s left)", file=stream, flush=True)
-  summary = summarize(rows, mode=mode, split=split, checkpoint_step=checkpoint_step,
-                      method=config.method)
+      _progress(stream, f"eval {split} ({mode})", i + 1, n, f"{row['case']} dice={row['dice']:.4f}", t0)
+  summary = summarize(rows, mode=mode, split=split, checkpoint=checkpoint,
+                      checkpoint_step=checkpoint_step, method=config.method, **settings)
   if out_dir is not None:
     out_dir = pathlib.Path(out_dir)
     fields = ["case"] + [k for k in rows[0] if k != "case"] if rows else ["case"]
@@ -59,38 +90,269 @@ def evaluate(method, state, source, config, out_dir=None, split: str = "val",
   return summary
 
 
-def _case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> dict:
-  """Binary: the foreground's metrics. Multi-class: per class c >= 1 and their mean."""
+def mode_settings(config) -> dict:
+  """The settings that define the mode's numbers, recorded in the summary."""
+  e = config.eval
+  if e.mode == "parity":
+    return {"units": "voxel", "asd": "directed (prediction -> reference), medpy",
+            "stride_xy": int(e.stride_xy), "stride_z": int(e.stride_z)}
+  if config.data.get("spacing") is None:  # a config saved before data.spacing existed
+    units, spacing = "voxel (config has no data.spacing)", None
+  else:
+    units, spacing = "mm", [float(s) for s in config.data.spacing]
+  return {"units": units, "asd": "symmetric (ASSD, pooled distances)", "spacing_mm": spacing,
+          "overlap": float(e.get("overlap", 0.5)), "sigma_scale": float(e.get("sigma_scale", 0.125)),
+          "largest_cc": bool(e.get("largest_cc", False))}
+
+
+def predict_case(prob_fn, image: np.ndarray, config) -> np.ndarray:
+  """int64 label map [D, H, W] of one volume [D, H, W] under `config.eval.mode`."""
+  e, d = config.eval, config.data
+  if e.mode == "parity":
+    label_map, _ = inference.sliding_window_parity(
+        prob_fn, image, tuple(d.patch_size), e.stride_xy, e.stride_z, d.num_classes,
+        batch_size=e.batch_size)
+    return label_map
+  label_map, _ = inference.sliding_window_gaussian(
+      prob_fn, image, tuple(d.patch_size), d.num_classes, overlap=float(e.get("overlap", 0.5)),
+      sigma_scale=float(e.get("sigma_scale", 0.125)), batch_size=e.batch_size)
+  if e.get("largest_cc", False):
+    label_map = metrics.largest_component_per_class(label_map, d.num_classes)
+  return label_map
+
+
+def _case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, mode: str = "parity",
+                  spacing=None) -> dict:
+  """Binary: the foreground's metrics. Multi-class: per class c >= 1 and their mean.
+
+  Parity: `metrics.parity_case_metrics` (voxels, plain mean over classes). Clean:
+  `metrics.clean_case_metrics` in the units of `spacing`; a case's class mean ignores NaN classes
+  (NaN only when every class is).
+  """
+  if mode == "parity":
+    case_fn = metrics.parity_case_metrics
+  elif mode == "clean":
+    case_fn = lambda p, g: metrics.clean_case_metrics(p, g, spacing)  # noqa: E731
+  else:
+    raise ValueError(f"mode={mode!r}: must be one of {MODES}")
   if num_classes == 2:
-    return dict(zip(METRIC_NAMES, metrics.parity_case_metrics(pred == 1, gt == 1).tolist()))
+    return dict(zip(METRIC_NAMES, case_fn(pred == 1, gt == 1).tolist()))
   out, per = {}, []
   for c in range(1, num_classes):
-    m = metrics.parity_case_metrics(pred == c, gt == c).tolist()
+    m = case_fn(pred == c, gt == c).tolist()
     per.append(m)
     out.update({f"{name}_class{c}": v for name, v in zip(METRIC_NAMES, m)})
-  out.update(dict(zip(METRIC_NAMES, np.mean(per, axis=0).tolist())))
+  out.update(dict(zip(METRIC_NAMES, _nanmean(np.asarray(per, np.float64), axis=0).tolist())))
   return out
 
 
+def _nanmean(x: np.ndarray, axis=None):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are NaN, which is what we want
+    return np.nanmean(x, axis=axis)
+
+
 def summarize(rows: list[dict], **info) -> dict:
-  """Mean and std (over cases) of every numeric column, plus `n_cases` and `info`."""
+  """Mean and std (over cases, NaN ignored) of every numeric column, `n_nan` (NaN count per column),
+  `n_cases`, plus `info`."""
   summary = dict(info)
   summary["n_cases"] = len(rows)
   keys = [k for k in (rows[0] if rows else {}) if k != "case"]
+  n_nan = {}
   for k in keys:
     values = np.asarray([r[k] for r in rows], np.float64)
-    summary[k] = float(np.mean(values))
-    summary[f"{k}_std"] = float(np.std(values))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      summary[k] = float(np.nanmean(values))
+      summary[f"{k}_std"] = float(np.nanstd(values))
+    n_nan[k] = int(np.count_nonzero(np.isnan(values)))
+  summary["n_nan"] = n_nan
   return summary
 
 
 def format_table(summary: dict) -> str:
-  """A Markdown table of the mean +- std of the four metrics, naming the mode and split."""
-  header = "| method | split | mode | n | Dice (%) | Jaccard (%) | 95HD (vox) | ASD (vox) |"
-  rule = "|---|---|---|---|---|---|---|---|"
+  """A Markdown table of the mean +- std of the four metrics, naming the mode, split and checkpoint."""
+  clean = summary.get("mode") == "clean"
+  units = "mm" if summary.get("units") == "mm" else "vox"
+  header = (f"| method | split | mode | checkpoint | n | Dice (%) | Jaccard (%) | 95HD ({units}) "
+            f"| {'ASSD' if clean else 'ASD'} ({units}) |")
+  rule = "|---|---|---|---|---|---|---|---|---|"
+  n_nan = summary.get("n_nan", {})
+
   def cell(k, scale):
-    return f"{scale * summary[k]:.2f} ± {scale * summary[k + '_std']:.2f}" if k in summary else "-"
+    if k not in summary:
+      return "-"
+    text = (f"{scale * summary[k]:.2f} ± {scale * summary[k + '_std']:.2f}"
+            if math.isfinite(summary[k]) else "NaN")
+    return text + (f" ({n_nan[k]} NaN)" if n_nan.get(k) else "")
+
+  ckpt = summary.get("checkpoint", "final")
+  if summary.get("checkpoint_step") is not None:
+    ckpt = f"{ckpt} (step {summary['checkpoint_step']})"
   line = (f"| {summary.get('method', '?')} | {summary.get('split', '?')} | {summary.get('mode', '?')} "
-          f"| {summary['n_cases']} | {cell('dice', 100)} | {cell('jaccard', 100)} | {cell('hd95', 1)} "
-          f"| {cell('asd', 1)} |")
+          f"| {ckpt} | {summary['n_cases']} | {cell('dice', 100)} | {cell('jaccard', 100)} "
+          f"| {cell('hd95', 1)} | {cell('asd', 1)} |")
   return "\n".join([header, rule, line])
+
+
+def _save_prediction(path: pathlib.Path, label_map: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp.npz")
+  np.savez_compressed(tmp, pred=np.asarray(label_map).astype(np.uint8))
+  tmp.replace(path)
+
+
+def _progress(stream, what: str, done: int, total: int, note: str, t0: float) -> None:
+  """A text progress bar: redrawn in place on a terminal, one line per update otherwise."""
+  width = 24
+  filled = int(round(width * done / max(total, 1)))
+  elapsed = time.time() - t0
+  eta = elapsed / max(done, 1) * (total - done)
+  text = (f"  {what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {note} "
+          f"({elapsed:.0f}s, ~{eta:.0f}s left)")
+  if getattr(stream, "isatty", lambda: False)():
+    print("\r" + text, end="\n" if done == total else "", file=stream, flush=True)
+  else:
+    print(text, file=stream, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command: evaluate a finished (or partial) run's checkpoint.
+# ------------------------------------------------------------------------------------------------------
+
+
+def variant_name(mode: str, checkpoint: str, largest_cc: bool) -> str:
+  """`<mode>[_lcc][_best_val]`: the subfolder of eval/<split>/ this command writes (module docstring)."""
+  name = mode + ("_lcc" if mode == "clean" and largest_cc else "")
+  return name + ("" if checkpoint == "final" else f"_{checkpoint}")
+
+
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: not found; --workdir must be a run directory made by "
+                            "`python -m jaxseg.main`")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def split_source(config, workdir, split: str):
+  """The random-access source of `split`: 'val' from <workdir>/splits.json, 'test' from
+  <data root>/test.list (held out: never part of the run's train or val ids)."""
+  from jaxseg.data import build_source
+  from jaxseg.data import builder
+  from jaxseg.data import splits as splits_lib
+  workdir = pathlib.Path(workdir)
+  stored = splits_lib.read_splits(workdir / splits_lib.SPLITS_FILE)
+  root = builder.resolve_root(config, workdir)
+  if split == "val":
+    ids = stored["val"]
+  elif split == "test":
+    list_path = root / "test.list"
+    if not list_path.is_file():
+      raise FileNotFoundError(
+          f"--split test: {list_path} not found. The test split is the data root's test.list "
+          f"(data root {root}); this dataset has none, so evaluate on --split val")
+    ids = splits_lib.read_list(list_path)
+    seen = set(stored["train"]) | set(stored["val"])
+    leaked = sorted(set(ids) & seen)
+    if leaked:
+      raise ValueError(f"{list_path}: test ids {leaked[:5]} (of {len(leaked)}) are also in the run's "
+                       f"train/val split ({workdir / splits_lib.SPLITS_FILE}); refusing to report "
+                       "them as test results")
+  else:
+    raise ValueError(f"--split {split!r}: must be 'val' or 'test'")
+  if not ids:
+    raise ValueError(f"split {split!r} of {workdir} has no cases")
+  return build_source(config.data.name, root, ids, config.data.num_classes)
+
+
+def run(workdir, split: str = "val", mode: str | None = None, checkpoint: str = "final",
+        overlap: float | None = None, sigma_scale: float | None = None, largest_cc: bool = False,
+        save_predictions: bool = False, max_cases: int = 0, batch_size: int | None = None,
+        stream=sys.stdout) -> tuple[dict, pathlib.Path]:
+  """Evaluates a run's checkpoint (see the module docstring). Returns (summary, output folder)."""
+  from jaxseg import checkpoints as checkpoints_lib
+  from jaxseg import config_lib
+  from jaxseg import methods
+
+  checkpoint = checkpoints_lib.resolve_choice(checkpoint)
+  workdir = pathlib.Path(workdir).resolve()
+  config = load_run_config(workdir)
+  mode = mode or config.eval.mode
+  if mode not in MODES:
+    raise ValueError(f"--mode {mode!r}: must be one of {MODES}")
+  if largest_cc and mode != "clean":
+    raise ValueError("largest_cc is a clean-mode option; parity mode has no post-processing")
+  with config.unlocked():
+    config.eval.mode = mode
+    if overlap is not None:
+      config.eval.overlap = overlap
+    if sigma_scale is not None:
+      config.eval.sigma_scale = sigma_scale
+    config.eval.largest_cc = bool(largest_cc)
+    if batch_size:
+      config.eval.batch_size = batch_size
+    if mode == "clean" and config.data.get("spacing") is None:
+      print(f"[jaxseg.evaluate] {workdir / 'config.json'} has no data.spacing: clean-mode distances "
+            "are in voxels", file=stream, flush=True)
+  config_lib.validate(config)
+  source = split_source(config, workdir, split)
+
+  method = methods.build(config)
+  example = {
+      "image": np.zeros((config.batch_size, *config.data.patch_size, 1), np.float32),
+      "label": np.zeros((config.batch_size, *config.data.patch_size), np.int32),
+  }
+  template = method.init(jax.random.PRNGKey(config.seed), example)
+  state, step = checkpoints_lib.restore(workdir, checkpoint, template)
+  if checkpoint == "final" and step < config.total_steps:
+    print(f"[jaxseg.evaluate] note: the run is not finished: latest checkpoint is step {step} of "
+          f"{config.total_steps}", file=stream, flush=True)
+
+  out_dir = workdir / "eval" / split / variant_name(mode, checkpoint, largest_cc)
+  print(f"[jaxseg.evaluate] mode={mode} split={split} ({len(source)} cases) checkpoint={checkpoint} "
+        f"(step {step}) -> {out_dir}", file=stream, flush=True)
+  summary = evaluate(method, state, source, config, out_dir=out_dir, split=split,
+                     checkpoint_step=step, max_cases=max_cases, stream=stream,
+                     checkpoint=checkpoint, save_predictions=save_predictions)
+  return summary, out_dir
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxseg.evaluate",
+      description="Evaluate a run's checkpoint on a split (parity or clean mode).")
+  parser.add_argument("--workdir", required=True, help="run directory (holds config.json)")
+  parser.add_argument("--split", default="val", choices=["val", "test"])
+  parser.add_argument("--mode", default=None, choices=list(MODES),
+                      help="default: the run's config.eval.mode")
+  parser.add_argument("--checkpoint", default="final",
+                      help="final (default) or best_val (chosen on the validation split in training)")
+  parser.add_argument("--overlap", type=float, default=None, help="clean mode: window overlap")
+  parser.add_argument("--sigma_scale", type=float, default=None, help="clean mode: gaussian sigma / window")
+  parser.add_argument("--largest_cc", action="store_true",
+                      help="clean mode: keep each class's largest connected component")
+  parser.add_argument("--save_predictions", action="store_true",
+                      help="save each case's label map as predictions/<case>.npz (launch/report.py)")
+  parser.add_argument("--max_cases", type=int, default=0, help="evaluate only the first N cases")
+  parser.add_argument("--batch_size", type=int, default=None, help="windows per network call")
+  args = parser.parse_args(argv)
+  if args.largest_cc and args.mode == "parity":
+    parser.error("--largest_cc is a clean-mode option; parity mode has no post-processing")
+  from jaxseg import checkpoints as checkpoints_lib
+  try:
+    checkpoints_lib.resolve_choice(args.checkpoint)
+  except checkpoints_lib.CheckpointError as e:
+    parser.error(str(e))
+  try:
+    run(args.workdir, split=args.split, mode=args.mode, checkpoint=args.checkpoint,
+        overlap=args.overlap, sigma_scale=args.sigma_scale, largest_cc=args.largest_cc,
+        save_predictions=args.save_predictions, max_cases=args.max_cases, batch_size=args.batch_size)
+  except (FileNotFoundError, ValueError) as e:  # CheckpointError and DataError are ValueErrors
+    print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,4 +1,5 @@
-"""Sliding-window inference over whole volumes with the upstream window grid and count averaging.
+"""Sliding-window inference over whole volumes: the upstream window grid with count averaging (parity) and
+MONAI-style gaussian blending (clean).
 
 `sliding_window_parity` reproduces `yulequan/UA-MT: code/test_util.py::test_single_case` (also used by the
 MT baseline): zero-pad only the axes shorter than the patch, visit a strided window grid whose last window is
@@ -100,6 +101,114 @@ def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequen
       count[region] += 1.0
 
   score /= count[..., None]
+  label = np.argmax(score, axis=-1).astype(np.int64)
+  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
+  return label[crop], np.ascontiguousarray(score[crop])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clean mode: MONAI `monai.inferers.sliding_window_inference(..., mode='gaussian')` semantics.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def scan_interval(size: int, patch: int, overlap: float) -> int:
+  """Window step along one axis (MONAI `_get_scan_interval`).
+
+  int(patch * (1 - overlap)), at least 1; a patch that spans the whole axis gets one window.
+  """
+  if not 0.0 <= overlap < 1.0:
+    raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+  if patch == size:
+    return patch
+  return max(int(patch * (1.0 - overlap)), 1)
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float | Sequence[float] = 0.125
+                            ) -> np.ndarray:
+  """Window blending weights (MONAI `compute_importance_map(mode='gaussian')`).
+
+  A separable, unnormalised gaussian over voxel offsets from the window centre ((p - 1) / 2 along an axis
+  of length p) with sigma = sigma_scale * p per axis, peak 1; weights are clamped from below at
+  max(min weight, 1e-3) so no voxel's weight vanishes.
+
+  Returns:
+    float32 [pd, ph, pw].
+  """
+  patch = tuple(int(p) for p in patch_size)
+  scales = np.broadcast_to(np.asarray(sigma_scale, np.float64), (len(patch),))
+  if np.any(scales <= 0):
+    raise ValueError(f"sigma_scale must be > 0, got {sigma_scale!r}")
+  weights = np.ones((), np.float64)
+  for axis, (p, s) in enumerate(zip(patch, scales)):
+    offsets = np.arange(p, dtype=np.float64) - (p - 1) / 2.0
+    g = np.exp(-offsets ** 2 / (2.0 * (s * p) ** 2))
+    weights = weights[..., None] * g if axis else g
+  weights = weights.astype(np.float32)
+  return np.maximum(weights, max(float(weights.min()), 1e-3))
+
+
+def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
+                            num_classes: int, overlap: float = 0.5, sigma_scale: float = 0.125,
+                            batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+  """Whole-volume prediction by gaussian-weighted overlapping windows (MONAI sliding_window_inference).
+
+  Axes shorter than the patch are zero-padded (floor half before, as MONAI); along each axis windows start
+  every `scan_interval(size, patch, overlap)` voxels and the last window is flush with the border
+  (`window_starts`, which places windows as MONAI `dense_patch_slices`); per-voxel probabilities are the
+  importance-weighted average of the windows covering it.
+
+  Args:
+    prob_fn: windows [N, pd, ph, pw, Cin] -> probabilities [N, pd, ph, pw, num_classes]; always called
+      with N == batch_size (the last batch is zero-filled, extra outputs dropped).
+    image: [D, H, W] or [D, H, W, Cin].
+    patch_size: (pd, ph, pw).
+    num_classes: number of probability channels prob_fn returns.
+    overlap: fraction of a window shared with the next one, in [0, 1) (MONAI `overlap`).
+    sigma_scale: gaussian sigma as a fraction of the window size (MONAI `sigma_scale`).
+    batch_size: windows per prob_fn call.
+
+  Returns:
+    label_map: int64 [D, H, W], argmax of the blended probabilities (ties -> lowest class).
+    score_map: float32 [D, H, W, num_classes], the blended probabilities.
+  """
+  image = np.asarray(image)
+  if image.ndim == 3:
+    image = image[..., None]
+  if image.ndim != 4:
+    raise ValueError(f"sliding_window_gaussian: image must be [D, H, W] or [D, H, W, Cin], got shape "
+                     f"{image.shape}")
+  patch = tuple(int(p) for p in patch_size)
+  if len(patch) != 3:
+    raise ValueError(f"sliding_window_gaussian: patch_size must have 3 entries, got {patch_size!r}")
+  if batch_size <= 0:
+    raise ValueError(f"sliding_window_gaussian: batch_size must be > 0, got {batch_size}")
+  spatial = image.shape[:3]
+  pads = [max(p - s, 0) for s, p in zip(spatial, patch)]
+  pad_width = [(pd // 2, pd - pd // 2) for pd in pads] + [(0, 0)]
+  padded = np.pad(image.astype(np.float32), pad_width, mode="constant", constant_values=0)
+  starts = list(itertools.product(*(
+      window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(padded.shape[:3], patch))))
+  weight = gaussian_importance_map(patch, sigma_scale)
+
+  score = np.zeros(padded.shape[:3] + (num_classes,), dtype=np.float32)
+  norm = np.zeros(padded.shape[:3], dtype=np.float32)
+  batch = np.zeros((batch_size,) + patch + (padded.shape[3],), dtype=np.float32)
+  expected = (batch_size,) + patch + (num_classes,)
+  for first in range(0, len(starts), batch_size):
+    chunk = starts[first:first + batch_size]
+    batch[:] = 0.0
+    for i, (x, y, z) in enumerate(chunk):
+      batch[i] = padded[x:x + patch[0], y:y + patch[1], z:z + patch[2]]
+    probs = np.asarray(prob_fn(batch), dtype=np.float32)
+    if probs.shape != expected:
+      raise ValueError(f"sliding_window_gaussian: prob_fn returned shape {probs.shape}, expected "
+                       f"{expected}")
+    for i, (x, y, z) in enumerate(chunk):
+      region = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+      score[region] += probs[i] * weight[..., None]
+      norm[region] += weight
+
+  score /= norm[..., None]
   label = np.argmax(score, axis=-1).astype(np.int64)
   crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
   return label[crop], np.ascontiguousarray(score[crop])

@@ -159,3 +159,83 @@ def parity_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing 
   if not np.any(pred):
     return np.zeros(4, dtype=np.float64)
   return calculate_metric_percase(pred, gt, voxelspacing)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clean mode (DESIGN.md "Evaluation modes"): distances in mm, NaN instead of a made-up score for empty masks.
+#
+# Conventions follow MONAI's metrics (`monai.metrics.compute_hausdorff_distance(percentile=95)`,
+# `compute_average_surface_distance(symmetric=True)`, `DiceMetric(ignore_empty=True)`): surfaces are the
+# mask minus its 6-connected erosion (as above), hd95 is the MAXIMUM of the two directed 95th percentiles
+# (not the percentile of the pooled distances, as medpy), ASSD is the mean of the pooled distances of both
+# directions, and a metric whose value is undefined is NaN:
+#   * dice / jaccard: NaN when the reference is empty (nothing to find); otherwise the usual ratio, so an
+#     empty prediction of a non-empty reference scores 0;
+#   * hd95 / assd: NaN when either mask is empty (no surface to measure from).
+# ---------------------------------------------------------------------------------------------------------
+
+def largest_connected_component(mask: np.ndarray, connectivity: Optional[int] = None) -> np.ndarray:
+  """The largest connected component of a binary mask (scipy.ndimage.label).
+
+  Args:
+    mask: binary [D, H, W] (any rank).
+    connectivity: neighbourhood rank for `generate_binary_structure`; None = full (26 in 3D), as MONAI's
+      `KeepLargestConnectedComponent` default.
+
+  Returns:
+    bool array of `mask`'s shape; an empty mask stays empty. Ties between equal sizes keep the component
+    whose label scipy numbers first (the first in C order).
+  """
+  mask = np.asarray(mask).astype(bool)
+  structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
+  labels, n = ndimage.label(mask, structure=structure)
+  if n <= 1:
+    return mask
+  sizes = np.bincount(labels.ravel())[1:]
+  return labels == (int(np.argmax(sizes)) + 1)
+
+
+def largest_component_per_class(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+  """Keep only the largest connected component of every foreground class c >= 1; the rest becomes 0.
+
+  label_map: int [D, H, W]. Returns an array of the same shape and dtype.
+  """
+  label_map = np.asarray(label_map)
+  out = np.zeros_like(label_map)
+  for c in range(1, num_classes):
+    out[largest_connected_component(label_map == c)] = c
+  return out
+
+
+def directed_hd95(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None) -> float:
+  """95th percentile (linear interpolation) of the distances result surface -> reference surface."""
+  return float(np.percentile(surface_distances(result, reference, voxelspacing), 95))
+
+
+def clean_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing = None) -> np.ndarray:
+  """[dice, jaccard, hd95, assd] (float64) under the clean-mode conventions above.
+
+  Args:
+    pred: binary prediction [D, H, W].
+    gt: binary reference [D, H, W].
+    voxelspacing: mm per voxel, a scalar or one value per axis in (D, H, W) order; None = 1.
+
+  Returns:
+    dice and jaccard in [0, 1] (NaN for an empty reference); hd95 = max(directed 95th percentile of
+    pred -> gt, of gt -> pred) and assd = mean of the pooled distances of both directions, in the units of
+    `voxelspacing` (NaN when either mask is empty).
+  """
+  pred, gt = _check_pair(pred, gt)
+  nan = float("nan")
+  if not gt.any():
+    return np.full(4, nan)
+  intersection = np.count_nonzero(pred & gt)
+  dice = 2.0 * intersection / float(np.count_nonzero(pred) + np.count_nonzero(gt))
+  jaccard = float(intersection) / float(np.count_nonzero(pred | gt))
+  if not pred.any():
+    return np.array([dice, jaccard, nan, nan])
+  d_pg = surface_distances(pred, gt, voxelspacing)
+  d_gp = surface_distances(gt, pred, voxelspacing)
+  hd95_value = max(np.percentile(d_pg, 95), np.percentile(d_gp, 95))
+  assd_value = np.concatenate((d_pg, d_gp)).mean()
+  return np.array([dice, jaccard, hd95_value, assd_value], dtype=np.float64)

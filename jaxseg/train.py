@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config_lib
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import io_utils
@@ -69,6 +70,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   ckpt = ocp.CheckpointManager(
       workdir / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+  # Best-on-validation state (checkpoints.py): only the periodic validation on the val split
+  # feeds it; the final checkpoint above stays the default for evaluation.
+  best_ckpt = checkpoints_lib.best_manager(workdir) if config.eval.every_steps else None
   latest = ckpt.latest_step()
   if latest is not None:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -106,11 +110,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       writer.write(done, scalars)
       progress.report(done, scalars)
     every = config.eval.every_steps
-    if every and done % every == 0 and done < total:
+    if every and (done % every == 0 or done == total):
       val = evaluate_lib.evaluate(method, state, data.val_source, config, stream=None,
                                   max_cases=config.eval.max_cases)
       writer.write(done, {f"val_{k}": val[k] for k in evaluate_lib.METRIC_NAMES})
-      _log(f"validation at step {done}: dice={val['dice']:.4f} hd95={val['hd95']:.2f}")
+      improved = checkpoints_lib.save_best(best_ckpt, done, state, val["dice"], split="val",
+                                           mode=val["mode"], n_cases=val["n_cases"])
+      _log(f"validation at step {done}: dice={val['dice']:.4f} hd95={val['hd95']:.2f}"
+           + (" (new best, saved)" if improved else ""))
     if done % config.checkpoint_every_steps == 0 or done == total:
       _checked(jax.device_get({"loss": metrics["loss"]}), done, workdir)
       ckpt.save(done, args=ocp.args.Composite(
@@ -119,6 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       ckpt.wait_until_finished()
       os.kill(os.getpid(), signal.SIGKILL)
   ckpt.wait_until_finished()
+  if best_ckpt is not None:
+    best_ckpt.wait_until_finished()
   writer.close()
 
   _log(f"evaluating the final state (step {int(state.step)}) on the {config.eval.split} split "

@@ -93,3 +93,73 @@ def test_ties_go_to_class_zero_and_bad_shapes():
     inference.sliding_window_parity(lambda w: np.zeros(w.shape[:4] + (2,)), image, (4, 4, 4), 2, 2, 3)
   with pytest.raises(ValueError, match="image must be"):
     inference.sliding_window_parity(lambda w: w, np.zeros((4, 4)), (4, 4, 4), 2, 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clean mode: MONAI sliding_window_inference(mode='gaussian') semantics.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_scan_interval_follows_monai():
+  assert inference.scan_interval(24, 16, 0.5) == 8
+  assert inference.scan_interval(20, 16, 0.25) == 12
+  assert inference.scan_interval(16, 16, 0.5) == 16  # the window spans the axis: one window
+  assert inference.scan_interval(40, 3, 0.9) == 1    # int(0.3) = 0 -> at least 1
+  assert inference.window_starts(20, 16, inference.scan_interval(20, 16, 0.25)) == [0, 4]
+  with pytest.raises(ValueError, match="overlap"):
+    inference.scan_interval(20, 16, 1.0)
+
+
+def test_gaussian_importance_map_formula():
+  w = inference.gaussian_importance_map((5, 4, 8), sigma_scale=0.25)
+  assert w.shape == (5, 4, 8) and w.dtype == np.float32
+  def g(n, i):
+    return math.exp(-((i - (n - 1) / 2) ** 2) / (2 * (0.25 * n) ** 2))
+  np.testing.assert_allclose(w[1, 0, 6], g(5, 1) * g(4, 0) * g(8, 6), rtol=1e-6)
+  np.testing.assert_allclose(w[2, 1, 3], g(5, 2) * g(4, 1) * g(8, 3), rtol=1e-6)
+  # A narrow gaussian's tails are clamped at 1e-3 so no voxel loses all its weight.
+  narrow = inference.gaussian_importance_map((16, 16, 16), sigma_scale=0.05)
+  np.testing.assert_allclose(narrow.min(), 1e-3, rtol=1e-6)
+  assert narrow.max() <= 1.0
+
+
+def test_sliding_window_gaussian_blends_two_windows_by_hand():
+  # Axis 0: 24 voxels, patch 16, overlap 0.5 -> windows at 0 and 8; the other axes span one window.
+  image = np.zeros((24, 16, 16), np.float32)
+  image[12:] = 1.0  # window means: 0.25 (x 0..15) and 0.75 (x 8..23); zero-filled batch slots: 0
+  seen = []
+
+  def prob_fn(windows):
+    seen.append(windows.shape)
+    # Class-1 probability = a constant per window: 0.2 for the first, 0.8 for the second.
+    p1 = np.where(windows.mean(axis=(1, 2, 3, 4)) > 0.5, 0.8, 0.2)[:, None, None, None, None]
+    p1 = np.broadcast_to(p1, windows.shape[:4] + (1,)).astype(np.float32)
+    return np.concatenate([1.0 - p1, p1], axis=-1)
+
+  label, score = inference.sliding_window_gaussian(prob_fn, image, (16, 16, 16), 2, overlap=0.5,
+                                                   sigma_scale=0.125, batch_size=3)
+  assert set(seen) == {(3, 16, 16, 16, 1)}
+  np.testing.assert_allclose(score[:8, ..., 1], 0.2, rtol=1e-6)   # first window only
+  np.testing.assert_allclose(score[16:, ..., 1], 0.8, rtol=1e-6)  # second window only
+  # x = 12: offset 12 in window 0 and 4 in window 1, 4.5 and 3.5 from the centre 7.5; sigma = 2.
+  w0, w1 = math.exp(-4.5 ** 2 / 8), math.exp(-3.5 ** 2 / 8)
+  np.testing.assert_allclose(score[12, 3, 9, 1], (0.2 * w0 + 0.8 * w1) / (w0 + w1), rtol=1e-5)
+  np.testing.assert_allclose(score.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(label, (score[..., 1] > score[..., 0]).astype(np.int64))
+
+
+def test_sliding_window_gaussian_pads_small_axes_and_keeps_pointwise_outputs():
+  rng = np.random.default_rng(0)
+  image = rng.uniform(size=(21, 10, 19)).astype(np.float32)  # axis 1 shorter than the patch
+
+  def prob_fn(windows):  # a pointwise rule: blending any number of windows must give it back exactly
+    p1 = 1.0 / (1.0 + np.exp(-8.0 * (windows - 0.5)))
+    return np.concatenate([1.0 - p1, p1], axis=-1).astype(np.float32)
+
+  label, score = inference.sliding_window_gaussian(prob_fn, image, (16, 16, 16), 2, overlap=0.25,
+                                                   sigma_scale=0.125, batch_size=2)
+  assert label.shape == image.shape and score.shape == image.shape + (2,)
+  np.testing.assert_allclose(score[..., 1], 1.0 / (1.0 + np.exp(-8.0 * (image - 0.5))), rtol=1e-5,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="prob_fn returned shape"):
+    inference.sliding_window_gaussian(lambda w: np.zeros(w.shape[:4] + (3,)), image, (16, 16, 16), 2)

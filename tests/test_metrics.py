@@ -88,3 +88,107 @@ def test_bad_inputs():
     metrics.asd(a, np.zeros_like(a))
   assert issubclass(metrics.EmptyMaskError, ValueError)
   assert math.isnan(metrics.dc(np.zeros_like(a), np.zeros_like(a)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clean mode: known mm distances by hand, and an independent brute-force implementation.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_clean_thin_slabs_offset_by_k_voxels_anisotropic():
+  # One-voxel-thick slabs: every voxel is surface, and each one's nearest partner is k voxels along x.
+  spacing, k = (2.0, 0.5, 0.7), 3
+  pred = np.zeros((12, 9, 8), bool)
+  gt = np.zeros_like(pred)
+  pred[2, 1:7, 2:6] = True
+  gt[2 + k, 1:7, 2:6] = True
+  dice, jaccard, hd95, assd = metrics.clean_case_metrics(pred, gt, spacing)
+  assert dice == 0.0 and jaccard == 0.0
+  np.testing.assert_allclose([hd95, assd], [k * 2.0, k * 2.0], rtol=1e-12)
+
+
+def test_clean_boxes_offset_by_k_voxels_hand_derived_distances():
+  # Box (Lx, Ly, Lz) and the same box shifted k voxels along x, with sy, sz >= k * sx so that the nearest
+  # surface is always found along x. Directed distances (both directions alike, by symmetry):
+  #   k*sx for the whole back face (Ly*Lz) and the front face's interior ((Ly-2)*(Lz-2));
+  #   j*sx (j = 1..k-1) for the P = Ly*Lz - (Ly-2)*(Lz-2) side voxels of each of the k-1 slices not
+  #   covered by the other box; 0 for the remaining (Lx-k) * P side/front-rim voxels.
+  sx, sy, sz = 0.5, 2.0, 1.5
+  lx, ly, lz, k = 8, 6, 5, 2
+  pred = np.zeros((16, 10, 9), bool)
+  pred[3:3 + lx, 2:2 + ly, 2:2 + lz] = True
+  gt = np.roll(pred, k, axis=0)
+  perim = ly * lz - (ly - 2) * (lz - 2)
+  directed = np.concatenate([
+      np.full(ly * lz + (ly - 2) * (lz - 2), k * sx),
+      *[np.full(perim, j * sx) for j in range(1, k)],
+      np.zeros((lx - k) * perim)])
+  assert directed.size == 2 * ly * lz + perim * (lx - 2)  # = the box's surface voxel count
+  dice, jaccard, hd95, assd = metrics.clean_case_metrics(pred, gt, (sx, sy, sz))
+  overlap = (lx - k) / lx
+  np.testing.assert_allclose([dice, jaccard], [overlap, (lx - k) / (lx + k)], rtol=1e-12)
+  np.testing.assert_allclose(hd95, np.percentile(directed, 95), rtol=1e-12)
+  np.testing.assert_allclose(assd, directed.mean(), rtol=1e-12)
+  # With these numbers the largest distance, 1.0 mm (k*sx), is 42 of the 168: the 95th percentile.
+  np.testing.assert_allclose(hd95, 1.0, rtol=1e-12)
+
+
+def _brute_force(pred, gt, spacing):
+  """Independent reference: 6-neighbour surfaces by shifting, all-pairs distances in mm."""
+  def surface(m):
+    p = np.pad(m, 1)
+    interior = np.ones_like(m)
+    for axis in range(3):
+      for shift in (-1, 1):
+        interior &= np.roll(p, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+    return np.argwhere(m & ~interior) * np.asarray(spacing)
+
+  a, b = surface(pred), surface(gt)
+  d = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+  d_ab, d_ba = d.min(axis=1), d.min(axis=0)
+  return max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), np.concatenate([d_ab, d_ba]).mean()
+
+
+def test_clean_sphere_vs_shifted_sphere_matches_brute_force():
+  spacing = (0.625, 0.8, 1.25)
+  grid = np.stack(np.meshgrid(*(np.arange(n) for n in (20, 18, 14)), indexing="ij"), -1) * spacing
+  def ball(centre_mm, radius_mm):
+    return ((grid - np.asarray(centre_mm)) ** 2).sum(-1) <= radius_mm ** 2
+  pred = ball((6.0, 7.0, 8.0), 3.6)
+  gt = ball((7.5, 7.0, 8.0), 3.6) | ball((9.0, 11.0, 9.0), 1.5)  # a bump makes the two directions differ
+  want_hd95, want_assd = _brute_force(pred, gt, spacing)
+  _, _, hd95, assd = metrics.clean_case_metrics(pred, gt, spacing)
+  np.testing.assert_allclose([hd95, assd], [want_hd95, want_assd], rtol=1e-12)
+  d_pg = metrics.directed_hd95(pred, gt, spacing)
+  d_gp = metrics.directed_hd95(gt, pred, spacing)
+  assert d_pg != d_gp and hd95 == max(d_pg, d_gp)
+
+
+def test_clean_single_voxels_and_empty_masks():
+  pred = np.zeros((6, 6, 6), bool)
+  gt = np.zeros_like(pred)
+  pred[1, 1, 1] = gt[3, 2, 1] = True
+  want = math.hypot(2 * 0.5, 1 * 2.0)
+  np.testing.assert_allclose(metrics.clean_case_metrics(pred, gt, (0.5, 2.0, 1.0))[2:], [want, want])
+  empty = np.zeros_like(pred)
+  assert np.isnan(metrics.clean_case_metrics(pred, empty)).all()  # nothing to find: all NaN
+  assert np.isnan(metrics.clean_case_metrics(empty, empty)).all()
+  missed = metrics.clean_case_metrics(empty, gt)
+  assert missed[0] == 0.0 and missed[1] == 0.0 and np.isnan(missed[2:]).all()
+
+
+def test_largest_connected_component():
+  mask = np.zeros((10, 10, 10), bool)
+  mask[0:2, 0:2, 0:2] = True          # 8 voxels
+  mask[5:8, 5:8, 5:8] = True          # 27 voxels
+  mask[8, 8, 8] = True                # touches the 27 only diagonally: joined under full connectivity
+  kept = metrics.largest_connected_component(mask)
+  assert kept.sum() == 28 and not kept[0, 0, 0]
+  assert metrics.largest_connected_component(mask, connectivity=1).sum() == 27
+  labels = np.zeros((10, 10, 10), np.int64)
+  labels[mask] = 1
+  labels[0, 5:9, 0] = 2
+  labels[0, 0, 9] = 2
+  out = metrics.largest_component_per_class(labels, 3)
+  assert (out == 1).sum() == 28 and (out == 2).sum() == 4 and out[0, 0, 9] == 0
+  assert not metrics.largest_connected_component(np.zeros((3, 3, 3))).any()

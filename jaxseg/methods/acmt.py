@@ -393,12 +393,7 @@ class ACMT:
     self.threshold_rampup = float(hp.get("threshold_rampup") or config.total_steps)
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
-    def teacher(rng, _):
-      # Independently initialised like upstream; the EMA warm-up (alpha = 0 at step 0) copies the
-      # student into it at the first update.
-      variables = common.init_variables(self.model, rng, jnp.asarray(example_batch["image"]))
-      return {"ema_params": variables["params"], "ema_batch_stats": variables["batch_stats"]}
-    return common.new_state(self, rng, example_batch, aux_fn=teacher)
+    return common.new_teacher_state(self, rng, example_batch)
 
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""
@@ -467,9 +462,9 @@ class ACMT:
       # Upstream's MC passes run the student in train mode after its main forward.
       batch_stats = compose_bn_updates(batch_stats, state.batch_stats, mc_stats)
     new_state = common.apply_gradients(self.tx, state, grads, batch_stats)
-    ema_params = schedules.ema_update(ema_params, new_state.params, state.step, hp.ema_decay)
     # The teacher's running statistics are never read (it always runs in train mode).
-    aux = {"ema_params": ema_params, "ema_batch_stats": teacher_stats}
+    aux = common.update_teacher(state.aux, new_state.params, state.step, hp.ema_decay,
+                                teacher_stats)
     return new_state.replace(aux=aux), metrics
 
   def predict(self, state: TrainState, images):

@@ -88,6 +88,26 @@ def new_state(method, rng: jax.Array, example_batch, aux_fn=None) -> TrainState:
   )
 
 
+def new_teacher_state(method, rng: jax.Array, example_batch) -> TrainState:
+  """Initial state with a mean teacher in aux: {'ema_params', 'ema_batch_stats'}.
+
+  The teacher is initialised independently, as upstream builds it (yulequan/UA-MT
+  train_LA_meanteacher_certainty_unlabel.py `create_model(ema=True)`); the EMA warm-up
+  (alpha = 0 at step 0) makes it a copy of the student at the first update.
+  """
+  def teacher(rng, _):
+    variables = init_variables(method.model, rng, jnp.asarray(example_batch["image"]))
+    return {"ema_params": variables["params"], "ema_batch_stats": variables["batch_stats"]}
+  return new_state(method, rng, example_batch, aux_fn=teacher)
+
+
+def update_teacher(aux, params, step, decay: float, teacher_batch_stats) -> dict:
+  """EMA of the student's parameters after the optimizer update (parameters only, not BN
+  buffers); the teacher keeps the running statistics of its own train-mode forward."""
+  return {"ema_params": schedules.ema_update(aux["ema_params"], params, step, decay),
+          "ema_batch_stats": teacher_batch_stats}
+
+
 def apply_gradients(tx, state: TrainState, grads, batch_stats, aux=None) -> TrainState:
   """One optimizer update; the step counter advances and the new BN statistics are kept."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

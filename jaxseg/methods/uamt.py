@@ -150,12 +150,7 @@ class UAMT:
     self.threshold_rampup = float(config.total_steps)
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
-    def teacher(rng, _):
-      # Independently initialised like upstream; the EMA warm-up (alpha = 0 at step 0) copies the
-      # student into it at the first update.
-      variables = common.init_variables(self.model, rng, jnp.asarray(example_batch["image"]))
-      return {"ema_params": variables["params"], "ema_batch_stats": variables["batch_stats"]}
-    return common.new_state(self, rng, example_batch, aux_fn=teacher)
+    return common.new_teacher_state(self, rng, example_batch)
 
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""
@@ -194,9 +189,9 @@ class UAMT:
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     new_state = common.apply_gradients(self.tx, state, grads, batch_stats)
-    ema_params = schedules.ema_update(ema_params, new_state.params, state.step, hp.ema_decay)
     # Teacher BN running statistics are never evaluated; keep the target forward's, drop the MC ones.
-    aux = {"ema_params": ema_params, "ema_batch_stats": teacher_stats}
+    aux = common.update_teacher(state.aux, new_state.params, state.step, hp.ema_decay,
+                                teacher_stats)
     return new_state.replace(aux=aux), metrics
 
   def predict(self, state: TrainState, images):

@@ -113,11 +113,7 @@ class UPC:
     self.labeled_batch_size = config.labeled_batch_size
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
-    def teacher(rng, _):
-      # Independently initialised like upstream; alpha = 0 at step 0 copies the student in.
-      variables = common.init_variables(self.model, rng, jnp.asarray(example_batch["image"]))
-      return {"ema_params": variables["params"], "ema_batch_stats": variables["batch_stats"]}
-    return common.new_state(self, rng, example_batch, aux_fn=teacher)
+    return common.new_teacher_state(self, rng, example_batch)
 
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""
@@ -151,9 +147,8 @@ class UPC:
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     new_state = common.apply_gradients(self.tx, state, grads, batch_stats)
-    ema_params = schedules.ema_update(state.aux["ema_params"], new_state.params, state.step,
-                                      hp.ema_decay)
-    aux = {"ema_params": ema_params, "ema_batch_stats": teacher_stats}
+    aux = common.update_teacher(state.aux, new_state.params, state.step, hp.ema_decay,
+                                teacher_stats)
     return new_state.replace(aux=aux), metrics
 
   def predict(self, state: TrainState, images):

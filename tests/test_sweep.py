@@ -1,0 +1,74 @@
+"""launch/sweep.py: the run grid, config building, job scripts, skipping finished runs (no training here;
+tests/test_report.py runs a real sweep)."""
+import json
+import pathlib
+
+import pytest
+
+from launch import sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = "configs/smoke.py"
+
+
+def _plan(tmp_path, seeds=(0, 1)):
+  return sweep.plan([f"{SMOKE}:method=supervised", f"{SMOKE}:method=mean_teacher"], [4, 6], list(seeds),
+                    tmp_path, ["total_steps=3", "eval.save_predictions=True"])
+
+
+def test_plan_grid_names_and_configs(tmp_path):
+  runs = _plan(tmp_path)
+  assert len(runs) == 2 * 2 * 2
+  assert [(r.name, r.labeled, r.seed) for r in runs[:4]] == [
+      ("supervised", 4, 0), ("supervised", 4, 1), ("supervised", 6, 0), ("supervised", 6, 1)]
+  assert runs[-1].workdir == str(tmp_path.resolve() / "mean_teacher" / "labeled6" / "seed1")
+  config = sweep.build_config(runs[-1])
+  assert config.method == "mean_teacher" and config.data.labeled == 6 and config.seed == 1
+  assert config.total_steps == 3 and config.eval.save_predictions is True
+  assert config.model.kwargs.n_filters == 4  # the smoke config itself, not only the overrides
+  with pytest.raises(ValueError, match="name them"):
+    sweep.plan([f"{SMOKE}:method=supervised", f"{SMOKE}:method=supervised,steps=2"], [4], [0], tmp_path, [])
+  named = sweep.plan([f"a={SMOKE}:method=supervised", f"b={SMOKE}:method=supervised,steps=2"], [4], [0],
+                     tmp_path, [])
+  assert [r.name for r in named] == ["a", "b"] and named[0].method == "supervised"
+  with pytest.raises(ValueError, match="not found"):
+    sweep.plan(["configs/nope.py"], [4], [0], tmp_path, [])
+
+
+def test_emit_scripts(tmp_path):
+  runs = _plan(tmp_path, seeds=(0,))
+  scripts = sweep.emit_scripts(runs, tmp_path / "jobs", ["--gres=gpu:1"])
+  assert [s.name for s in scripts] == ["run_000.sh", "run_001.sh", "run_002.sh", "run_003.sh"]
+  text = scripts[3].read_text()
+  assert text.startswith("#!/usr/bin/env bash") and f"cd {REPO}" in text
+  assert "-m jaxseg.main --config=" in text and "--config.data.labeled=6 --config.seed=0" in text
+  assert "--config.total_steps=3" in text and f"--workdir={runs[3].workdir}" in text
+  assert f"if [ -f {runs[3].workdir}/eval/val/summary.json ]" in text
+  sbatch = (tmp_path / "jobs" / "slurm_array.sbatch").read_text()
+  assert "#SBATCH --array=0-3" in sbatch and "#SBATCH --gres=gpu:1" in sbatch
+  assert "SLURM_ARRAY_TASK_ID" in sbatch
+  assert (tmp_path / "jobs" / "run_all.sh").read_text().count("bash ") == 4
+
+
+def test_finished_runs_are_skipped(tmp_path, capsys):
+  runs = _plan(tmp_path, seeds=(0,))
+  for r in runs:
+    path = pathlib.Path(r.workdir) / "eval" / "val" / "summary.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"mode": "parity"}))
+  assert sweep.run_all(runs, runner="inprocess") == []
+  assert capsys.readouterr().out.count("), skipped\n") == len(runs)
+
+
+def test_main_writes_manifest_and_scripts(tmp_path):
+  rc = sweep.main(["--configs", f"{SMOKE}:method=supervised", "--labeled", "4", "--seeds", "0,2",
+                   "--root", str(tmp_path), "--set", "total_steps=2", "--emit_scripts",
+                   str(tmp_path / "jobs")])
+  assert rc == 0
+  manifest = json.loads((tmp_path / "sweep.json").read_text())
+  assert [(r["name"], r["labeled"], r["seed"]) for r in manifest["runs"]] == [
+      ("supervised", 4, 0), ("supervised", 4, 2)]
+  assert len(list((tmp_path / "jobs").glob("run_0*.sh"))) == 2
+  with pytest.raises(SystemExit):
+    sweep.main(["--configs", SMOKE, "--labeled", "4", "--seeds", "0", "--root", str(tmp_path),
+                "--set", "total_steps"])
