@@ -36,5 +36,8 @@ def get_config(arg=None):
       consistency_type="mse",  # 'mse' | 'kl'
       consistency_on="unlabeled",  # 'unlabeled' (..._certainty_unlabel.py) | 'all' (..._certainty.py)
       mc_passes=8,  # T, hard-coded upstream; run as T / 2 forwards of the sub-batch repeated twice
+      # MC forwards per vmapped group; 0 = auto: all T / 2 in one vmap on GPU/TPU, one at a time
+      # (lax.map) on CPU, where XLA cannot allocate the 16-volume batched forward at 112x112x80.
+      mc_chunk=0,
   ))
   return c

@@ -7,8 +7,9 @@ Times the jitted `train_step` at the config's real batch and patch size on rando
 separately from steady state), and the eval-mode forward on a batch of sliding windows. Speed is
 measured here, never in tests.
 
-`--compare_mc` (method uamt only) instead times the UA-MT step twice, with its Monte-Carlo teacher
-passes as one `jax.vmap` (what training runs) and as a Python loop of forwards, and prints one JSON
+`--compare_mc` (method uamt only) instead times the UA-MT step three times, with its Monte-Carlo
+teacher passes as one `jax.vmap` (what training runs on an accelerator), as a `lax.map` over
+one-forward vmapped groups (the CPU default) and as a Python loop of forwards, and prints one JSON
 line per case.
 """
 import json
@@ -96,7 +97,7 @@ def benchmark(config, steps: int = 5) -> dict:
 
 
 def compare_mc(config, steps: int = 5) -> list[dict]:
-  """UA-MT step with MC as 'loop' then 'vmap': compile seconds, median step seconds, memory.
+  """UA-MT step with MC as 'loop', 'vmap' and 'vmap_chunk1': compile s, median step s, memory.
 
   The loop runs first: the device's `peak_bytes_in_use` only grows within a process, so the vmap
   line's peak is max(loop, vmap). `temp_bytes` is each executable's own scratch size (XLA memory
@@ -111,8 +112,10 @@ def compare_mc(config, steps: int = 5) -> list[dict]:
   parallel.check_batch_size(config.batch_size, mesh)
   batch = _random_batch(config)
   results = []
-  for impl in ("loop", "vmap"):
-    method = uamt.UAMT(config, mc_impl=impl)
+  n_forward = config.uamt.mc_passes // uamt.MC_COPIES
+  # 'vmap': every forward in one vmap; 'vmap_chunk1': lax.map over one-forward groups (the CPU default).
+  for name, impl, chunk in (("loop", "loop", 0), ("vmap", "vmap", n_forward), ("vmap_chunk1", "vmap", 1)):
+    method = uamt.UAMT(config, mc_impl=impl, mc_chunk=chunk)
     state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
     device_batch = parallel.put_batch(batch, mesh)
     t = time.perf_counter()
@@ -129,7 +132,7 @@ def compare_mc(config, steps: int = 5) -> list[dict]:
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     results.append({
         "method": "uamt",
-        "mc_impl": impl,
+        "mc_impl": name,
         "mc_passes": config.uamt.mc_passes,
         "consistency_on": config.uamt.consistency_on,
         "batch_size": config.batch_size,
