@@ -40,6 +40,26 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
   return [min(stride * i, size - patch) for i in range(n)]
 
 
+def _pad_to_patch(image, patch_size, batch_size: int, who: str):
+  """Validate the arguments; zero-pad (floor half on the left, as upstream) only where the volume is
+  smaller than the patch. Returns (padded [D', H', W', Cin] float32, patch, spatial, pad_width)."""
+  image = np.asarray(image)
+  if image.ndim == 3:
+    image = image[..., None]
+  if image.ndim != 4:
+    raise ValueError(f"{who}: image must be [D, H, W] or [D, H, W, Cin], got shape {image.shape}")
+  patch = tuple(int(p) for p in patch_size)
+  if len(patch) != 3:
+    raise ValueError(f"{who}: patch_size must have 3 entries, got {patch_size!r}")
+  if batch_size <= 0:
+    raise ValueError(f"{who}: batch_size must be > 0, got {batch_size}")
+  spatial = image.shape[:3]
+  pads = [max(p - s, 0) for s, p in zip(spatial, patch)]
+  pad_width = [(pd // 2, pd - pd // 2) for pd in pads] + [(0, 0)]
+  padded = np.pad(image.astype(np.float32), pad_width, mode="constant", constant_values=0)
+  return padded, patch, spatial, pad_width
+
+
 def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
                           stride_xy: int, stride_z: int, num_classes: int,
                           batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -60,23 +80,8 @@ def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequen
     label_map: int64 [D, H, W], argmax of the averaged probabilities (ties -> lowest class).
     score_map: float32 [D, H, W, num_classes], probabilities averaged over the windows covering a voxel.
   """
-  image = np.asarray(image)
-  if image.ndim == 3:
-    image = image[..., None]
-  if image.ndim != 4:
-    raise ValueError(f"sliding_window_parity: image must be [D, H, W] or [D, H, W, Cin], got shape "
-                     f"{image.shape}")
-  patch = tuple(int(p) for p in patch_size)
-  if len(patch) != 3:
-    raise ValueError(f"sliding_window_parity: patch_size must have 3 entries, got {patch_size!r}")
-  if batch_size <= 0:
-    raise ValueError(f"sliding_window_parity: batch_size must be > 0, got {batch_size}")
-
-  spatial = image.shape[:3]
-  # Pad only where the volume is smaller than the patch; floor half on the left, as upstream.
-  pads = [max(p - s, 0) for s, p in zip(spatial, patch)]
-  pad_width = [(pd // 2, pd - pd // 2) for pd in pads] + [(0, 0)]
-  padded = np.pad(image.astype(np.float32), pad_width, mode="constant", constant_values=0)
+  padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, batch_size,
+                                                    "sliding_window_parity")
   strides = (stride_xy, stride_xy, stride_z)
   starts = list(itertools.product(*(window_starts(s, p, st)
                                     for s, p, st in zip(padded.shape[:3], patch, strides))))
@@ -171,21 +176,8 @@ def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequ
     label_map: int64 [D, H, W], argmax of the blended probabilities (ties -> lowest class).
     score_map: float32 [D, H, W, num_classes], the blended probabilities.
   """
-  image = np.asarray(image)
-  if image.ndim == 3:
-    image = image[..., None]
-  if image.ndim != 4:
-    raise ValueError(f"sliding_window_gaussian: image must be [D, H, W] or [D, H, W, Cin], got shape "
-                     f"{image.shape}")
-  patch = tuple(int(p) for p in patch_size)
-  if len(patch) != 3:
-    raise ValueError(f"sliding_window_gaussian: patch_size must have 3 entries, got {patch_size!r}")
-  if batch_size <= 0:
-    raise ValueError(f"sliding_window_gaussian: batch_size must be > 0, got {batch_size}")
-  spatial = image.shape[:3]
-  pads = [max(p - s, 0) for s, p in zip(spatial, patch)]
-  pad_width = [(pd // 2, pd - pd // 2) for pd in pads] + [(0, 0)]
-  padded = np.pad(image.astype(np.float32), pad_width, mode="constant", constant_values=0)
+  padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, batch_size,
+                                                    "sliding_window_gaussian")
   starts = list(itertools.product(*(
       window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(padded.shape[:3], patch))))
   weight = gaussian_importance_map(patch, sigma_scale)
