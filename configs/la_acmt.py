@@ -50,6 +50,9 @@ def get_config(arg=None):
       ent_threshold=0.75, ent_threshold_max=0.95,
       mu_passes=8, mu_threshold=0.75, mu_threshold_span=0.15,
       perr_passes=10, perr_uncertainty_th=0.1, perr_temperature=2.0,
+      # MU / P-Err forwards per vmapped group; 0 = auto: all in one vmap on GPU/TPU, one at a time
+      # (lax.map) on CPU, where XLA cannot allocate the batched forward at 112x112x80.
+      pass_chunk=0,
       perr_entropy_broadcast_quirk=True,
       serr_filter_by="both",
   ))

@@ -223,6 +223,14 @@ def test_mc_student_passes_row_order_and_statistics():
   offsets = np.asarray(noisy[..., 0] - images[None, ..., 0])
   assert 0.0 < np.abs(offsets).max() <= 0.2 + 1e-6
   assert len({float(offsets[t, 0, 0, 0, 0]) for t in range(4)}) == 4
+  # Chunked (lax.map over single vmapped forwards, the CPU default) draws the same per-forward keys.
+  chunked, chunked_stats = jax.jit(lambda x, k: acmt.mc_student_passes(
+      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2, chunk=1))(
+          images, jax.random.PRNGKey(0))
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(noisy), rtol=1e-6)
+  _close(chunked_stats["mean"], jax.jit(lambda x, k: acmt.mc_student_passes(
+      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2))(
+          images, jax.random.PRNGKey(0))[1]["mean"])
 
 
 def test_config_rejects_bad_strategy():

@@ -101,3 +101,13 @@ def test_registry_errors_name_the_method():
   config.method = "nope"
   with pytest.raises(KeyError, match="nope"):
     methods.build(config)
+
+
+def test_vmap_passes_chunks_give_the_same_values():
+  fn = lambda k: jax.random.normal(k, (3,)) * 2.0 + jnp.arange(3.0)  # noqa: E731
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  whole = common.vmap_passes(fn, keys)
+  for chunk in (1, 2, 5, 9):
+    np.testing.assert_allclose(common.vmap_passes(fn, keys, chunk), whole, rtol=1e-6)
+  assert common.pass_chunk(3) == 3
+  assert common.pass_chunk(0) == (1 if jax.default_backend() == "cpu" else 0)

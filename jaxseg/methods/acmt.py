@@ -297,8 +297,10 @@ def _forward_with_features(model, params, batch_stats, images, dropout_rng):
 
 
 def mc_student_passes(model, params: Any, batch_stats: Any, images: Array, rng: Array, *,
-                      passes: int, noise_std: float, noise_clip: float) -> tuple[Array, Any]:
-  """MU's T stochastic predictions: T / 2 forwards, each on [U, U] + fresh noise, as one vmap.
+                      passes: int, noise_std: float, noise_clip: float,
+                      chunk: int = 0) -> tuple[Array, Any]:
+  """MU's T stochastic predictions: T / 2 forwards, each on [U, U] + fresh noise, as one vmap
+  (`chunk` > 0: vmapped groups of that many forwards, see common.vmap_passes).
 
   Forward f's copy c of sample b is pass f * 2 + c (upstream row (f * 2 + c) * B + b), so the result
   regroups row-major to [T, B, ...]. BN uses each forward's own batch statistics.
@@ -315,7 +317,7 @@ def mc_student_passes(model, params: Any, batch_stats: Any, images: Array, rng: 
     noisy = tiled + common.teacher_noise(noise_key, tiled.shape, noise_std, noise_clip)
     return common.train_forward(model, params, batch_stats, noisy, dropout_key)
 
-  logits, stats = jax.vmap(forward)(jax.random.split(rng, n_forward))
+  logits, stats = common.vmap_passes(forward, jax.random.split(rng, n_forward), chunk)
   logits = logits.reshape((passes, images.shape[0]) + logits.shape[2:])
   return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(stats)
 
@@ -341,7 +343,7 @@ def compose_bn_updates(after_main: Any, start: Any, per_forward: Any,
 
 
 def teacher_passes(model, params: Any, batch_stats: Any, images: Array, rng: Array, *,
-                   passes: int) -> tuple[Array, Array]:
+                   passes: int, chunk: int = 0) -> tuple[Array, Array]:
   """P-Err's stochastic teacher predictions on the clean input, one vmapped forward.
 
   Returns:
@@ -351,7 +353,7 @@ def teacher_passes(model, params: Any, batch_stats: Any, images: Array, rng: Arr
     logits, features, _ = _forward_with_features(model, params, batch_stats, images, key)
     return logits, features["x8"]
 
-  logits, features = jax.vmap(forward)(jax.random.split(rng, passes))
+  logits, features = common.vmap_passes(forward, jax.random.split(rng, passes), chunk)
   return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(features)
 
 
@@ -386,6 +388,7 @@ class ACMT:
             f"({n_unlabeled}) to be {n_classes} or 1, as upstream's broadcast does; set it to False")
     self.config = config
     self.hp = hp
+    self.pass_chunk = common.pass_chunk(hp.get("pass_chunk", 0))
     self.model = common.build_model(config)
     self.tx = common.make_optimizer(config)
     self.labeled_batch_size = config.labeled_batch_size
@@ -417,10 +420,11 @@ class ACMT:
     if hp.strategy == "mu":
       mc_logits, mc_stats = mc_student_passes(
           self.model, state.params, state.batch_stats, unlabeled, passes_rng, passes=hp.mu_passes,
-          noise_std=hp.noise_std, noise_clip=hp.noise_clip)
+          noise_std=hp.noise_std, noise_clip=hp.noise_clip, chunk=self.pass_chunk)
     if hp.strategy == "perr":
       pass_logits, pass_features = teacher_passes(self.model, ema_params, ema_stats, unlabeled,
-                                                  passes_rng, passes=hp.perr_passes)
+                                                  passes_rng, passes=hp.perr_passes,
+                                                  chunk=self.pass_chunk)
     weight = schedules.consistency_weight(
         state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
 

@@ -73,6 +73,21 @@ def teacher_noise(rng: jax.Array, shape, std: float, clip: float) -> jax.Array:
   return jnp.clip(std * jax.random.normal(rng, shape, jnp.float32), -clip, clip)
 
 
+def pass_chunk(configured: int) -> int:
+  """Forwards per vmapped group for stochastic passes: `configured`, or for 0 ("auto") all of them
+  on an accelerator and one at a time on the CPU, whose XLA backend fails to allocate (std::bad_alloc)
+  a 16-20 volume batched forward at the LA patch size."""
+  return configured or (1 if jax.default_backend() == "cpu" else 0)
+
+
+def vmap_passes(fn, keys: jax.Array, chunk: int = 0):
+  """`jax.vmap(fn)(keys)`, or with 0 < chunk < len(keys) a `jax.lax.map` over vmapped groups of
+  `chunk` keys (bounded memory, same values). No Python loop either way."""
+  if 0 < chunk < keys.shape[0]:
+    return jax.lax.map(fn, keys, batch_size=chunk)
+  return jax.vmap(fn)(keys)
+
+
 def new_state(method, rng: jax.Array, example_batch, aux_fn=None) -> TrainState:
   """Initial TrainState for `method` (which has .model and .tx); `aux_fn(rng, variables)` builds aux."""
   init_rng, aux_rng, step_rng = jax.random.split(rng, 3)

@@ -75,10 +75,8 @@ def mc_teacher_logits(model, params: Any, batch_stats: Any, images: jax.Array, r
     return logits
 
   keys = jax.random.split(rng, n_forward)
-  if impl == "vmap" and 0 < chunk < n_forward:
-    logits = jax.lax.map(forward, keys, batch_size=chunk)
-  elif impl == "vmap":
-    logits = jax.vmap(forward)(keys)
+  if impl == "vmap":
+    logits = common.vmap_passes(forward, keys, chunk)
   else:
     logits = jnp.stack([forward(keys[f]) for f in range(n_forward)])
   # [n_forward, copies * B, ...] -> [n_forward * copies, B, ...] is a row-major regrouping.
@@ -152,8 +150,7 @@ class UAMT:
     # config.uamt.mc_chunk 0 = auto: all MC forwards in one vmap on an accelerator; one vmapped
     # forward at a time (lax.map) on the CPU, whose backend cannot allocate the batched one at LA
     # size. Same numbers either way.
-    chunk = hp.get("mc_chunk", 0) if mc_chunk is None else mc_chunk
-    self.mc_chunk = chunk or (1 if jax.default_backend() == "cpu" else 0)
+    self.mc_chunk = common.pass_chunk(hp.get("mc_chunk", 0) if mc_chunk is None else mc_chunk)
     self.model = common.build_model(config)
     self.tx = common.make_optimizer(config)
     self.labeled_batch_size = config.labeled_batch_size
