@@ -465,11 +465,10 @@ class ACMT:
     if hp.strategy == "mu":
       # Upstream's MC passes run the student in train mode after its main forward.
       batch_stats = compose_bn_updates(batch_stats, state.batch_stats, mc_stats)
-    new_state = common.apply_gradients(self.tx, state, grads, batch_stats)
     # The teacher's running statistics are never read (it always runs in train mode).
-    aux = common.update_teacher(state.aux, new_state.params, state.step, hp.ema_decay,
-                                teacher_stats)
-    return new_state.replace(aux=aux), metrics
+    new_state = common.apply_gradients_and_ema(self.tx, state, grads, batch_stats, hp.ema_decay,
+                                               teacher_stats)
+    return new_state, metrics
 
   def predict(self, state: TrainState, images):
     """The student in eval mode, as upstream test_3D.py evaluates it."""

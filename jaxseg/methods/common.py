@@ -123,6 +123,14 @@ def update_teacher(aux, params, step, decay: float, teacher_batch_stats) -> dict
           "ema_batch_stats": teacher_batch_stats}
 
 
+def apply_gradients_and_ema(tx, state: TrainState, grads, batch_stats, decay: float,
+                            teacher_batch_stats) -> TrainState:
+  """The optimizer update, then the teacher's EMA of the updated student (upstream order)."""
+  new_state = apply_gradients(tx, state, grads, batch_stats)
+  aux = update_teacher(state.aux, new_state.params, state.step, decay, teacher_batch_stats)
+  return new_state.replace(aux=aux)
+
+
 def apply_gradients(tx, state: TrainState, grads, batch_stats, aux=None) -> TrainState:
   """One optimizer update; the step counter advances and the new BN statistics are kept."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

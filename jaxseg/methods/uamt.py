@@ -197,11 +197,10 @@ class UAMT:
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-    new_state = common.apply_gradients(self.tx, state, grads, batch_stats)
     # Teacher BN running statistics are never evaluated; keep the target forward's, drop the MC ones.
-    aux = common.update_teacher(state.aux, new_state.params, state.step, hp.ema_decay,
-                                teacher_stats)
-    return new_state.replace(aux=aux), metrics
+    new_state = common.apply_gradients_and_ema(self.tx, state, grads, batch_stats, hp.ema_decay,
+                                               teacher_stats)
+    return new_state, metrics
 
   def predict(self, state: TrainState, images):
     """The student in eval mode, as upstream test_LA.py evaluates it."""
