@@ -60,6 +60,36 @@ def _pad_to_patch(image, patch_size, batch_size: int, who: str):
   return padded, patch, spatial, pad_width
 
 
+def _blend_windows(prob_fn, padded: np.ndarray, starts, patch, weight: np.ndarray, batch_size: int,
+                   num_classes: int, pad_width, spatial, who: str):
+  """Run `prob_fn` on fixed-size batches of windows (the last one zero-filled, so a jitted prob_fn
+  compiles once), accumulate weight * probabilities and the weights in window order (upstream's,
+  so float32 sums round the same way), normalise, argmax (ties -> lowest class), crop the padding.
+
+  Returns (label int64 [D, H, W], score float32 [D, H, W, num_classes]).
+  """
+  score = np.zeros(padded.shape[:3] + (num_classes,), dtype=np.float32)
+  norm = np.zeros(padded.shape[:3], dtype=np.float32)
+  batch = np.zeros((batch_size,) + patch + (padded.shape[3],), dtype=np.float32)
+  expected = (batch_size,) + patch + (num_classes,)
+  for first in range(0, len(starts), batch_size):
+    chunk = starts[first:first + batch_size]
+    batch[:] = 0.0
+    for i, (x, y, z) in enumerate(chunk):
+      batch[i] = padded[x:x + patch[0], y:y + patch[1], z:z + patch[2]]
+    probs = np.asarray(prob_fn(batch), dtype=np.float32)
+    if probs.shape != expected:
+      raise ValueError(f"{who}: prob_fn returned shape {probs.shape}, expected {expected}")
+    for i, (x, y, z) in enumerate(chunk):
+      region = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+      score[region] += probs[i] * weight[..., None]
+      norm[region] += weight
+  score /= norm[..., None]
+  label = np.argmax(score, axis=-1).astype(np.int64)
+  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
+  return label[crop], np.ascontiguousarray(score[crop])
+
+
 def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
                           stride_xy: int, stride_z: int, num_classes: int,
                           batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -86,29 +116,9 @@ def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequen
   starts = list(itertools.product(*(window_starts(s, p, st)
                                     for s, p, st in zip(padded.shape[:3], patch, strides))))
 
-  score = np.zeros(padded.shape[:3] + (num_classes,), dtype=np.float32)
-  count = np.zeros(padded.shape[:3], dtype=np.float32)
-  window_shape = patch + (padded.shape[3],)
-  batch = np.zeros((batch_size,) + window_shape, dtype=np.float32)
-  for first in range(0, len(starts), batch_size):
-    chunk = starts[first:first + batch_size]
-    batch[:] = 0.0
-    for i, (x, y, z) in enumerate(chunk):
-      batch[i] = padded[x:x + patch[0], y:y + patch[1], z:z + patch[2]]
-    probs = np.asarray(prob_fn(batch), dtype=np.float32)
-    expected = (batch_size,) + patch + (num_classes,)
-    if probs.shape != expected:
-      raise ValueError(f"sliding_window_parity: prob_fn returned shape {probs.shape}, expected {expected}")
-    # Accumulate in upstream's window order so float32 sums round the same way.
-    for i, (x, y, z) in enumerate(chunk):
-      region = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
-      score[region] += probs[i]
-      count[region] += 1.0
-
-  score /= count[..., None]
-  label = np.argmax(score, axis=-1).astype(np.int64)
-  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
-  return label[crop], np.ascontiguousarray(score[crop])
+  # Upstream averages plain counts: every window weighs 1.
+  return _blend_windows(prob_fn, padded, starts, patch, np.ones(patch, np.float32), batch_size,
+                        num_classes, pad_width, spatial, "sliding_window_parity")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,25 +192,5 @@ def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequ
       window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(padded.shape[:3], patch))))
   weight = gaussian_importance_map(patch, sigma_scale)
 
-  score = np.zeros(padded.shape[:3] + (num_classes,), dtype=np.float32)
-  norm = np.zeros(padded.shape[:3], dtype=np.float32)
-  batch = np.zeros((batch_size,) + patch + (padded.shape[3],), dtype=np.float32)
-  expected = (batch_size,) + patch + (num_classes,)
-  for first in range(0, len(starts), batch_size):
-    chunk = starts[first:first + batch_size]
-    batch[:] = 0.0
-    for i, (x, y, z) in enumerate(chunk):
-      batch[i] = padded[x:x + patch[0], y:y + patch[1], z:z + patch[2]]
-    probs = np.asarray(prob_fn(batch), dtype=np.float32)
-    if probs.shape != expected:
-      raise ValueError(f"sliding_window_gaussian: prob_fn returned shape {probs.shape}, expected "
-                       f"{expected}")
-    for i, (x, y, z) in enumerate(chunk):
-      region = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
-      score[region] += probs[i] * weight[..., None]
-      norm[region] += weight
-
-  score /= norm[..., None]
-  label = np.argmax(score, axis=-1).astype(np.int64)
-  crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
-  return label[crop], np.ascontiguousarray(score[crop])
+  return _blend_windows(prob_fn, padded, starts, patch, weight, batch_size, num_classes,
+                        pad_width, spatial, "sliding_window_gaussian")

@@ -124,6 +124,24 @@ class Conv(nn.Module):
     return y
 
 
+def _k2_params(module: nn.Module, x: Array, torch_fan_in: int):
+  """Kernel (2, .., 2, cin, features) and bias of a k2 s2 (transposed) conv, promoted with `x`.
+
+  torch init draws U(+-1/sqrt(torch_fan_in)) for both; otherwise flax's convention (lecun normal
+  with fan_in = prod(kernel.shape[:-1]), zero bias).
+  """
+  nd = x.ndim - 2
+  _spatial_letters(nd)
+  cin = x.shape[-1]
+  if module.torch_init:
+    kernel_init, bias_init = torch_uniform(torch_fan_in), torch_uniform(torch_fan_in)
+  else:
+    kernel_init, bias_init = lecun_normal(cin * 2**nd), nn.initializers.zeros
+  kernel = module.param('kernel', kernel_init, (2,) * nd + (cin, module.features), module.param_dtype)
+  bias = module.param('bias', bias_init, (module.features,), module.param_dtype)
+  return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+
+
 class DownConv2x(nn.Module):
   """Kernel-2 stride-2 convolution (no padding): `[B, *S, cin]` -> `[B, *(S // 2), features]`.
 
@@ -141,16 +159,7 @@ class DownConv2x(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     nd = x.ndim - 2
-    _spatial_letters(nd)
-    cin = x.shape[-1]
-    fan_in = cin * 2**nd
-    if self.torch_init:
-      kernel_init, bias_init = torch_uniform(fan_in), torch_uniform(fan_in)
-    else:
-      kernel_init, bias_init = lecun_normal(fan_in), nn.initializers.zeros
-    kernel = self.param('kernel', kernel_init, (2,) * nd + (cin, self.features), self.param_dtype)
-    bias = self.param('bias', bias_init, (self.features,), self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = _k2_params(self, x, torch_fan_in=x.shape[-1] * 2**nd)
     if self.fast:
       y = _space_to_depth_matmul(x, kernel)
     else:
@@ -178,17 +187,8 @@ class UpConv2x(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     nd = x.ndim - 2
-    _spatial_letters(nd)
-    cin = x.shape[-1]
-    fan_in = self.features * 2**nd  # torch: dim 1 of the (cin, cout, *k) weight.
-    if self.torch_init:
-      kernel_init, bias_init = torch_uniform(fan_in), torch_uniform(fan_in)
-    else:
-      # flax's convention: fan_in = prod(kernel.shape[:-1]).
-      kernel_init, bias_init = lecun_normal(cin * 2**nd), nn.initializers.zeros
-    kernel = self.param('kernel', kernel_init, (2,) * nd + (cin, self.features), self.param_dtype)
-    bias = self.param('bias', bias_init, (self.features,), self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    # torch computes a ConvTranspose's fan_in from dim 1 (cout) of its (cin, cout, *k) weight.
+    x, kernel, bias = _k2_params(self, x, torch_fan_in=self.features * 2**nd)
     if self.fast:
       y = _matmul_depth_to_space(x, kernel)
     else:
