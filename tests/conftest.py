@@ -26,6 +26,17 @@ def data_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("JAXSEG_SHARED_DATA", _REPO.parent / "shared" / "data"))
 
 
+# FUNCTIONS.md: rtol 1e-5 / atol 1e-6 for elementwise maps, rtol 1e-4 for scalars reduced over many voxels.
+MAP_TOL = dict(rtol=1e-5, atol=1e-6)
+SCALAR_TOL = dict(rtol=1e-4, atol=1e-6)
+
+
+def channels_last(x):
+  """Torch [B, C, ...] -> channels-last [B, ..., C]."""
+  import jax.numpy as jnp
+  return jnp.moveaxis(jnp.asarray(x), 1, -1)
+
+
 class ParityFile:
   """One fixture file: ``cases`` (names from ``meta``), ``case(name)`` -> {key: array}, ``meta``."""
 
@@ -38,6 +49,12 @@ class ParityFile:
   def cases(self) -> list[str]:
     """Case names as listed in ``meta['cases']`` (FUNCTIONS.md files)."""
     return list(self.meta["cases"])
+
+  def cases_of(self, function: str, required: bool = True) -> list[str]:
+    """Cases whose meta `function` is `function` (never select by case name)."""
+    names = [n for n in self.cases if self.meta["cases"][n]["function"] == function]
+    assert names or not required, f"no case with function {function!r} in {self.path.name}"
+    return names
 
   def case_args(self, name: str) -> dict:
     return self.meta["cases"][name].get("args", {}) or {}

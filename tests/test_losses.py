@@ -12,45 +12,34 @@ import pytest
 
 from jaxseg import losses
 from jaxseg import schedules
-
-# FUNCTIONS.md: rtol 1e-5 / atol 1e-6 for elementwise maps, rtol 1e-4 for scalars reduced over many voxels.
-MAP_TOL = dict(rtol=1e-5, atol=1e-6)
-SCALAR_TOL = dict(rtol=1e-4, atol=1e-6)
+from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last
 
 
-def _cl(x):
-  """Torch [B, C, ...] -> channels-last [B, ..., C]."""
-  return jnp.moveaxis(jnp.asarray(x), 1, -1)
 
-
-def _cases(pf, function):
-  names = [n for n in pf.cases if pf.meta["cases"][n]["function"] == function]
-  assert names, f"no case with function {function!r} in {pf.path.name}"
-  return names
 
 
 def test_dice_losses_parity(parity):
   pf = parity("losses_uamt.npz")
   checked = 0
-  for name in _cases(pf, "dice_loss"):
+  for name in pf.cases_of("dice_loss"):
     case = pf.case(name)
     if "output/loss" in case:
       got = jax.jit(losses.dice_loss)(case["input/score"], case["input/target"])
       np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
       # The inputs are softmax(logits)[:, 1] and label == 1 of the stored sources.
-      probs = jax.nn.softmax(_cl(case["input/logits"]), axis=-1)
+      probs = jax.nn.softmax(channels_last(case["input/logits"]), axis=-1)
       got = losses.dice_loss(probs[..., 1], case["input/label"] == 1)
       np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
       checked += 1
     if "output/per_class" in case:
-      probs = jax.nn.softmax(_cl(case["input/logits"]), axis=-1)
+      probs = jax.nn.softmax(channels_last(case["input/logits"]), axis=-1)
       label = case["input/label"]
       per_class = [losses.dice_loss(probs[..., c], label == c) for c in range(probs.shape[-1])]
       np.testing.assert_allclose(per_class, case["output/per_class"], **SCALAR_TOL, err_msg=name)
       np.testing.assert_allclose(np.mean(per_class), case["output/mean_over_classes"], **SCALAR_TOL)
       checked += 1
   assert checked
-  for name in _cases(pf, "dice_loss1"):
+  for name in pf.cases_of("dice_loss1"):
     case = pf.case(name)
     got = jax.jit(losses.dice_loss1)(case["input/score"], case["input/target"])
     np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
@@ -58,9 +47,9 @@ def test_dice_losses_parity(parity):
 
 def test_softmax_dice_loss_parity(parity):
   pf = parity("losses_uamt.npz")
-  for name in _cases(pf, "softmax_dice_loss"):
+  for name in pf.cases_of("softmax_dice_loss"):
     case = pf.case(name)
-    got = jax.jit(losses.softmax_dice_loss)(_cl(case["input/input_logits"]), _cl(case["input/target_logits"]))
+    got = jax.jit(losses.softmax_dice_loss)(channels_last(case["input/input_logits"]), channels_last(case["input/target_logits"]))
     np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
 
 
@@ -68,33 +57,33 @@ def test_softmax_dice_loss_parity(parity):
 def test_elementwise_maps_parity(parity, function):
   pf = parity("losses_uamt.npz")
   fn = jax.jit(getattr(losses, function))
-  for name in _cases(pf, function):
+  for name in pf.cases_of(function):
     case = pf.case(name)
-    got = fn(_cl(case["input/input_logits"]), _cl(case["input/target_logits"]))
-    np.testing.assert_allclose(got, _cl(case["output/loss_map"]), **MAP_TOL, err_msg=name)
+    got = fn(channels_last(case["input/input_logits"]), channels_last(case["input/target_logits"]))
+    np.testing.assert_allclose(got, channels_last(case["output/loss_map"]), **MAP_TOL, err_msg=name)
 
 
 def test_symmetric_mse_parity(parity):
   pf = parity("losses_uamt.npz")
-  for name in _cases(pf, "symmetric_mse_loss"):
+  for name in pf.cases_of("symmetric_mse_loss"):
     case = pf.case(name)
-    got = losses.symmetric_mse_loss(_cl(case["input/input1"]), _cl(case["input/input2"]))
+    got = losses.symmetric_mse_loss(channels_last(case["input/input1"]), channels_last(case["input/input2"]))
     np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
 
 
 def test_entropy_parity(parity):
   pf = parity("losses_uamt.npz")
-  for name in _cases(pf, "entropy_loss"):
+  for name in pf.cases_of("entropy_loss"):
     case, c = pf.case(name), pf.case_args(name)["C"]
-    got = jax.jit(losses.entropy_loss, static_argnums=1)(_cl(case["input/p"]), c)
+    got = jax.jit(losses.entropy_loss, static_argnums=1)(channels_last(case["input/p"]), c)
     np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
-  for name in _cases(pf, "entropy_loss_map"):
+  for name in pf.cases_of("entropy_loss_map"):
     case, c = pf.case(name), pf.case_args(name)["C"]
-    want = _cl(case["output/ent_map"])
-    got = losses.entropy_loss_map(_cl(case["input/p"]), c)
+    want = channels_last(case["output/ent_map"])
+    got = losses.entropy_loss_map(channels_last(case["input/p"]), c)
     np.testing.assert_allclose(got, want, **MAP_TOL, err_msg=name)
     # entropy_map is the same quantity in nats (unnormalised).
-    np.testing.assert_allclose(losses.entropy_map(_cl(case["input/p"])) / math.log(c), want, **MAP_TOL)
+    np.testing.assert_allclose(losses.entropy_map(channels_last(case["input/p"])) / math.log(c), want, **MAP_TOL)
 
 
 def test_supervised_loss_parity(parity):
@@ -103,7 +92,7 @@ def test_supervised_loss_parity(parity):
   assert names
   for name in names:
     case, lb = pf.case(name), pf.case_args(name)["labeled_bs"]
-    logits, label = _cl(case["input/outputs"])[:lb], jnp.asarray(case["input/label"])[:lb]
+    logits, label = channels_last(case["input/outputs"])[:lb], jnp.asarray(case["input/label"])[:lb]
     total, ce, dice = jax.jit(losses.supervised_ce_dice)(logits, label)
     np.testing.assert_allclose(ce, case["output/loss_seg"], **SCALAR_TOL, err_msg=name)
     np.testing.assert_allclose(dice, case["output/loss_seg_dice"], **SCALAR_TOL, err_msg=name)
@@ -123,8 +112,8 @@ def test_uamt_uncertainty_parity(parity):
   dist_fns = {"mse": losses.softmax_mse_loss, "kl": losses.softmax_kl_loss}
   for name in names:
     case, args = pf.case(name), pf.case_args(name)
-    mc = _cl(case["input/mc_preds_logits"])
-    student = _cl(case["input/student_logits_unlabeled"])
+    mc = channels_last(case["input/mc_preds_logits"])
+    student = channels_last(case["input/student_logits_unlabeled"])
     stride = int(args.get("stride", student.shape[0]))
     passes = mc.shape[0] // stride
     assert passes * stride == mc.shape[0] and passes == args.get("T", passes)
@@ -132,9 +121,9 @@ def test_uamt_uncertainty_parity(parity):
     # Rows are i * stride + b (MC pass i, sample b): a row-major reshape puts the pass on axis 0.
     probs = jax.nn.softmax(mc, axis=-1).reshape((passes, stride) + mc.shape[1:])
     mean_probs = probs.mean(axis=0)
-    np.testing.assert_allclose(mean_probs, _cl(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
+    np.testing.assert_allclose(mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
     uncertainty = losses.entropy_map(mean_probs)
-    np.testing.assert_allclose(uncertainty, _cl(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
+    np.testing.assert_allclose(uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
 
     max_iters = args.get("max_iterations", 6000)
     consistency, rampup = args.get("consistency", 0.1), args.get("consistency_rampup", 40.0)
@@ -145,8 +134,8 @@ def test_uamt_uncertainty_parity(parity):
     modes = sorted({k.split("/")[1] for k in case if re.match(r"output/[^/]+/iter\d+/", k)})
     assert modes
     for mode in modes:
-      dist = dist_fns[mode](student, _cl(case["input/ema_output_logits"]))
-      np.testing.assert_allclose(dist, _cl(case[f"output/{mode}/consistency_dist_map"]), **MAP_TOL)
+      dist = dist_fns[mode](student, channels_last(case["input/ema_output_logits"]))
+      np.testing.assert_allclose(dist, channels_last(case[f"output/{mode}/consistency_dist_map"]), **MAP_TOL)
       iters = sorted({int(m.group(1)) for k in case for m in [re.match(rf"output/{mode}/iter(\d+)/", k)] if m})
       assert iters
       for it in iters:
@@ -154,7 +143,7 @@ def test_uamt_uncertainty_parity(parity):
         threshold = schedules.uamt_threshold(it, max_iters)
         np.testing.assert_allclose(threshold, case[pre + "threshold"], rtol=1e-12, err_msg=msg)
         mask = (uncertainty < threshold).astype(jnp.float32)
-        want_mask = _cl(case[pre + "mask"])
+        want_mask = channels_last(case[pre + "mask"])
         # Masks must match exactly unless a voxel sits within float32 rounding of the threshold.
         near = np.abs(np.asarray(uncertainty) - threshold) < 1e-6
         np.testing.assert_array_equal(np.asarray(mask)[~near], np.asarray(want_mask)[~near], err_msg=msg)

@@ -16,15 +16,12 @@ _RAMPS = {
 }
 
 
-def _cases(pf, function):
-  return [n for n in pf.cases if pf.meta["cases"][n]["function"] == function]
-
 
 @pytest.mark.parametrize("function", sorted(_RAMPS))
 def test_ramps_parity(parity, function):
   pf = parity("ramps_ema.npz")
   fn, length_key = _RAMPS[function]
-  names = _cases(pf, function)
+  names = pf.cases_of(function, required=False)
   assert names, f"no {function} case in ramps_ema.npz"
   for name in names:
     case, length = pf.case(name), pf.case_args(name)[length_key]
@@ -40,7 +37,7 @@ def test_ramps_parity(parity, function):
 
 def test_consistency_weight_parity(parity):
   pf = parity("ramps_ema.npz")
-  names = _cases(pf, "get_current_consistency_weight")
+  names = pf.cases_of("get_current_consistency_weight", required=False)
   assert names
   for name in names:
     args, case = pf.case_args(name), pf.case(name)
@@ -74,7 +71,7 @@ def _assert_tree_close(got, want, msg):
 
 def test_ema_single_steps_parity(parity):
   pf = parity("ramps_ema.npz")
-  names = [n for n in _cases(pf, "update_ema_variables") if isinstance(pf.case_args(n)["global_step"], int)]
+  names = [n for n in pf.cases_of("update_ema_variables", required=False) if isinstance(pf.case_args(n)["global_step"], int)]
   assert names
   update = jax.jit(schedules.ema_update, static_argnums=3)
   for name in names:
@@ -105,7 +102,7 @@ def test_ema_step0_copies_student():
 
 def test_ema_sequence_parity(parity):
   pf = parity("ramps_ema.npz")
-  names = [n for n in _cases(pf, "update_ema_variables")
+  names = [n for n in pf.cases_of("update_ema_variables", required=False)
            if any(k.startswith("input/model_step") for k in pf.case(n))]
   assert names
   update = jax.jit(schedules.ema_update, static_argnums=3)

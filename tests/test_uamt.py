@@ -21,17 +21,10 @@ from jaxseg import schedules
 from jaxseg import train
 from jaxseg.methods import common
 from jaxseg.methods import uamt
-from tests.conftest import tiny_config
+from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# FUNCTIONS.md: rtol 1e-5 / atol 1e-6 for elementwise maps, rtol 1e-4 for scalars reduced over many voxels.
-MAP_TOL = dict(rtol=1e-5, atol=1e-6)
-SCALAR_TOL = dict(rtol=1e-4, atol=1e-6)
 
-
-def _cl(x):
-  """Torch [B, C, ...] -> channels-last [B, ..., C]."""
-  return jnp.moveaxis(jnp.asarray(x), 1, -1)
 
 
 def _batch(config, seed=0):
@@ -48,16 +41,16 @@ def test_mc_reduction_and_masked_consistency_parity(parity):
   assert names
   for name in names:
     case, args = pf.case(name), pf.case_args(name)
-    mc = _cl(case["input/mc_preds_logits"])
-    student = _cl(case["input/student_logits_unlabeled"])
-    teacher = _cl(case["input/ema_output_logits"])
+    mc = channels_last(case["input/mc_preds_logits"])
+    student = channels_last(case["input/student_logits_unlabeled"])
+    teacher = channels_last(case["input/ema_output_logits"])
     stride = student.shape[0]
     passes = mc.shape[0] // stride
     assert passes * stride == mc.shape[0] and passes == args.get("T", passes)
     # Upstream rows are i * stride + b: a row-major regrouping gives [T, B, ...].
     mean_probs, uncertainty = jax.jit(uamt.mc_uncertainty)(mc.reshape((passes, stride) + mc.shape[1:]))
-    np.testing.assert_allclose(mean_probs, _cl(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
-    np.testing.assert_allclose(uncertainty, _cl(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
+    np.testing.assert_allclose(mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
+    np.testing.assert_allclose(uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
 
     max_iters = args.get("max_iterations", 6000)
     modes = sorted({k.split("/")[1] for k in case if re.match(r"output/[^/]+/iter\d+/", k)})
@@ -73,7 +66,7 @@ def test_mc_reduction_and_masked_consistency_parity(parity):
         np.testing.assert_allclose(threshold, case[pre + "threshold"], rtol=1e-6, err_msg=msg)
         # Exact mask except where float32 rounding sits on the threshold.
         near = np.abs(np.asarray(uncertainty) - case[pre + "threshold"]) < 1e-6
-        np.testing.assert_array_equal(np.asarray(mask)[~near], _cl(case[pre + "mask"])[~near], err_msg=msg)
+        np.testing.assert_array_equal(np.asarray(mask)[~near], channels_last(case[pre + "mask"])[~near], err_msg=msg)
         np.testing.assert_allclose(value, case[pre + "consistency_dist"], **SCALAR_TOL, err_msg=msg)
 
 

@@ -15,23 +15,11 @@ from jaxseg import schedules
 from jaxseg import train
 from jaxseg.methods import common
 from jaxseg.methods import upc
-from tests.conftest import tiny_config
+from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# FUNCTIONS.md: rtol 1e-5 / atol 1e-6 for elementwise maps, rtol 1e-4 for scalars reduced over many voxels.
-MAP_TOL = dict(rtol=1e-5, atol=1e-6)
-SCALAR_TOL = dict(rtol=1e-4, atol=1e-6)
 
 
-def _cl(x):
-  """Torch [B, C, ...] -> channels-last [B, ..., C]."""
-  return jnp.moveaxis(jnp.asarray(x), 1, -1)
-
-
-def _cases(pf, function):
-  names = [n for n in pf.cases if pf.meta["cases"][n]["function"] == function]
-  assert names, f"no case with function {function!r} in {pf.path.name}"
-  return names
 
 
 def test_every_case_is_checked(parity):
@@ -43,16 +31,16 @@ def test_every_case_is_checked(parity):
 def test_update_variance_parity(parity):
   pf = parity("upc.npz")
   fn = jax.jit(upc.update_variance)
-  for name in _cases(pf, "update_variance"):
+  for name in pf.cases_of("update_variance"):
     case = pf.case(name)
-    loss, kl_map = fn(_cl(case["input/pred1"]), _cl(case["input/pred2"]), case["input/loss_origin"])
+    loss, kl_map = fn(channels_last(case["input/pred1"]), channels_last(case["input/pred2"]), case["input/loss_origin"])
     np.testing.assert_allclose(kl_map, case["output/kl_map"], **MAP_TOL, err_msg=name)
     np.testing.assert_allclose(loss, case["output/loss"], **SCALAR_TOL, err_msg=name)
 
 
 def test_update_consistency_loss_parity(parity):
   pf = parity("upc.npz")
-  names = _cases(pf, "update_consistency_loss")
+  names = pf.cases_of("update_consistency_loss")
   settings = set()
   for name in names:
     case, args = pf.case(name), pf.case_args(name)
@@ -60,7 +48,7 @@ def test_update_consistency_loss_parity(parity):
               threshold=float(args["threshold"]), temperature=float(args["T"]))
     settings.add((kw["pseudo"], kw["pseudo_rect"]))
     fn = jax.jit(lambda s, t, kw=kw: upc.consistency_loss(s, t, **kw))
-    loss, aux = fn(_cl(case["input/pred1"]), _cl(case["input/pred2"]))
+    loss, aux = fn(channels_last(case["input/pred1"]), channels_last(case["input/pred2"]))
     np.testing.assert_allclose(loss, case["output/loss"], **SCALAR_TOL, err_msg=name)
     if "output/targets" in case:
       np.testing.assert_array_equal(aux["targets"], case["output/targets"], err_msg=name)
@@ -72,7 +60,7 @@ def test_update_consistency_loss_parity(parity):
 
 def test_consistency_weight_parity(parity):
   pf = parity("upc.npz")
-  for name in _cases(pf, "get_current_consistency_weight"):
+  for name in pf.cases_of("get_current_consistency_weight"):
     case, args = pf.case(name), pf.case_args(name)
     config = tiny_config("upc")
     hp = config.upc
