@@ -42,6 +42,17 @@ def _random_batch(config) -> dict:
           "label": rng.integers(0, config.data.num_classes, size=shape).astype(np.int32)}
 
 
+def _timed_steps(step, state, batch, steps: int, metrics=None):
+  """Run `steps` already-compiled steps; returns (state, last metrics, seconds per step)."""
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  return state, metrics, times
+
+
 def benchmark(config, steps: int = 5) -> dict:
   config_lib.validate(config)
   method = methods.build(config)
@@ -58,12 +69,7 @@ def benchmark(config, steps: int = 5) -> dict:
   state, metrics = step(state, device_batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, metrics = step(state, device_batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
+  state, metrics, times = _timed_steps(step, state, device_batch, steps, metrics)
 
   predict = jax.jit(method.predict)
   windows = np.asarray(batch["image"][: config.eval.batch_size])
@@ -122,12 +128,7 @@ def compare_mc(config, steps: int = 5) -> list[dict]:
     compiled = jax.jit(method.train_step, donate_argnums=0).lower(state, device_batch).compile()
     compile_s = time.perf_counter() - t
     analysis = compiled.memory_analysis()
-    times = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, metrics = compiled(state, device_batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t)
+    state, metrics, times = _timed_steps(compiled, state, device_batch, steps)
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     results.append({
