@@ -95,3 +95,24 @@ def tiny_config(method: str = "mean_teacher", steps: int = 4):
   from jaxseg import config_lib
   return config_lib.load_config_module(_REPO / "configs" / "smoke.py").get_config(
       f"method={method},steps={steps}")
+
+
+def random_batch(config, seed: int = 0) -> dict:
+  """A labeled-looking batch at the config's size: bright voxels are foreground."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+  shape = (config.batch_size, *config.data.patch_size)
+  label = (rng.random(shape) > 0.7).astype(np.int32)
+  image = (rng.normal(size=shape) + 2.0 * label).astype(np.float32)[..., None]
+  return {"image": jnp.asarray(image), "label": jnp.asarray(label)}
+
+
+def check_short_run(config, workdir) -> dict:
+  """Train and evaluate `config` end to end; every logged loss and the final Dice are finite."""
+  from jaxseg import train
+  summary = train.train_and_evaluate(config, workdir)
+  records = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == list(range(1, config.total_steps + 1))
+  assert all(np.isfinite(r["loss"]) for r in records)
+  assert np.isfinite(summary["dice"])
+  return summary

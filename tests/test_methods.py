@@ -9,15 +9,7 @@ from jaxseg import losses
 from jaxseg import methods
 from jaxseg import schedules
 from jaxseg.methods import common
-from tests.conftest import tiny_config
-
-
-def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  shape = (config.batch_size, *config.data.patch_size)
-  label = (rng.random(shape) > 0.7).astype(np.int32)
-  image = (rng.normal(size=shape) + 2.0 * label).astype(np.float32)[..., None]
-  return {"image": jnp.asarray(image), "label": jnp.asarray(label)}
+from tests.conftest import random_batch, tiny_config
 
 
 @pytest.mark.parametrize("name", ["supervised", "mean_teacher"])
@@ -25,7 +17,7 @@ def test_train_step_compiles_once_and_learns(name):
   config = tiny_config(name)
   config.optimizer.lr = 0.05
   method = methods.build(config)
-  batch = _batch(config)
+  batch = random_batch(config)
   state = method.init(jax.random.PRNGKey(0), batch)
   step = jax.jit(chex.assert_max_traces(method.train_step, n=1))
   first = None
@@ -41,7 +33,7 @@ def test_train_step_compiles_once_and_learns(name):
 def test_mean_teacher_step_matches_hand_computation():
   config = tiny_config("mean_teacher")
   method = methods.build(config)
-  batch = _batch(config, seed=1)
+  batch = random_batch(config, seed=1)
   state = method.init(jax.random.PRNGKey(3), batch)
   new_state, metrics = jax.jit(method.train_step)(state, batch)
 

@@ -18,21 +18,12 @@ import pytest
 from jaxseg import losses
 from jaxseg import methods
 from jaxseg import schedules
-from jaxseg import train
 from jaxseg.methods import common
 from jaxseg.methods import uamt
-from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last, tiny_config
+from tests.conftest import (MAP_TOL, SCALAR_TOL, channels_last, check_short_run, random_batch,
+                            tiny_config)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-
-def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  shape = (config.batch_size, *config.data.patch_size)
-  label = (rng.random(shape) > 0.7).astype(np.int32)
-  image = (rng.normal(size=shape) + 2.0 * label).astype(np.float32)[..., None]
-  return {"image": jnp.asarray(image), "label": jnp.asarray(label)}
 
 
 def test_mc_reduction_and_masked_consistency_parity(parity):
@@ -87,7 +78,7 @@ def _teacher(method, batch):
 def test_mc_vmap_equals_loop_and_upstream_layout():
   config = tiny_config("uamt")
   method = methods.build(config)
-  batch = _batch(config)
+  batch = random_batch(config)
   _, params, stats = _teacher(method, batch)
   images = batch["image"][2:]
   kw = dict(passes=8, noise_std=0.1, noise_clip=0.2)
@@ -120,7 +111,7 @@ def test_step_compiles_once_and_matches_hand_computation():
   config.uamt.consistency_on = "all"  # ..._certainty.py: noise, MC and consistency on the whole batch
   config.uamt.consistency_type = "kl"
   method = methods.build(config)
-  batch = _batch(config, seed=1)
+  batch = random_batch(config, seed=1)
   state = method.init(jax.random.PRNGKey(3), batch)
   chex.clear_trace_counter()  # counts are per function: other tests may trace the same step
   step = jax.jit(chex.assert_max_traces(method.train_step, n=1))
@@ -168,12 +159,7 @@ def test_config_switches_are_checked():
 
 
 def test_two_step_run_is_finite(tmp_path):
-  config = tiny_config("uamt", steps=2)
-  summary = train.train_and_evaluate(config, tmp_path)
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records] == [1, 2]
-  assert all(np.isfinite(r["loss"]) for r in records)
-  assert np.isfinite(summary["dice"])
+  check_short_run(tiny_config("uamt", steps=2), tmp_path)
 
 
 def test_la_config_recipe():

@@ -1,5 +1,4 @@
 """UPC (jaxseg.methods.upc): upc.npz parity for every case, the step's numbers, one trace, a run."""
-import json
 import pathlib
 
 import chex
@@ -12,14 +11,12 @@ from jaxseg import config_lib
 from jaxseg import losses
 from jaxseg import methods
 from jaxseg import schedules
-from jaxseg import train
 from jaxseg.methods import common
 from jaxseg.methods import upc
-from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last, tiny_config
+from tests.conftest import (MAP_TOL, SCALAR_TOL, channels_last, check_short_run, random_batch,
+                            tiny_config)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
 
 
 def test_every_case_is_checked(parity):
@@ -88,14 +85,6 @@ def test_consistency_loss_hand_values():
     upc.consistency_loss(s, t, temperature=0.0)
 
 
-def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  shape = (config.batch_size, *config.data.patch_size)
-  label = (rng.random(shape) > 0.7).astype(np.int32)
-  image = (rng.normal(size=shape) + 2.0 * label).astype(np.float32)[..., None]
-  return {"image": jnp.asarray(image), "label": jnp.asarray(label)}
-
-
 @pytest.mark.parametrize("pseudo_rect", [False, True])
 def test_step_compiles_once_and_matches_hand_computation(pseudo_rect):
   config = tiny_config("upc")
@@ -103,7 +92,7 @@ def test_step_compiles_once_and_matches_hand_computation(pseudo_rect):
   # At 4 filters, p = 0.9 drops all x9 channels of most samples (constant logits, upc.md §1); 0.5 keeps
   # the teacher's confidence varied so the threshold below splits the voxels.
   config.model.kwargs.dropout_rate = 0.5
-  batch = _batch(config, seed=2)
+  batch = random_batch(config, seed=2)
   state = methods.build(config).init(jax.random.PRNGKey(5), batch)
 
   rng = jax.random.fold_in(state.rng, state.step)
@@ -147,12 +136,7 @@ def test_step_compiles_once_and_matches_hand_computation(pseudo_rect):
 
 
 def test_two_step_run_is_finite(tmp_path):
-  config = tiny_config("upc", steps=2)
-  summary = train.train_and_evaluate(config, tmp_path)
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records] == [1, 2]
-  assert all(np.isfinite(r["loss"]) for r in records)
-  assert np.isfinite(summary["dice"])
+  check_short_run(tiny_config("upc", steps=2), tmp_path)
 
 
 def test_la_config_recipe():

@@ -413,7 +413,7 @@ class ACMT:
     teacher_noisy = jax.lax.stop_gradient(teacher_noisy)
     # Ent's upstream also runs an unused clean teacher forward; it only touches the teacher's BN
     # running statistics, which a train-mode teacher never reads, so it is skipped.
-    teacher_clean = mc = None
+    teacher_clean = None
     if hp.strategy in ("perr", "serr"):
       teacher_clean, _ = common.train_forward(self.model, ema_params, ema_stats, unlabeled, clean_rng)
       teacher_clean = jax.lax.stop_gradient(teacher_clean)
