@@ -28,6 +28,7 @@ import pathlib
 import sys
 import time
 import warnings
+import weakref
 
 import jax
 import ml_collections
@@ -40,6 +41,17 @@ from jaxseg import metrics
 METRIC_NAMES = ("dice", "jaccard", "hd95", "asd")
 MODES = ("parity", "clean")
 PREDICTIONS_DIR = "predictions"
+
+
+# One jitted predict per method object: `jax.jit(method.predict)` made anew per call would compile
+# again at every periodic validation (a fresh bound method is a fresh cache key).
+_PREDICT = weakref.WeakKeyDictionary()
+
+
+def _jitted_predict(method):
+  if method not in _PREDICT:
+    _PREDICT[method] = jax.jit(method.predict)
+  return _PREDICT[method]
 
 
 def evaluate(method, state, source, config, out_dir=None, split: str = "val",
@@ -61,7 +73,7 @@ def evaluate(method, state, source, config, out_dir=None, split: str = "val",
     raise ValueError("evaluate: save_predictions needs an out_dir")
   # One device is plenty for inference; this also frees it from the training mesh's shardings.
   state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
-  predict = jax.jit(method.predict)
+  predict = _jitted_predict(method)
   num_classes = config.data.num_classes
   settings = mode_settings(config)
   n = len(source) if not max_cases else min(max_cases, len(source))
