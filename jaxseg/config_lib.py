@@ -72,7 +72,7 @@ def la_recipe(method: str, labeled: int, seed: int) -> ml_collections.ConfigDict
 
   c.eval = ml_collections.ConfigDict(dict(
       mode="parity", split="val", stride_xy=18, stride_z=4, batch_size=4, every_steps=1000,
-      max_cases=0,
+      max_cases=0,  # > 0: evaluate only the first N cases (periodic and final; short checks only)
       # Clean mode (jaxseg/evaluate.py): MONAI sliding-window arguments and largest-component
       # post-processing. Either mode: save each case's label map (launch/report.py draws them).
       overlap=0.5, sigma_scale=0.125, largest_cc=False, save_predictions=False))
@@ -80,6 +80,37 @@ def la_recipe(method: str, labeled: int, seed: int) -> ml_collections.ConfigDict
   c.log_every_steps = 20
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
+  return c
+
+
+def acdc_recipe(method: str, labeled: int, seed: int) -> ml_collections.ConfigDict:
+  """The SSL4MIS-lineage ACDC recipe that BCP and CML share (bcp.md §4-§6, cml.md §4-§6): the 2D
+  UNet (16..256 channels, encoder dropout 0.05..0.5, 4 classes), whole slices zoomed to 256x256 by
+  RandomGenerator, batch 24 (12 labeled), SGD 0.01 momentum 0.9 wd 1e-4 at a CONSTANT lr, `labeled`
+  PATIENTS (their slices are the labeled set), validation on val.list volumes slice by slice with
+  argmax and no post-processing. The method's own block and step counts are the caller's."""
+  c = la_recipe(method, labeled=labeled, seed=seed)
+  del c.mt
+  c.batch_size = 24
+  c.labeled_batch_size = 12
+  c.model.name = "unet2d"
+  c.model.kwargs = ml_collections.ConfigDict(dict(
+      n_channels=1, n_classes=4, feature_chns=(16, 32, 64, 128, 256),
+      dropout=(0.05, 0.1, 0.2, 0.3, 0.5)))
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "acdc"
+  c.data.root = ""  # --config.data.root=... or $JAXSEG_DATA_DIR
+  c.data.train_list = "train_slices.list"
+  c.data.val_list = "val.list"
+  c.data.labeled = labeled  # patients
+  c.data.n_val = 0  # validation is val.list (20 volumes), not carved from train
+  c.data.num_classes = 4
+  c.data.patch_size = (256, 256)
+  c.data.augment = "acdc_random_generator"
+  c.data.worker_count = 0
+  c.optimizer.lr_schedule = "constant"
+  c.eval.largest_cc = False  # test_ACDC.py: argmax, no post-processing
+  c.eval.batch_size = 16  # slices per forward
   return c
 
 
@@ -100,10 +131,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   else:
     need(config.labeled_batch_size < config.batch_size,
          f"method {config.method} needs unlabeled samples: labeled_batch_size < batch_size")
-  need(config.data.labeled >= config.labeled_batch_size,
+  # ACDC counts labeled PATIENTS (their slices fill the batch); the sampler checks the slice count.
+  need(config.data.name == "acdc" or config.data.labeled >= config.labeled_batch_size,
        f"data.labeled={config.data.labeled} is smaller than labeled_batch_size={config.labeled_batch_size}")
   n_classes = config.model.kwargs.get("n_classes")
-  need(n_classes == config.data.num_classes,
+  # A single-logit sigmoid head (DTC) serves a binary task.
+  need(n_classes == config.data.num_classes or (n_classes == 1 and config.data.num_classes == 2),
        f"model.kwargs.n_classes={n_classes} differs from data.num_classes={config.data.num_classes}")
   for p in config.data.patch_size:
     need(p % 16 == 0, f"data.patch_size={tuple(config.data.patch_size)}: every side must be divisible "

@@ -105,9 +105,14 @@ def evaluate(method, state, source, config, out_dir=None, split: str = "val",
 def mode_settings(config) -> dict:
   """The settings that define the mode's numbers, recorded in the summary."""
   e = config.eval
+  if len(config.data.patch_size) == 2 and e.mode == "parity":  # 2D networks (predict_case)
+    return {"units": "voxel", "asd": "directed (prediction -> reference), medpy",
+            "inference": f"slice-wise, nearest zoom to {tuple(config.data.patch_size)} and back",
+            "largest_cc": bool(e.get("largest_cc", False))}
   if e.mode == "parity":
     return {"units": "voxel", "asd": "directed (prediction -> reference), medpy",
-            "stride_xy": int(e.stride_xy), "stride_z": int(e.stride_z)}
+            "stride_xy": int(e.stride_xy), "stride_z": int(e.stride_z),
+            "largest_cc": bool(e.get("largest_cc", False))}
   if config.data.get("spacing") is None:  # a config saved before data.spacing existed
     units, spacing = "voxel (config has no data.spacing)", None
   else:
@@ -118,16 +123,28 @@ def mode_settings(config) -> dict:
 
 
 def predict_case(prob_fn, image: np.ndarray, config) -> np.ndarray:
-  """int64 label map [D, H, W] of one volume [D, H, W] under `config.eval.mode`."""
+  """int64 label map [D, H, W] of one volume [D, H, W] under `config.eval.mode`.
+
+  A 2D `data.patch_size` (ph, pw) means a 2D network: `inference.predict_volume_slicewise` (SSL4MIS
+  `test_single_volume`: nearest zoom of each slice to the patch size and back) in both modes.
+
+  `eval.largest_cc` keeps each class's largest connected component (full connectivity). In parity
+  mode it is the method's own test rule (DTC, BCP, CML, DyCON: `--nms 1` in their test scripts); in
+  clean mode an option.
+  """
   e, d = config.eval, config.data
-  if e.mode == "parity":
+  if len(d.patch_size) == 2:
+    # A 2D network (ACDC): slice by slice at the training size, the upstream rule in either mode.
+    label_map, _ = inference.predict_volume_slicewise(
+        prob_fn, image, tuple(d.patch_size), d.num_classes, batch_size=e.batch_size)
+  elif e.mode == "parity":
     label_map, _ = inference.sliding_window_parity(
         prob_fn, image, tuple(d.patch_size), e.stride_xy, e.stride_z, d.num_classes,
         batch_size=e.batch_size)
-    return label_map
-  label_map, _ = inference.sliding_window_gaussian(
-      prob_fn, image, tuple(d.patch_size), d.num_classes, overlap=float(e.get("overlap", 0.5)),
-      sigma_scale=float(e.get("sigma_scale", 0.125)), batch_size=e.batch_size)
+  else:
+    label_map, _ = inference.sliding_window_gaussian(
+        prob_fn, image, tuple(d.patch_size), d.num_classes, overlap=float(e.get("overlap", 0.5)),
+        sigma_scale=float(e.get("sigma_scale", 0.125)), batch_size=e.batch_size)
   if e.get("largest_cc", False):
     label_map = metrics.largest_component_per_class(label_map, d.num_classes)
   return label_map
@@ -250,8 +267,8 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
 def split_source(config, workdir, split: str):
   """The random-access source of `split`: 'val' from <workdir>/splits.json, 'test' from
   <data root>/test.list (held out: never part of the run's train or val ids)."""
-  from jaxseg.data import build_source
   from jaxseg.data import builder
+  from jaxseg.data import get_dataset
   from jaxseg.data import splits as splits_lib
   workdir = pathlib.Path(workdir)
   stored = splits_lib.read_splits(workdir / splits_lib.SPLITS_FILE)
@@ -259,12 +276,12 @@ def split_source(config, workdir, split: str):
   if split == "val":
     ids = stored["val"]
   elif split == "test":
-    list_path = root / "test.list"
+    list_path = root / get_dataset(config.data.name).test_list
     if not list_path.is_file():
       raise FileNotFoundError(
-          f"--split test: {list_path} not found. The test split is the data root's test.list "
+          f"--split test: {list_path} not found. The test split is the data root's test list "
           f"(data root {root}); this dataset has none, so evaluate on --split val")
-    ids = splits_lib.read_list(list_path)
+    ids = get_dataset(config.data.name).read_list(list_path)
     seen = set(stored["train"]) | set(stored["val"])
     leaked = sorted(set(ids) & seen)
     if leaked:
@@ -275,7 +292,7 @@ def split_source(config, workdir, split: str):
     raise ValueError(f"--split {split!r}: must be 'val' or 'test'")
   if not ids:
     raise ValueError(f"split {split!r} of {workdir} has no cases")
-  return build_source(config.data.name, root, ids, config.data.num_classes)
+  return get_dataset(config.data.name).val_source(root, ids, config.data.num_classes)
 
 
 def run(workdir, split: str = "val", mode: str | None = None, checkpoint: str = "final",
@@ -294,14 +311,16 @@ def run(workdir, split: str = "val", mode: str | None = None, checkpoint: str = 
   if mode not in MODES:
     raise ValueError(f"--mode {mode!r}: must be one of {MODES}")
   if largest_cc and mode != "clean":
-    raise ValueError("largest_cc is a clean-mode option; parity mode has no post-processing")
+    raise ValueError("largest_cc is a clean-mode option; parity mode applies the method's own rule "
+                     "(the run's config eval.largest_cc)")
   with config.unlocked():
     config.eval.mode = mode
     if overlap is not None:
       config.eval.overlap = overlap
     if sigma_scale is not None:
       config.eval.sigma_scale = sigma_scale
-    config.eval.largest_cc = bool(largest_cc)
+    if mode == "clean":  # parity keeps the run's own rule
+      config.eval.largest_cc = bool(largest_cc)
     if batch_size:
       config.eval.batch_size = batch_size
     if mode == "clean" and config.data.get("spacing") is None:
@@ -350,7 +369,8 @@ def main(argv=None) -> int:
   parser.add_argument("--batch_size", type=int, default=None, help="windows per network call")
   args = parser.parse_args(argv)
   if args.largest_cc and args.mode == "parity":
-    parser.error("--largest_cc is a clean-mode option; parity mode has no post-processing")
+    parser.error("--largest_cc is a clean-mode option; parity mode applies the method's own rule "
+                 "(the run's config eval.largest_cc)")
   from jaxseg import checkpoints as checkpoints_lib
   try:
     checkpoints_lib.resolve_choice(args.checkpoint)

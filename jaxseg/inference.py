@@ -194,3 +194,66 @@ def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequ
 
   return _blend_windows(prob_fn, padded, starts, patch, weight, batch_size, num_classes,
                         pad_width, spatial, "sliding_window_gaussian")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2D networks on volumes: slice by slice (ACDC).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def predict_volume_slicewise(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
+                             num_classes: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+  """Whole-volume prediction of a 2D network, one short-axis slice at a time.
+
+  SSL4MIS `code/val_2d.py::test_single_volume` (also BCP/CML `test_ACDC.py`): every slice [H, W] is
+  zoomed to `patch_size` with order 0 (nearest, `scipy.ndimage.zoom(x, (ph / H, pw / W), order=0)`),
+  the network's class probabilities are argmax-ed at that size (ties -> lowest class), and the label
+  map is zoomed back to [H, W] with order 0 (zoom factors (H / ph, W / pw)). Slices go to the
+  network in fixed-size batches, the last one zero-filled, so a jitted prob_fn compiles once.
+
+  Args:
+    prob_fn: slices [N, ph, pw, Cin] float32 -> probabilities [N, ph, pw, num_classes]; always
+      called with N == batch_size.
+    image: [D, H, W] or [D, H, W, Cin] (D = slices).
+    patch_size: (ph, pw), the training slice size (256, 256 upstream).
+    num_classes: probability channels prob_fn returns.
+    batch_size: slices per prob_fn call.
+
+  Returns:
+    label_map: int64 [D, H, W].
+    score_map: float32 [D, H, W, num_classes], each slice's probabilities zoomed back with order 0
+      (so argmax(score_map) == label_map up to ties).
+  """
+  from scipy import ndimage  # only this function needs scipy
+
+  image = np.asarray(image, np.float32)
+  if image.ndim == 3:
+    image = image[..., None]
+  if image.ndim != 4:
+    raise ValueError(f"predict_volume_slicewise: image must be [D, H, W] or [D, H, W, Cin], got shape "
+                     f"{image.shape}")
+  patch = tuple(int(p) for p in patch_size)
+  if len(patch) != 2:
+    raise ValueError(f"predict_volume_slicewise: patch_size must have 2 entries, got {patch_size!r}")
+  if batch_size <= 0:
+    raise ValueError(f"predict_volume_slicewise: batch_size must be > 0, got {batch_size}")
+  depth, h, w, cin = image.shape
+  to_patch = (patch[0] / h, patch[1] / w, 1.0)
+  back = (h / patch[0], w / patch[1])
+  label = np.zeros((depth, h, w), np.int64)
+  score = np.zeros((depth, h, w, num_classes), np.float32)
+  batch = np.zeros((batch_size,) + patch + (cin,), np.float32)
+  expected = (batch_size,) + patch + (num_classes,)
+  for first in range(0, depth, batch_size):
+    chunk = range(first, min(first + batch_size, depth))
+    batch[:] = 0.0
+    for i, z in enumerate(chunk):
+      batch[i] = ndimage.zoom(image[z], to_patch, order=0)
+    probs = np.asarray(prob_fn(batch), dtype=np.float32)
+    if probs.shape != expected:
+      raise ValueError(f"predict_volume_slicewise: prob_fn returned shape {probs.shape}, expected "
+                       f"{expected}")
+    for i, z in enumerate(chunk):
+      label[z] = ndimage.zoom(np.argmax(probs[i], axis=-1), back, order=0)
+      score[z] = ndimage.zoom(probs[i], back + (1.0,), order=0)
+  return label, score

@@ -129,6 +129,49 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
   return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1))
 
 
+def voxel_cross_entropy(logits: Array, labels: Array) -> Array:
+  """Per-voxel softmax cross-entropy [B, ...] (`nn.CrossEntropyLoss(reduction='none')`)."""
+  logits = logits.astype(jnp.float32)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return -jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def masked_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
+  """sum(CE * m) / (sum(m) + 1e-16), pooled over the batch (BCP `mix_loss`, CML
+  `supervison_loss` with a weight mask)."""
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(voxel_cross_entropy(logits, labels) * mask) / (jnp.sum(mask) + 1e-16)
+
+
+def class_probabilities(logits: Array) -> Array:
+  """softmax over classes, or [1 - sigmoid, sigmoid] for one channel (BCP `get_probability`)."""
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    p = jax.nn.sigmoid(logits)
+    return jnp.concatenate([1.0 - p, p], axis=-1)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def mask_dice_loss(logits: Array, labels: Array, mask: Array | None = None,
+                   smooth: float = 1e-5) -> Array:
+  """`mask_DiceLoss(nclass)` of BCP and CML (DeepMed-Lab-ECNU/BCP and SongwuJob/CML
+  code/utils/losses.py): 1 - mean over (sample, class) of (2 I + s) / (U + s), background included.
+
+  I = sum_v p t m, U = sum_v (p + t) m (linear, not squared), per sample and class; p =
+  `class_probabilities(logits)`, t = one-hot(labels), m = mask (all ones if None).
+
+  Args:
+    logits: [B, *spatial, C]; labels: integer [B, *spatial]; mask: [B, *spatial] or None.
+  """
+  p = class_probabilities(logits)
+  t = jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
+  m = 1.0 if mask is None else mask.astype(p.dtype)[..., None]
+  axes = tuple(range(1, p.ndim - 1))
+  inter = jnp.sum(p * t * m, axis=axes)
+  union = jnp.sum((p + t) * m, axis=axes)
+  return 1.0 - jnp.mean((2.0 * inter + smooth) / (union + smooth))
+
+
 def supervised_ce_dice(logits: Array, labels: Array) -> tuple[Array, Array, Array]:
   """UA-MT / MT supervised loss 0.5 (CE + dice_loss(softmax[..., 1], labels == 1)).
 

@@ -146,16 +146,18 @@ def ema_update(ema_params: Any, params: Any, step: Scalar, decay: float) -> Any:
   return optax.incremental_update(new_tensors=params, old_tensors=ema_params, step_size=1.0 - alpha)
 
 
-def step_lr(base_lr: float, every: int, factor: float) -> optax.Schedule:
-  """lr(count) = base_lr * factor ** (count // every), count = optimizer steps already taken.
+def step_lr(base_lr: float, every: int, factor: float, begin: int = 0) -> optax.Schedule:
+  """lr(count) = base_lr * factor ** (max(count - begin, 0) // every), count = optimizer steps
+  already taken.
 
   UA-MT LA recipe: base 0.01, every 2500, factor 0.1 -> 1e-2 for counts 0..2499, 1e-3 for 2500..4999
   (upstream sets the new lr after the 2500th step, so the 2501st step is the first at 1e-3).
+  MCF (WYC-321/MCF code/train_MCF.py) decays one step later: begin = 1 (1e-2 for counts 0..2500).
   """
   if every <= 0:
     raise ValueError(f"step_lr: every must be > 0, got {every}")
   return optax.exponential_decay(init_value=base_lr, transition_steps=every, decay_rate=factor,
-                                 staircase=True)
+                                 transition_begin=begin, staircase=True)
 
 
 def poly_lr(base_lr: float, max_steps: int, power: float = 0.9) -> optax.Schedule:

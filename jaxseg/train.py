@@ -29,6 +29,7 @@ from jaxseg import methods
 from jaxseg import parallel
 from jaxseg import writers
 from jaxseg.data.builder import build_datasets
+from jaxseg.methods import common as methods_common
 
 # Fault injection for the resume test: the process SIGKILLs itself right after this step.
 _FAULT_ENV = "JAXSEG_FAULT_KILL_AT_STEP"
@@ -91,7 +92,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     return summary
 
   state = parallel.put_replicated(state, mesh)
-  step_fn = jax.jit(method.train_step, donate_argnums=0)
+  phases = methods_common.phases_of(method)
+  # Each phase's step is compiled once, on first use; `enter` runs once at the phase's first step
+  # (a checkpoint taken at a phase boundary predates it, so a resume there re-enters correctly).
+  step_fns = {p.name: jax.jit(p.train_step, donate_argnums=0) for p in phases}
   writer = writers.MetricWriter(workdir, resume_step=start, enable_tensorboard=is_main)
   progress = writers.Progress(total, start)
   fault_step = int(os.environ.get(_FAULT_ENV, "-1"))
@@ -99,8 +103,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
        f"{mesh.devices.size} device(s) {jax.devices()[0].platform}, workdir {workdir}")
 
   for step in range(start, total):
+    phase = methods_common.phase_at(phases, step)
+    if len(phases) > 1 and (step == phase.start or step == start):
+      _log(f"phase {phase.name!r} from step {step}")
+    if step == phase.start and phase.enter is not None:
+      state = jax.jit(phase.enter, donate_argnums=0)(state)
     batch = parallel.put_batch(next(iterator), mesh)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fns[phase.name](state, batch)
     done = step + 1
     if step == start:
       jax.block_until_ready(state)
@@ -130,11 +139,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     best_ckpt.wait_until_finished()
   writer.close()
 
+  n_eval = len(data.val_source)
+  if config.eval.max_cases:  # a short check on real data; the summary's n_cases says so
+    n_eval = min(n_eval, config.eval.max_cases)
   _log(f"evaluating the final state (step {int(state.step)}) on the {config.eval.split} split "
-       f"({len(data.val_source)} cases, mode {config.eval.mode})")
+       f"({n_eval} of {len(data.val_source)} cases, mode {config.eval.mode})")
   return evaluate_lib.evaluate(method, state, data.val_source, config,
                                out_dir=workdir / "eval" / config.eval.split, split=config.eval.split,
-                               checkpoint_step=int(state.step))
+                               checkpoint_step=int(state.step), max_cases=config.eval.max_cases)
 
 
 def _checked(scalars: dict, step: int, workdir) -> dict:

@@ -116,3 +116,176 @@ def check_short_run(config, workdir) -> dict:
   assert all(np.isfinite(r["loss"]) for r in records)
   assert np.isfinite(summary["dice"])
   return summary
+
+
+# --- Network parity (shared/parity/NETWORKS.md section 1), shared by tests/test_<network>.py.
+# A fixture's output groups ('out', 'train_out', 'lossw') hold keys '0', '1', ... in the forward's
+# return order, named by meta['outputs']; every helper loops over what the file holds.
+
+# Batch-statistics BN amplifies float32 rounding: NETWORKS.md puts float32-vs-float64 train outputs
+# at <= 2e-5 relative to their scale, so train outputs take atol = max(1e-5, 2e-5 * max|want|).
+TRAIN_ATOL_SCALE = 2e-5
+
+
+def as_tuple(out) -> tuple:
+  """A forward's return value as a tuple (a single array becomes a 1-tuple)."""
+  return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def fixture_outputs(group: dict) -> list:
+  """A NETWORKS.md output group ('out', 'train_out', 'lossw') in return order, channels-last."""
+  return [np.moveaxis(np.asarray(group[k]), 1, -1) for k in sorted(group, key=int)]
+
+
+def network_fixture(parity, fixture: str, model_name: str, kwargs_of=None):
+  """(ParityFile, model kwargs, imported variables, channels-last input) of a network fixture.
+
+  `kwargs_of(pf)` maps it to jaxseg constructor kwargs (default: its constructor_kwargs)."""
+  from jaxseg.models import torch_import
+  pf = parity(fixture)
+  kwargs = dict(kwargs_of(pf) if kwargs_of else pf.meta["constructor_kwargs"])
+  variables = torch_import.import_state_dict(model_name, pf.group("param"), **kwargs)
+  return pf, kwargs, variables, channels_last(pf["input"])
+
+
+def leaf(tree, entry):
+  """The leaf of a variables tree at a torch_import `Entry` (or a bare key path)."""
+  path = getattr(entry, "path", entry)
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def assert_outputs_match(pf, group: str, got, atol_scale: float = 0.0):
+  """`got` (one array or a tuple) equals fixture group `group` output by output, in number too:
+  rtol 1e-4, atol max(1e-5, atol_scale * max|want|) (TRAIN_ATOL_SCALE for train outputs)."""
+  got, want, names = as_tuple(got), fixture_outputs(pf.group(group)), pf.meta["outputs"]
+  assert len(got) == len(want) == len(names), (group, len(got), len(want), names)
+  for name, g, w in zip(names, got, want):
+    assert g.shape == w.shape, (group, name, g.shape, w.shape)
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=max(1e-5, atol_scale * float(np.abs(w).max())),
+                               err_msg=f"{group} {name}")
+
+
+def assert_bn_stats_match(pf, key_map, updated_batch_stats, n_leaves=None, unmapped=None) -> set:
+  """BN running stats after the train forward vs `bn_after_train/` (rtol 1e-4, atol 1e-5); returns
+  the names checked. `n_leaves`: how many must be checked (the model's batch_stats leaf count).
+  `unmapped(name)`: accepts fixture entries the port does not build (they must equal `param/`, i.e.
+  the upstream forward never ran them); without it every entry must be in `key_map`.
+  `num_batches_tracked` is only a counter (NETWORKS.md section 2) and is skipped."""
+  params = pf.group("param")
+  checked = set()
+  for name, ref in pf.group("bn_after_train").items():
+    if name.endswith("num_batches_tracked"):
+      continue
+    if name not in key_map:
+      assert unmapped is not None and unmapped(name), f"{name}: not in the key map"
+      np.testing.assert_array_equal(ref, params[name], err_msg=name)
+      continue
+    entry = key_map[name]
+    assert entry.collection == "batch_stats", name
+    np.testing.assert_allclose(leaf(updated_batch_stats, entry), ref, rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+    checked.add(name)
+  if n_leaves is not None:
+    assert len(checked) == n_leaves, (len(checked), n_leaves)
+  return checked
+
+
+def assert_train_step_matches(pf, model, key_map, variables, x, train_forward, all_bn=True,
+                              unmapped=None):
+  """One jitted `train_forward(model, variables, x)` -> (outputs, {'batch_stats': ...}): outputs vs
+  `train_out/` (TRAIN_ATOL_SCALE) and running stats vs `bn_after_train/` (`assert_bn_stats_match`;
+  with `all_bn`, every batch_stats leaf of `variables` is checked). Returns (updated batch_stats,
+  names checked)."""
+  import jax
+  got, updated = jax.jit(train_forward, static_argnums=0)(model, variables, x)
+  assert_outputs_match(pf, "train_out", got, TRAIN_ATOL_SCALE)
+  n_leaves = len(jax.tree.leaves(variables["batch_stats"])) if all_bn else None
+  checked = assert_bn_stats_match(pf, key_map, updated["batch_stats"], n_leaves, unmapped)
+  return updated["batch_stats"], checked
+
+
+def lossw_loss(train_forward):
+  """loss_fn(model, params, batch_stats, x, lossw) = sum_i sum(out_i * lossw_i) (NETWORKS.md
+  section 1, step 6), where `train_forward(model, variables, x)` -> (outputs, updated state)."""
+  import jax.numpy as jnp
+
+  def loss_fn(model, params, batch_stats, x, lossw):
+    outs, _ = train_forward(model, {"params": params, "batch_stats": batch_stats}, x)
+    outs = as_tuple(outs)
+    assert len(outs) == len(lossw), (len(outs), len(lossw))
+    return sum(jnp.sum(o * w) for o, w in zip(outs, lossw))
+
+  return loss_fn
+
+
+def loss_and_grads(model, loss_fn, variables, x, lossw):
+  """(loss, numpy grads w.r.t. params) of jitted `loss_fn(model, params, batch_stats, x, lossw)`."""
+  import jax
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=1), static_argnums=0)(
+      model, variables["params"], variables["batch_stats"], x, list(lossw))
+  return float(loss), jax.tree.map(np.asarray, grads)
+
+
+def x64_loss_and_grads(model_name: str, kwargs: dict, loss_fn, variables, x, lossw):
+  """`loss_and_grads` of the float64 model on the float32 params, input and loss weights upcast: the
+  counterpart of torch's `model.double()` step that gave `loss64` and `grad64/`."""
+  import jax
+  import jax.numpy as jnp
+  from jaxseg import models
+  with jax.enable_x64(True):
+    up = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
+    model64 = models.get(model_name, **kwargs, dtype=jnp.float64)
+    return loss_and_grads(model64, loss_fn, up(variables), up(x), up(list(lossw)))
+
+
+def assert_grads64_match(pf, key_map, grads64, rel_tol: float, grads32=None, unmapped=None):
+  """Every `grad64/` entry within `rel_tol` of max|grad64 of that tensor| (NETWORKS.md: a faithful
+  float64 port reaches ~1e-11). Also: the `grad_structurally_zero_omitted` parameters (conv biases
+  cancelled by a following mean subtraction) are zero to 1e-9 of the largest grad64; the
+  `params_without_grad` ones are exactly zero (`unmapped(name)` accepts those the port does not
+  build); with `grads32`, float32 gradients match `grad/` to max(10 * grad_fp32_noise_rel, 1e-4),
+  i.e. as far as torch's own float32 gradient is from grad64."""
+  ref64, ref32, meta = pf.group("grad64"), pf.group("grad"), pf.meta
+  assert ref64, "fixture holds no grad64/ entries"
+  scale = max(float(np.abs(g).max()) for g in ref64.values())
+  for name, want in ref64.items():
+    entry = key_map[name]
+    want = entry.to_flax(want)
+    denom = float(np.abs(want).max()) or scale
+    err64 = float(np.abs(leaf(grads64, entry) - want).max()) / denom
+    assert err64 < rel_tol, f"{name}: float64 grad rel err {err64:.2e}"
+    if grads32 is not None and name in ref32:
+      noise = meta["grad_fp32_noise_rel"].get(name, 0.0)
+      err32 = float(np.abs(leaf(grads32, entry) - entry.to_flax(ref32[name])).max()) / denom
+      assert err32 < max(10 * noise, 1e-4), f"{name}: float32 grad rel err {err32:.2e}"
+  for name in meta.get("grad_structurally_zero_omitted", []):
+    assert float(np.abs(leaf(grads64, key_map[name])).max()) < 1e-9 * scale, name
+  for name in meta.get("params_without_grad", []):
+    if name not in key_map:
+      assert unmapped is not None and unmapped(name), f"{name}: not in the key map"
+      continue
+    assert not np.any(leaf(grads64, key_map[name])), name
+
+
+def assert_key_map_covers(pf, model_name: str, kwargs: dict) -> dict:
+  """The key map and expected shapes of `model_name` are exactly the fixture's state_dict (less the
+  `num_batches_tracked` counters), which is returned."""
+  from jaxseg.models import torch_import
+  params = {k: v for k, v in pf.group("param").items() if not k.endswith("num_batches_tracked")}
+  assert set(torch_import.key_map(model_name, **kwargs)) == set(params)
+  shapes = torch_import.expected_torch_shapes(model_name, **kwargs)
+  assert {k: tuple(v.shape) for k, v in params.items()} == shapes
+  return params
+
+
+def channel_dropout_masks(before, after, atol: float = 1e-8):
+  """(kept, dropped) [B, C] masks of a channel-wise dropout at p=0.5 from its channels-last input
+  and output: every (sample, channel) map is either scaled by 2 (rtol 1e-5) or zeroed."""
+  before, after = np.asarray(before), np.asarray(after)
+  spatial = tuple(range(1, before.ndim - 1))
+  kept = np.all(np.isclose(after, 2 * before, rtol=1e-5, atol=atol), axis=spatial)
+  dropped = np.all(after == 0, axis=spatial)
+  assert np.all(kept | dropped)
+  return kept, dropped

@@ -2,6 +2,7 @@
 import csv
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -143,3 +144,32 @@ def test_cli_refuses_test_based_selection_and_missing_test_split(trained_run, ca
     assert "refusing" in capsys.readouterr().err
   finally:
     (workdir / "data" / "test.list").unlink()
+
+
+class _ClassOfValue:
+  """A 'method' predicting class round(intensity) of each pixel: probabilities [..., 4]."""
+
+  def predict(self, state, images):
+    cls = jnp.clip(jnp.rint(images[..., 0]), 0, 3).astype(jnp.int32)
+    return jax.nn.one_hot(cls, 4)
+
+
+def test_2d_patch_size_evaluates_slice_wise_with_per_class_metrics():
+  from jaxseg import inference
+  config = tiny_config()
+  config.data.patch_size = (16, 16)
+  config.data.num_classes = 4
+  gt = np.zeros((3, 20, 12), np.uint8)
+  gt[:, 2:8, 2:6], gt[:, 10:14, 3:9], gt[:, 15:19, 1:11] = 1, 2, 3
+  pred_image = gt.astype(np.float32)
+  pred_image[:, 15:19, 1:11] = 2.0  # class 3 predicted as 2
+  fn = lambda w: np.asarray(_ClassOfValue().predict(None, jnp.asarray(w)))  # noqa: E731
+  got = evaluate.predict_case(fn, pred_image, config)
+  want, _ = inference.predict_volume_slicewise(fn, pred_image, (16, 16), 4,
+                                               batch_size=config.eval.batch_size)
+  np.testing.assert_array_equal(got, want)
+  summary = evaluate.evaluate(_ClassOfValue(), {}, _source([pred_image], [gt]), config, stream=None)
+  assert summary["inference"].startswith("slice-wise") and summary["n_cases"] == 1
+  assert summary["dice_class3"] == 0.0  # class 3 never predicted: upstream zeros
+  assert summary["dice_class1"] > 0.5 and 0.0 < summary["dice_class2"] < 1.0
+  np.testing.assert_allclose(summary["dice"], np.mean([summary[f"dice_class{c}"] for c in (1, 2, 3)]))

@@ -163,3 +163,62 @@ def test_sliding_window_gaussian_pads_small_axes_and_keeps_pointwise_outputs():
                              atol=1e-6)
   with pytest.raises(ValueError, match="prob_fn returned shape"):
     inference.sliding_window_gaussian(lambda w: np.zeros(w.shape[:4] + (3,)), image, (16, 16, 16), 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2D networks: slice-wise prediction (SSL4MIS val_2d.py test_single_volume).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _class_of_value(windows, num_classes=4):
+  """Probabilities peaking at class round(intensity) (clipped): a network whose answer is known."""
+  cls = np.clip(np.rint(windows[..., 0]), 0, num_classes - 1).astype(np.int64)
+  probs = np.full(windows.shape[:3] + (num_classes,), 0.1, np.float32)
+  np.put_along_axis(probs, cls[..., None], 0.7, axis=-1)
+  return probs
+
+
+def test_predict_volume_slicewise_numbers():
+  from scipy import ndimage
+  rng = np.random.default_rng(0)
+  calls = []
+
+  def prob_fn(batch):
+    calls.append(batch.shape)
+    return _class_of_value(batch)
+
+  # Same size as the patch: the label map is the class image itself.
+  image = rng.integers(0, 4, (5, 8, 8)).astype(np.float32)
+  label, score = inference.predict_volume_slicewise(prob_fn, image, (8, 8), 4, batch_size=2)
+  np.testing.assert_array_equal(label, image.astype(np.int64))
+  assert calls == [(2, 8, 8, 1)] * 3  # ceil(5 / 2) calls of one fixed shape (last zero-filled)
+  np.testing.assert_allclose(score.sum(-1), 1.0, rtol=1e-6)
+
+  # Exactly half the patch: nearest zoom x2 then /2 returns every pixel to itself.
+  image = rng.integers(0, 4, (3, 4, 6)).astype(np.float32)
+  label, _ = inference.predict_volume_slicewise(prob_fn, image, (8, 12), 4, batch_size=4)
+  np.testing.assert_array_equal(label, image.astype(np.int64))
+
+  # General sizes: the upstream formula, slice by slice.
+  image = rng.integers(0, 4, (3, 11, 7)).astype(np.float32)
+  label, score = inference.predict_volume_slicewise(prob_fn, image, (16, 16), 4, batch_size=2)
+  for z in range(3):
+    small = ndimage.zoom(image[z], (16 / 11, 16 / 7), order=0)
+    want = ndimage.zoom(np.argmax(_class_of_value(small[None, ..., None])[0], -1), (11 / 16, 7 / 16),
+                        order=0)
+    np.testing.assert_array_equal(label[z], want)
+  assert label.shape == (3, 11, 7) and score.shape == (3, 11, 7, 4)
+  np.testing.assert_array_equal(np.argmax(score, -1), label)
+
+
+def test_predict_volume_slicewise_ties_and_errors():
+  image = np.zeros((2, 8, 8), np.float32)
+  label, _ = inference.predict_volume_slicewise(lambda b: np.full(b.shape[:3] + (3,), 1 / 3),
+                                                image, (8, 8), 3)
+  np.testing.assert_array_equal(label, 0)
+  with pytest.raises(ValueError, match="prob_fn returned shape"):
+    inference.predict_volume_slicewise(lambda b: np.zeros(b.shape[:3] + (2,)), image, (8, 8), 3)
+  with pytest.raises(ValueError, match="2 entries"):
+    inference.predict_volume_slicewise(_class_of_value, image, (8, 8, 8), 4)
+  with pytest.raises(ValueError, match="image must be"):
+    inference.predict_volume_slicewise(_class_of_value, np.zeros((8, 8)), (8, 8), 4)

@@ -2,11 +2,12 @@
 import csv
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 from tests.conftest import data_dir
-from jaxseg.data import SOURCES, build_source
+from jaxseg.data import DATASETS, build_source
 from jaxseg.data.h5io import DataError, write_case
 from jaxseg.data.la import ENV_VAR, LASource, case_path, find_root
 
@@ -75,11 +76,19 @@ def test_find_root_argument_then_env(tmp_path, monkeypatch):
 
 def test_registry(tmp_path):
   ids = _write_root(tmp_path, n=2)
-  assert SOURCES["la"] is LASource and SOURCES["synthetic"] is LASource
+  for name in ("la", "synthetic"):
+    assert DATASETS[name].train_source is LASource and DATASETS[name].val_source is LASource
   src = build_source("synthetic", tmp_path, ids, 2)
   assert src[0]["case"] == "case0"
-  with pytest.raises(DataError, match="unknown data source 'nope'"):
+  with pytest.raises(DataError, match="unknown dataset data.name='nope'"):
     build_source("nope", tmp_path, ids, 2)
+
+
+def test_make_splits_reads_the_list(tmp_path):
+  ids = _write_root(tmp_path, n=6)
+  cfg = ml_collections.ConfigDict(dict(list_file="train.list", n_val=2, labeled=3))
+  split = DATASETS["la"].make_splits(tmp_path, cfg)
+  assert split == {"train": ids[:4], "val": ids[4:], "labeled": ids[:3], "unlabeled": ids[3:4]}
 
 
 def test_real_la_cases():

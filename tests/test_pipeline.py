@@ -198,3 +198,39 @@ def test_lasource_on_synthetic_phantoms(tmp_path):
     assert batch["label"].sum() > 0
     # Patches are crops of z-scored volumes: finite, and not all padding.
     assert np.isfinite(batch["image"]).all() and (batch["image"] != 0).mean() > 0.5
+
+
+class SliceSource:
+  """2D slices [H, W] of varying shapes (as ACDC), labels in 0..3."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    shape = (20 + 2 * i, 18 + i)
+    image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 100.0 + 1000 * i
+    return {"image": image, "label": (np.arange(np.prod(shape)).reshape(shape) % 4).astype(np.uint8),
+            "case": f"s{i}"}
+
+
+def test_2d_random_generator_batches():
+  src = SliceSource(5)
+  it = make_train_iterator(src, [0, 1, 2], [3, 4], batch_size=3, labeled_batch_size=2,
+                           patch_size=(16, 16), seed=4, augment="acdc_random_generator")
+  sampler = TwoStreamSampler([0, 1, 2], [3, 4], 3, 2, seed=4)
+  for b, batch in enumerate(_take(it, 3)):
+    assert batch["image"].shape == (3, 16, 16, 1) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (3, 16, 16) and batch["label"].dtype == np.int32
+    for slot in range(3):
+      case = src[sampler.index(b, slot)]
+      rng = np.random.default_rng(np.random.SeedSequence([4, pipeline._AUGMENT, b, slot]))
+      image, label = transforms.random_generator_2d(case["image"], case["label"], (16, 16), rng)
+      np.testing.assert_array_equal(batch["image"][slot, ..., 0], image)
+      np.testing.assert_array_equal(batch["label"][slot], label)
+  with pytest.raises(ValueError, match="needs patch_size with 2 sizes"):
+    make_train_iterator(src, [0, 1], [2], 3, 2, (16, 16, 16), seed=0, augment="acdc_random_generator")
+  with pytest.raises(ValueError, match="needs patch_size with 3 sizes"):
+    make_train_iterator(src, [0, 1], [2], 3, 2, (16, 16), seed=0, augment="crop")

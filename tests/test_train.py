@@ -82,3 +82,69 @@ def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
   config.data.root = str(tmp_path / "nowhere")
   with pytest.raises(DataError, match="nowhere"):
     train.train_and_evaluate(config, tmp_path / "run")
+
+
+class _TwoPhaseSupervised:
+  """Supervised training split into two phases; `enter` of the second counts in aux."""
+
+  def __init__(self, config):
+    from jaxseg.methods import common
+    from jaxseg.methods.supervised import Supervised
+    self.inner = Supervised(config)
+    self.model, self.tx = self.inner.model, self.inner.tx
+    self.traces = {"first": 0, "second": 0, "enter": 0}
+
+    def step(name):
+      def fn(state, batch):
+        self.traces[name] += 1
+        state, metrics = self.inner.train_step(state, batch)
+        return state, dict(metrics, entered=state.aux["entered"])
+      return fn
+
+    def enter(state):
+      self.traces["enter"] += 1
+      return state.replace(aux={"entered": state.aux["entered"] + 1})
+
+    self.phases = (common.Phase("first", 0, step("first")),
+                   common.Phase("second", 2, step("second"), enter))
+
+  def init(self, rng, example_batch):
+    import jax.numpy as jnp
+    return self.inner.init(rng, example_batch).replace(aux={"entered": jnp.zeros((), jnp.int32)})
+
+  def predict(self, state, images):
+    return self.inner.predict(state, images)
+
+
+def test_phases_run_in_order_and_enter_once(tmp_path, monkeypatch):
+  from jaxseg import methods
+  built = []
+  monkeypatch.setitem(methods.METHODS, "supervised",
+                      lambda c: built.append(_TwoPhaseSupervised(c)) or built[-1])
+  config = tiny_config("supervised", steps=4)
+  config.checkpoint_every_steps = 2
+  train.train_and_evaluate(config, tmp_path)
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  # Steps 1-2 run before the second phase's enter, steps 3-4 after it.
+  assert [r["entered"] for r in records] == [0, 0, 1, 1]
+  assert built[0].traces == {"first": 1, "second": 1, "enter": 1}  # each compiled once
+
+  # Resuming at the phase boundary (checkpoint of step 2, taken before `enter`) enters again.
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  shutil.rmtree(tmp_path / "eval")
+  train.train_and_evaluate(config, tmp_path)
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["entered"] for r in records] == [0, 0, 1, 1]
+  assert built[1].traces == {"first": 0, "second": 1, "enter": 1}
+
+
+def test_phase_starts_are_checked():
+  from jaxseg.methods import common
+
+  class Bad:
+    phases = (common.Phase("a", 1, None),)
+  with pytest.raises(ValueError, match="start at step 0"):
+    common.phases_of(Bad())
+  good = (common.Phase("a", 0, None), common.Phase("b", 5, None))
+  assert common.phase_at(good, 4).name == "a" and common.phase_at(good, 5).name == "b"

@@ -117,3 +117,63 @@ def test_random_crop_equal_size_is_padded_not_a_crash():
 def test_random_crop_rejects_mismatched_shapes():
   with pytest.raises(ValueError, match="label shape"):
     random_crop(np.zeros((9, 9, 9)), np.zeros((9, 9, 8)), (8, 8, 8), np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2D: SSL4MIS RandomGenerator.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _upstream_random_generator(image, label, size, rng):
+  """SSL4MIS RandomGenerator written out with `rng` in place of `random` / `np.random`."""
+  from scipy import ndimage
+  branch = "none"
+  if rng.random() > 0.5:
+    k = rng.integers(0, 4)
+    image, label = np.rot90(image, k), np.rot90(label, k)
+    axis = rng.integers(0, 2)
+    image, label = np.flip(image, axis=axis), np.flip(label, axis=axis)
+    branch = "rot_flip"
+  elif rng.random() > 0.5:
+    angle = rng.integers(-20, 20)
+    image = ndimage.rotate(image, angle, order=0, reshape=False)
+    label = ndimage.rotate(label, angle, order=0, reshape=False)
+    branch = "rotate"
+  x, y = image.shape
+  image = ndimage.zoom(image, (size[0] / x, size[1] / y), order=0)
+  label = ndimage.zoom(label, (size[0] / x, size[1] / y), order=0)
+  return image, label, branch
+
+
+def test_random_generator_2d_is_the_upstream_chain():
+  from jaxseg.data.transforms import random_generator_2d
+  image = np.random.default_rng(0).random((30, 22)).astype(np.float32)
+  label = (np.arange(30 * 22).reshape(30, 22) % 4).astype(np.uint8)
+  branches = collections.Counter()
+  for seed in range(24):
+    got_i, got_l = random_generator_2d(image, label, (32, 32), np.random.default_rng(seed))
+    want_i, want_l, branch = _upstream_random_generator(image, label, (32, 32),
+                                                        np.random.default_rng(seed))
+    branches[branch] += 1
+    assert got_i.shape == got_l.shape == (32, 32)
+    assert got_i.dtype == np.float32 and got_l.dtype == np.uint8
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_l, want_l)
+    # Nearest everywhere: label values and image intensities are only moved, never blended.
+    assert set(np.unique(got_l).tolist()) <= {0, 1, 2, 3}
+    assert np.isin(got_i, np.append(image.ravel(), 0.0)).all()
+  assert set(branches) == {"rot_flip", "rotate", "none"}  # all three branches exercised
+
+
+def test_random_generator_2d_deterministic_and_checks():
+  from jaxseg.data.transforms import random_generator_2d
+  image = np.random.default_rng(1).random((20, 24)).astype(np.float32)
+  label = (image > 0.5).astype(np.uint8)
+  a = random_generator_2d(image, label, (16, 16), np.random.default_rng(5))
+  b = random_generator_2d(image, label, (16, 16), np.random.default_rng(5))
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_array_equal(a[1], b[1])
+  with pytest.raises(ValueError, match=r"\[H, W\]"):
+    random_generator_2d(image[None], label[None], (16, 16), np.random.default_rng(0))
+  with pytest.raises(ValueError, match="2 sizes"):
+    random_generator_2d(image, label, (16, 16, 16), np.random.default_rng(0))

@@ -13,24 +13,17 @@ import pytest
 from jaxseg import models
 from jaxseg.models import torch_import
 from jaxseg.models.vnet import ConvBlock
+from tests.conftest import (assert_grads64_match, assert_outputs_match, assert_train_step_matches,
+                            channel_dropout_masks, fixture_outputs, loss_and_grads, lossw_loss,
+                            network_fixture, x64_loss_and_grads)
 
 FIXTURE = 'UA-MT_VNet.npz'
 
 
-def _to_last(a):
-  return np.moveaxis(np.asarray(a), 1, -1)  # NCDHW -> NDHWC
-
-
 def _load(parity):
   """(fixture, constructor kwargs, model, imported variables, channels-last input)."""
-  pf = parity(FIXTURE)
-  kwargs = dict(pf.meta['constructor_kwargs'])
-  variables = torch_import.import_state_dict('vnet', pf.group('param'), **kwargs)
-  return pf, kwargs, models.get('vnet', **kwargs), variables, jnp.asarray(_to_last(pf['input']))
-
-
-def _outputs(group):
-  return [group[k] for k in sorted(group, key=int)]
+  pf, kwargs, variables, x = network_fixture(parity, FIXTURE, 'vnet')
+  return pf, kwargs, models.get('vnet', **kwargs), variables, x
 
 
 def _train_forward(model, variables, x):
@@ -39,82 +32,25 @@ def _train_forward(model, variables, x):
 
 def test_eval_outputs_match_upstream(parity):
   pf, _, model, variables, x = _load(parity)
-  (want,) = _outputs(pf.group('out'))  # VNet returns one tensor: the logits.
   got = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-  np.testing.assert_allclose(got, _to_last(want), rtol=1e-4, atol=1e-5)
+  assert_outputs_match(pf, 'out', got)  # VNet returns one tensor: the logits.
 
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
-  pf, _, model, variables, x = _load(parity)
-  (want,) = _outputs(pf.group('train_out'))
-  got, updated = jax.jit(_train_forward, static_argnums=0)(model, variables, x)
-  # Batch-statistics BN amplifies float32 rounding: NETWORKS.md puts float32-vs-float64 train
-  # outputs at <=2e-5 relative to their scale, so atol follows max|want| (a few elements of this
-  # fixture sit 1.5e-5 off, just outside a flat 1e-5).
-  np.testing.assert_allclose(got, _to_last(want), rtol=1e-4,
-                             atol=max(1e-5, 2e-5 * float(np.abs(want).max())))
-
-  keys = torch_import.key_map('vnet', **pf.meta['constructor_kwargs'])
-  after = pf.group('bn_after_train')
-  checked = 0
-  for name, ref in after.items():
-    if name.endswith('num_batches_tracked'):
-      continue
-    entry = keys[name]
-    assert entry.collection == 'batch_stats'
-    leaf = functools.reduce(lambda t, k: t[k], entry.path, updated['batch_stats'])
-    np.testing.assert_allclose(leaf, ref, rtol=1e-4, atol=1e-5, err_msg=name)
-    checked += 1
-  assert checked == len(jax.tree.leaves(variables['batch_stats']))
-
-
-def _param_leaf(tree, entry):
-  return functools.reduce(lambda t, k: t[k], entry.path, tree)
+  pf, kwargs, model, variables, x = _load(parity)
+  # (a few elements of this fixture sit 1.5e-5 off, just outside a flat atol of 1e-5)
+  assert_train_step_matches(pf, model, torch_import.key_map('vnet', **kwargs), variables, x,
+                            _train_forward)
 
 
 def test_gradients_match_upstream_float64_and_float32(parity):
-  pf, kwargs, _, variables, x = _load(parity)
-  keys = torch_import.key_map('vnet', **kwargs)
-  (lossw,) = _outputs(pf.group('lossw'))
-  lossw = _to_last(lossw)
-
-  def loss_fn(model, params, batch_stats, x, w):
-    out, _ = _train_forward(model, {'params': params, 'batch_stats': batch_stats}, x)
-    return jnp.sum(out * w)
-
-  # float64: the same float32 params/input/loss weights upcast, as torch's model.double() run.
-  with jax.enable_x64(True):
-    up = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
-    model64 = models.get('vnet', **kwargs, dtype=jnp.float64)
-    loss64, grads64 = jax.jit(jax.value_and_grad(loss_fn, argnums=1), static_argnums=0)(
-        model64, up(variables['params']), up(variables['batch_stats']), up(x), up(lossw))
-    grads64 = jax.tree.map(np.asarray, grads64)
-    loss64 = float(loss64)
+  pf, kwargs, model, variables, x = _load(parity)
+  lossw = fixture_outputs(pf.group('lossw'))
+  loss_fn = lossw_loss(_train_forward)
+  loss64, grads64 = x64_loss_and_grads('vnet', kwargs, loss_fn, variables, x, lossw)
   np.testing.assert_allclose(loss64, float(pf['loss64']), rtol=1e-10)
-
-  model32 = models.get('vnet', **kwargs)
-  grads32 = jax.jit(jax.grad(loss_fn, argnums=1), static_argnums=0)(
-      model32, variables['params'], variables['batch_stats'], x, jnp.asarray(lossw))
-
-  ref64, ref32 = pf.group('grad64'), pf.group('grad')
-  assert ref64, 'fixture holds no grad64/ entries'
-  scale = max(float(np.abs(g).max()) for g in ref64.values())
-  for name, want in ref64.items():
-    entry = keys[name]
-    want = entry.to_flax(want)
-    denom = float(np.abs(want).max()) or scale
-    err64 = float(np.abs(_param_leaf(grads64, entry) - want).max()) / denom
-    # NETWORKS.md: a faithful float64 port reaches ~1e-11 relative to max|grad64|.
-    assert err64 < 1e-6, f'{name}: float64 grad rel err {err64:.2e}'
-    if name in ref32:
-      # torch's own float32 gradient is grad_fp32_noise_rel away from grad64; ours is too.
-      noise = pf.meta['grad_fp32_noise_rel'].get(name, 0.0)
-      err32 = float(np.abs(_param_leaf(grads32, entry) - entry.to_flax(ref32[name])).max()) / denom
-      assert err32 < max(10 * noise, 1e-4), f'{name}: float32 grad rel err {err32:.2e}'
-  # Conv biases feeding a train-mode BN are cancelled by the batch mean: zero in float64.
-  for name in pf.meta.get('grad_structurally_zero_omitted', []):
-    g = _param_leaf(grads64, keys[name])
-    assert float(np.abs(g).max()) < 1e-9 * scale, name
+  _, grads32 = loss_and_grads(model, loss_fn, variables, x, lossw)
+  assert_grads64_match(pf, torch_import.key_map('vnet', **kwargs), grads64, 1e-6, grads32=grads32)
 
 
 def test_param_count_full_size():
@@ -216,11 +152,8 @@ def test_dropout_is_channelwise_and_train_only():
   d5, d9 = inter['dropout']['__call__']  # the one Dropout3d module, applied at x5 then x9
   kept_fracs = []
   for before, after in ((x5, d5), (x9, d9)):
-    before, after = np.asarray(before), np.asarray(after)
-    kept = np.all(np.isclose(after, 2 * before), axis=(1, 2, 3))    # [B, C]: whole channel x2
-    dropped = np.all(after == 0, axis=(1, 2, 3))                     # [B, C]: whole channel 0
-    assert np.all(kept | dropped)
-    live = np.any(before != 0, axis=(1, 2, 3))
+    kept, _ = channel_dropout_masks(before, after)  # [B, C]: whole channel x2 or 0
+    live = np.any(np.asarray(before) != 0, axis=(1, 2, 3))
     kept_fracs.append(kept[live].mean())
   assert 0.25 < kept_fracs[0] < 0.75  # x5: 2 x 64 (sample, channel) draws at p = 0.5
   # Off in eval mode and with turnoff_drop: the dropout module is never called.

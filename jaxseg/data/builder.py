@@ -1,16 +1,14 @@
 """From a config to the run's data: root, split (saved in the workdir), sources and the
-training iterator."""
+training iterator. The dataset is `jaxseg.data.DATASETS[config.data.name]`."""
 import dataclasses
 import pathlib
 
 import grain
 import ml_collections
 
-from jaxseg.data import build_source
-from jaxseg.data import la
+from jaxseg.data import get_dataset
 from jaxseg.data import pipeline
 from jaxseg.data import splits as splits_lib
-from jaxseg.data import synthetic
 
 
 @dataclasses.dataclass
@@ -23,25 +21,32 @@ class Datasets:
 
 
 def resolve_root(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
-  """LA-layout root: generated synthetic phantoms, or the configured / $JAXSEG_DATA_DIR folder."""
+  """The data root. `data.name='synthetic'` (LA-layout phantoms) always generates; any other dataset
+  generates its synthetic stand-in when `data.synthetic` is set and `data.root` is empty. Generated
+  data goes to `data.root`, or `<workdir>/data`."""
   d = config.data
-  if d.name == "synthetic":
+  spec = get_dataset(d.name)
+  synthetic = d.get("synthetic")
+  if d.name == "synthetic" or (synthetic and not d.root):
+    if spec.synthesize is None:
+      raise ValueError(f"data.name={d.name!r} has no synthetic stand-in; set data.root")
     root = pathlib.Path(d.root) if d.root else pathlib.Path(workdir) / "data"
-    s = d.synthetic
-    return synthetic.generate(root, n_cases=s.n_cases, shape=tuple(s.shape), seed=s.seed)
-  return la.find_root(d.root or None)
+    return spec.synthesize(root, synthetic)
+  return spec.find_root(d.root or None)
 
 
 def build_datasets(config: ml_collections.ConfigDict, workdir) -> Datasets:
-  """Labeled = the first `data.labeled` ids of the train part of the list, as upstream; the
-  validation ids (the last `data.n_val` of the list) are written to `<workdir>/splits.json`."""
+  """The dataset's split (labeled = the first `data.labeled` train ids, as upstream; validation as
+  the dataset defines it) is checked against / written to `<workdir>/splits.json`."""
   d = config.data
+  spec = get_dataset(d.name)
   root = resolve_root(config, workdir)
-  ids = splits_lib.read_list(root / d.list_file)
-  split = splits_lib.load_or_make_splits(workdir, ids, d.n_val, d.labeled)
+  split = splits_lib.load_or_save_splits(
+      workdir, spec.make_splits(root, d), f"data.name={d.name}, n_val={d.get('n_val')}, "
+      f"labeled={d.labeled}")
   train_ids = split["labeled"] + split["unlabeled"]
-  train_source = build_source(d.name, root, train_ids, d.num_classes)
-  val_source = build_source(d.name, root, split["val"], d.num_classes)
+  train_source = spec.train_source(root, train_ids, d.num_classes)
+  val_source = spec.val_source(root, split["val"], d.num_classes)
   n_labeled = len(split["labeled"])
   # Supervised runs see only the labeled cases, as upstream train_LA.py.
   unlabeled_idx = [] if config.labeled_batch_size == config.batch_size else list(
@@ -49,5 +54,5 @@ def build_datasets(config: ml_collections.ConfigDict, workdir) -> Datasets:
   iterator = pipeline.make_train_iterator(
       train_source, list(range(n_labeled)), unlabeled_idx, config.batch_size,
       config.labeled_batch_size, tuple(d.patch_size), seed=config.seed, augment=d.augment,
-      worker_count=d.worker_count)
+      worker_count=d.worker_count, sdf=bool(d.get("sdf", False)))
   return Datasets(root, split, train_source, val_source, iterator)

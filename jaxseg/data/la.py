@@ -7,11 +7,14 @@ import os
 import pathlib
 from typing import Sequence
 
-import numpy as np
 
-from jaxseg.data.h5io import DataError, load_case
+from jaxseg.data import splits as splits_lib
+from jaxseg.data.h5io import DataError
+from jaxseg.data import registry
+from jaxseg.data.h5source import H5Source
+from jaxseg.data.registry import DatasetSpec
 
-ENV_VAR = "JAXSEG_DATA_DIR"
+ENV_VAR = registry.ENV_VAR
 CASES_DIR = "2018LA_Seg_Training Set"
 CASE_FILE = "mri_norm2.h5"
 LIST_FILE = "train.list"
@@ -31,57 +34,36 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
   Raises:
     DataError: saying where it looked and how to obtain the data.
   """
-  candidates = []
-  if config_root:
-    candidates.append(("config data.root", pathlib.Path(config_root)))
-  env = os.environ.get(ENV_VAR)
-  if env:
-    candidates.append((f"${ENV_VAR}", pathlib.Path(env)))
-  for _, root in candidates:
-    if (root / LIST_FILE).is_file():
-      return root
-  looked = "; ".join(f"{what} = {root} (no {LIST_FILE})" for what, root in candidates)
-  looked = looked or f"data.root is empty and ${ENV_VAR} is not set"
-  raise DataError(
-      f"LA data not found: {looked}. Point data.root or ${ENV_VAR} at the LA folder holding "
-      f"{LIST_FILE} and '{CASES_DIR}/<id>/{CASE_FILE}'. Obtain it from the data/ folder of the "
-      "UA-MT repository (github.com/yulequan/UA-MT, preprocessed 2018 Atrial Segmentation "
+  return registry.locate_root(
+      config_root, "LA", [LIST_FILE],
+      f"It holds {LIST_FILE} and '{CASES_DIR}/<id>/{CASE_FILE}'. Obtain it from the data/ folder of "
+      "the UA-MT repository (github.com/yulequan/UA-MT, preprocessed 2018 Atrial Segmentation "
       "Challenge); developers of this project have it at ../shared/data/LA. For a run without "
       "real data use data.name='synthetic'.")
 
 
-class LASource:
-  """Random-access source of LA cases (grain-compatible: ``__len__`` and ``__getitem__``).
-
-  ``source[i]`` -> ``{'image': float32 [D, H, W], 'label': uint8 [D, H, W], 'case': str}``.
-  Each case is read and validated on first access and then kept in RAM (the whole dataset is a
-  few hundred MiB at most). Returned arrays are read-only views of the cache.
-  """
+class LASource(H5Source):
+  """LA cases ``case_path(root, id)``: ``source[i]`` -> ``{'image': float32 [D, H, W], 'label':
+  uint8 [D, H, W], 'case': str}``, validated on first access and cached in RAM (h5source.py)."""
 
   def __init__(self, root: str | os.PathLike, case_ids: Sequence[str], num_classes: int = 2):
-    self.root = pathlib.Path(root)
-    self.case_ids = list(case_ids)
-    self.num_classes = num_classes
-    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-  def __len__(self) -> int:
-    return len(self.case_ids)
-
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    if not -len(self) <= index < len(self):
-      raise IndexError(f"case index {index} out of range for {len(self)} cases")
-    index %= len(self)
-    if index not in self._cache:
-      image, label = load_case(case_path(self.root, self.case_ids[index]), self.num_classes)
-      image.flags.writeable = False
-      label.flags.writeable = False
-      self._cache[index] = (image, label)
-    image, label = self._cache[index]
-    return {"image": image, "label": label, "case": self.case_ids[index]}
-
-  def __repr__(self) -> str:
-    return f"LASource(root={str(self.root)!r}, n_cases={len(self)}, num_classes={self.num_classes})"
+    super().__init__(root, case_ids, num_classes, case_path, ndim=3)
 
 
-__all__ = ["DataError", "LASource", "case_path", "find_root"]
+def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
+  """val = the last ``n_val`` ids of ``<root>/<list_file>``, labeled = the first ``labeled`` of
+  the rest (jaxseg/data/splits.py)."""
+  ids = splits_lib.read_list(pathlib.Path(root) / data_config.get("list_file", LIST_FILE))
+  return splits_lib.make_splits(ids, data_config.n_val, data_config.labeled)
+
+
+def synthesize(root: pathlib.Path, cfg) -> pathlib.Path:
+  """Synthetic phantoms in this layout (jaxseg/data/synthetic.py)."""
+  from jaxseg.data import synthetic  # synthetic.py imports this module
+  return synthetic.generate(root, n_cases=cfg.n_cases, shape=tuple(cfg.shape), seed=cfg.seed)
+
+
+DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=LASource,
+                      val_source=LASource, synthesize=synthesize)
+
+__all__ = ["DATASET", "DataError", "LASource", "case_path", "find_root", "make_splits"]

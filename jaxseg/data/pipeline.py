@@ -27,7 +27,11 @@ from jaxseg.data import transforms
 
 # Domains of the seed tree, so that the three kinds of draws never share a stream.
 _LABELED, _UNLABELED, _AUGMENT = 0, 1, 2
-AUGMENTATIONS = ("rot_flip_crop", "crop")
+# 'rot_flip_crop': UA-MT LA (RandomRotFlip then RandomCrop); 'crop': RandomCrop only (MCF, Pancreas);
+# 'crop_rot_flip': RandomCrop then RandomRotFlip (DyCON BraTS19: KU-CVML/DyCON code/dataloaders/brats19.py).
+AUGMENTATIONS = ("rot_flip_crop", "crop", "crop_rot_flip")
+# Slices [H, W] -> [ph, pw]: SSL4MIS RandomGenerator (rot90+flip or small rotation, nearest zoom).
+AUGMENTATIONS_2D = ("acdc_random_generator",)
 
 
 def _permutation(seed: int, *key: int, n: int) -> np.ndarray:
@@ -83,49 +87,66 @@ class TwoStreamSampler:
 
 
 class _MakeExample:
-  """Example number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}."""
+  """Example number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}
+  (2D: [H, W, 1] and [H, W])."""
 
-  def __init__(self, source, sampler: TwoStreamSampler, patch_size: Sequence[int], augment: str):
+  def __init__(self, source, sampler: TwoStreamSampler, patch_size: Sequence[int], augment: str,
+               sdf: bool = False):
     self.source = source
     self.sampler = sampler
     self.patch_size = tuple(int(p) for p in patch_size)
     self.augment = augment
+    self.sdf = sdf
 
   def __call__(self, n: int) -> dict[str, np.ndarray]:
     batch, slot = divmod(int(n), self.sampler.batch_size)
     case = self.source[self.sampler.index(batch, slot)]
     rng = np.random.default_rng(np.random.SeedSequence([self.sampler.seed, _AUGMENT, batch, slot]))
     image, label = case["image"], case["label"]
-    if self.augment == "rot_flip_crop":
-      image, label = transforms.random_rot_flip(image, label, rng)
-    image, label = transforms.random_crop(image, label, self.patch_size, rng)
-    return {"image": image.astype(np.float32)[..., None], "label": label.astype(np.int32)}
+    if self.augment == "acdc_random_generator":  # 2D slice, zoomed whole to the patch size
+      image, label = transforms.random_generator_2d(image, label, self.patch_size, rng)
+    else:
+      if self.augment == "rot_flip_crop":
+        image, label = transforms.random_rot_flip(image, label, rng)
+      image, label = transforms.random_crop(image, label, self.patch_size, rng)
+      if self.augment == "crop_rot_flip":
+        image, label = transforms.random_rot_flip(image, label, rng)
+    example = {"image": image.astype(np.float32)[..., None], "label": label.astype(np.int32)}
+    if self.sdf:
+      # DTC's level-set target, from the augmented crop on the host (jaxseg/data/sdf.py).
+      from jaxseg.data import sdf as sdf_lib  # pylint: disable=g-import-not-at-top
+      example["sdf"] = sdf_lib.compute_sdf(example["label"]).astype(np.float32)
+    return example
 
 
 def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
                        batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
                        seed: int, augment: str = "rot_flip_crop", worker_count: int = 0,
-                       num_threads: int = 2) -> grain.IterDataset:
+                       num_threads: int = 2, sdf: bool = False) -> grain.IterDataset:
   """The endless batched training stream as a grain IterDataset (see module docstring).
 
   Args:
-    source: random-access source, ``source[i]`` -> {'image' [D, H, W], 'label' [D, H, W], ...}.
+    source: random-access source, ``source[i]`` -> {'image' [D, H, W], 'label' [D, H, W], ...}
+      (slices [H, W] for the 2D augmentation).
     labeled_idx, unlabeled_idx: source indices of the two streams.
     batch_size, labeled_batch_size: examples per batch, of which the first are labeled.
-    patch_size: (pd, ph, pw) crop size.
+    patch_size: (pd, ph, pw) crop size; (ph, pw) output size for 2D.
     seed: non-negative integer; fixes sampling and augmentation.
-    augment: 'rot_flip_crop' (UA-MT: RandomRotFlip then RandomCrop) or 'crop' (RandomCrop only).
+    augment: 'rot_flip_crop' (UA-MT: RandomRotFlip then RandomCrop) or 'crop' (RandomCrop only);
+      2D: 'acdc_random_generator' (SSL4MIS RandomGenerator(patch_size): whole slice zoomed).
     worker_count: 0 computes in this process (with ``num_threads`` reader threads); > 0 uses that
       many grain worker processes. The stream is the same either way.
     num_threads: grain reader threads per process.
 
   Returns:
-    IterDataset of {'image': float32 [B, pd, ph, pw, 1], 'label': int32 [B, pd, ph, pw]}.
+    IterDataset of {'image': float32 [B, pd, ph, pw, 1], 'label': int32 [B, pd, ph, pw]}
+    (2D: [B, ph, pw, 1] and [B, ph, pw]).
   """
-  if augment not in AUGMENTATIONS:
-    raise ValueError(f"augment={augment!r} is not one of {AUGMENTATIONS}")
-  if len(tuple(patch_size)) != 3:
-    raise ValueError(f"patch_size must have 3 sizes, got {patch_size}")
+  if augment not in AUGMENTATIONS + AUGMENTATIONS_2D:
+    raise ValueError(f"augment={augment!r} is not one of {AUGMENTATIONS + AUGMENTATIONS_2D}")
+  rank = 2 if augment in AUGMENTATIONS_2D else 3
+  if len(tuple(patch_size)) != rank:
+    raise ValueError(f"augment={augment!r} needs patch_size with {rank} sizes, got {patch_size}")
   n_source = len(source)
   for name, idx in (("labeled_idx", labeled_idx), ("unlabeled_idx", unlabeled_idx)):
     bad = [int(i) for i in idx if not 0 <= int(i) < n_source]
@@ -135,7 +156,7 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
   # Example n = slot n % B of batch n // B; sys.maxsize makes the stream practically endless.
   # Batching happens on the MapDataset, so an element is a whole batch: grain worker processes then
   # deal out whole batches (round-robin, order kept) and the stream cannot depend on worker_count.
-  ds = grain.MapDataset.range(sys.maxsize).map(_MakeExample(source, sampler, patch_size, augment))
+  ds = grain.MapDataset.range(sys.maxsize).map(_MakeExample(source, sampler, patch_size, augment, sdf))
   ds = ds.batch(batch_size, drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))
   ids = ds.to_iter_dataset(read)
@@ -151,10 +172,10 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
 def make_train_iterator(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
                         batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
                         seed: int, augment: str = "rot_flip_crop",
-                        worker_count: int = 0) -> grain.DatasetIterator:
+                        worker_count: int = 0, sdf: bool = False) -> grain.DatasetIterator:
   """``iter(make_train_dataset(...))``: a checkpointable iterator (``get_state``/``set_state``)."""
   return iter(make_train_dataset(source, labeled_idx, unlabeled_idx, batch_size, labeled_batch_size,
-                                 patch_size, seed, augment, worker_count))
+                                 patch_size, seed, augment, worker_count, sdf=sdf))
 
 
 _INT_KEYS = "__int_keys__"

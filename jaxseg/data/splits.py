@@ -85,16 +85,27 @@ def load_or_make_splits(workdir: str | os.PathLike, ids: Sequence[str], n_val: i
   A resumed run thus keeps its split. An existing file that differs from what the current
   ``ids``/``n_val``/``labeled`` give is an error (a changed config on an old workdir).
   """
+  return load_or_save_splits(workdir, make_splits(ids, n_val, labeled),
+                             f"n_val={n_val}, labeled={labeled}, {len(ids)} ids")
+
+
+def load_or_save_splits(workdir: str | os.PathLike, wanted: dict[str, list[str]],
+                        what: str = "") -> dict[str, list[str]]:
+  """``wanted`` (a split made from the config) after checking it against ``<workdir>/splits.json``,
+  which is written when absent. A stored split that differs is an error (a changed config on an old
+  workdir); ``what`` describes the config's split settings in that message."""
   path = pathlib.Path(workdir) / SPLITS_FILE
-  wanted = make_splits(ids, n_val, labeled)
+  missing = [k for k in KEYS if k not in wanted]
+  if missing:
+    raise DataError(f"split lacks key(s) {missing}")
+  wanted = {k: list(wanted[k]) for k in KEYS}
   if path.exists():
     stored = read_splits(path)
     if stored != wanted:
       diff = [k for k in KEYS if stored[k] != wanted[k]]
       raise DataError(
-          f"{path}: stored split differs from the config (n_val={n_val}, labeled={labeled}, "
-          f"{len(ids)} ids) in {diff}: stored sizes "
-          f"{ {k: len(stored[k]) for k in KEYS} }, config sizes "
+          f"{path}: stored split differs from the config ({what or 'data settings'}) in {diff}: "
+          f"stored sizes { {k: len(stored[k]) for k in KEYS} }, config sizes "
           f"{ {k: len(wanted[k]) for k in KEYS} }. Use a fresh workdir or restore the config.")
     return stored
   write_splits(path, wanted)

@@ -2,7 +2,8 @@
 
 Methods share code through these functions, not through inheritance.
 """
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,36 @@ from jaxseg.state import TrainState
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of a run (DESIGN.md "phases": BCP and CML pre-train, then self-train).
+
+  Phase i runs the global steps [start_i, start_{i+1}) with its own `train_step` (each compiled
+  once); the last phase runs to `config.total_steps`. `enter(state) -> state`, when given, is
+  applied once right before the phase's first step (e.g. teacher := student, fresh momentum). It
+  must keep the state's pytree structure: checkpoints of every phase restore against `init`'s.
+  """
+  name: str
+  start: int
+  train_step: Callable
+  enter: Callable | None = None
+
+
+def phases_of(method) -> tuple[Phase, ...]:
+  """`method.phases`, or the single phase running `method.train_step` from step 0."""
+  phases = tuple(getattr(method, "phases", None) or (Phase("train", 0, method.train_step),))
+  starts = [p.start for p in phases]
+  if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+    raise ValueError(f"{type(method).__name__}.phases must start at step 0 with strictly increasing "
+                     f"starts; got {[(p.name, p.start) for p in phases]}")
+  return phases
+
+
+def phase_at(phases, step: int) -> Phase:
+  """The phase that runs global step `step` (0-based)."""
+  return [p for p in phases if p.start <= step][-1]
+
+
 def build_model(config: ml_collections.ConfigDict):
   """The network named by `config.model.name` with `config.model.kwargs` and the compute dtype."""
   kwargs = dict(config.model.get("kwargs", {}))
@@ -26,14 +57,19 @@ def build_model(config: ml_collections.ConfigDict):
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD with momentum and *coupled* weight decay, as torch.optim.SGD(weight_decay=...).
+  """SGD with momentum and *coupled* weight decay, as torch.optim.SGD(weight_decay=...), after an
+  optional global-norm gradient clip (`optimizer.clip_grad_norm`, 0 = off).
 
   torch adds `wd * p` to the gradient before the momentum buffer, so the decay goes first in the
   chain (upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py).
   """
   opt = config.optimizer
+  if opt.get("lr_step_begin", 0) and opt.lr_schedule != "step":
+    raise ValueError(f"config.optimizer.lr_step_begin={opt.lr_step_begin} needs lr_schedule='step', "
+                     f"got {opt.lr_schedule!r}")
   if opt.lr_schedule == "step":
-    lr = schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor)
+    lr = schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor,
+                           begin=opt.get("lr_step_begin", 0))
   elif opt.lr_schedule == "poly":
     lr = schedules.poly_lr(opt.lr, config.total_steps, opt.get("poly_power", 0.9))
   elif opt.lr_schedule == "constant":
@@ -42,10 +78,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     raise ValueError(f"config.optimizer.lr_schedule={opt.lr_schedule!r}: expected step, poly or constant")
   if opt.name != "sgd":
     raise ValueError(f"config.optimizer.name={opt.name!r}: only 'sgd' (the upstream optimizer) is implemented")
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay),
-      optax.sgd(lr, momentum=opt.momentum or None),
-  )
+  chain = [optax.add_decayed_weights(opt.weight_decay), optax.sgd(lr, momentum=opt.momentum or None)]
+  if opt.get("clip_grad_norm", 0.0):
+    # torch.nn.utils.clip_grad_norm_ before optimizer.step() clips the raw gradients, before SGD
+    # adds the weight decay (DyCON: KU-CVML/DyCON code/train_DyCON_BraTS19.py).
+    chain.insert(0, optax.clip_by_global_norm(opt.clip_grad_norm))
+  return optax.chain(*chain)
 
 
 def init_variables(model, rng: jax.Array, images: jax.Array) -> dict[str, Any]:

@@ -10,6 +10,11 @@ Parameter tree (torch name -> flax path, see `jaxseg.models.torch_import`):
   block_X.conv.{s*k+1}  -> block_X/bn{k}     (whatever the norm kind)
   block_X_dw.conv.0 / block_X_up.conv.0 -> block_X_dw/conv0, block_X_up/conv0; .conv.1 -> bn0
   out_conv              -> out_conv
+
+The encoder and decoder are written once (`encoder_blocks`, `decoder_blocks`): `VNet` builds them in
+its own scope (flat parameter tree above), the `Encoder` / `Decoder` modules under their own name
+(BCP's and CML's VNets: `encoder/block_X...`, `decoderK/block_X_up...`). `check_input` is the input
+validation all of them share.
 """
 from __future__ import annotations
 
@@ -20,8 +25,38 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models import layers
+from jaxseg.models.resize import upsample2x_linear_align_corners
 
 Array = jax.Array
+
+# Decoder up-sampling (upstream `Decoder(up_type=...)`): 0 = k2 s2 transposed conv -> norm -> ReLU;
+# 1 = trilinear (align_corners=True) x2 -> 3x3x3 conv -> norm -> ReLU.
+UP_TYPES = (0, 1)
+_NAMES = ('one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+_STAGES = (1, 2, 3, 3, 3, 3, 3, 2, 1)  # ConvBlock stages of block_one .. block_nine
+
+
+def check_input(model: str, x: Array, n_channels: int, normalization: str,
+                dropout_rate: float) -> None:
+  """Raises ValueError (naming `model`) unless `normalization` is one of `layers.NORMS`,
+  0 <= dropout_rate < 1 and `x` is `[B, D, H, W, n_channels]` with D, H, W divisible by 16 (the
+  four stride-2 downsamplings)."""
+  if normalization not in layers.NORMS:
+    raise ValueError(f'{model}: unknown normalization {normalization!r}; expected one of '
+                     f'{layers.NORMS}')
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f'{model}: dropout_rate must be in [0, 1), got {dropout_rate}')
+  if x.ndim != 5 or x.shape[-1] != n_channels:
+    raise ValueError(f'{model}: expected input [B, D, H, W, {n_channels}] (channels-last), '
+                     f'got shape {x.shape}')
+  if any(s % 16 for s in x.shape[1:4]):
+    raise ValueError(f'{model}: spatial dims (D, H, W) = {x.shape[1:4]} of input shape {x.shape} '
+                     'must all be divisible by 16')
+
+
+def dropout3d(rate: float) -> nn.Dropout:
+  """torch Dropout3d (one draw per sample and channel) as the submodule 'dropout'."""
+  return nn.Dropout(rate, broadcast_dims=(1, 2, 3), name='dropout')
 
 
 class ConvBlock(nn.Module):
@@ -67,6 +102,99 @@ class ResampleBlock(nn.Module):
     return nn.relu(x)
 
 
+def encoder_blocks(x: Array, train: bool, *, n_filters: int, fast_updown: bool,
+                   dropout: nn.Dropout | None = None, **common) -> list[Array]:
+  """`x [B, D, H, W, cin]` -> `[x1, x2, x3, x4, x5]` (channels f .. 16f at full .. 1/16 resolution),
+  x5 after `dropout` when given. Builds block_one .. block_five and block_one_dw .. block_four_dw
+  in the calling module's scope; `common`: normalization, torch_init, dtype."""
+  feats = []
+  for k in range(5):
+    width = n_filters * 2**k
+    x = ConvBlock(_STAGES[k], width, name=f'block_{_NAMES[k]}', **common)(x, train)
+    feats.append(x)
+    if k < 4:
+      x = ResampleBlock(2 * width, up=False, fast=fast_updown, name=f'block_{_NAMES[k]}_dw',
+                        **common)(x, train)
+  if dropout is not None:
+    feats[4] = dropout(feats[4], deterministic=False)
+  return feats
+
+
+def decoder_blocks(feats: list[Array], train: bool, *, n_classes: int, n_filters: int,
+                   fast_updown: bool, up_type: int = 0, dropout: nn.Dropout | None = None,
+                   **common) -> tuple[Array, list[Array]]:
+  """`[x1, .., x5]` -> `(logits [B, D, H, W, n_classes], [x6, x7, x8, x9])` with additive skips
+  (x9 after `dropout` when given; logits in at least float32). Builds block_five_up ..
+  block_eight_up (`UP_TYPES`), block_six .. block_nine and out_conv in the calling module's
+  scope."""
+  if up_type not in UP_TYPES:
+    raise ValueError(f'VNet decoder: up_type must be one of {UP_TYPES}, got {up_type}')
+  x, outs = feats[4], []
+  for k in range(4):
+    width, name = n_filters * 2**(3 - k), f'block_{_NAMES[k + 4]}_up'
+    if up_type == 0:
+      x = ResampleBlock(width, up=True, fast=fast_updown, name=name, **common)(x, train)
+    else:  # CML's Upsampling_function: parameter-free x2 upsample, then block_X_up/{conv0, bn0}
+      x = ConvBlock(1, width, name=name, **common)(upsample2x_linear_align_corners(x), train)
+    x = x + feats[3 - k]
+    x = ConvBlock(_STAGES[k + 5], width, name=f'block_{_NAMES[k + 5]}', **common)(x, train)
+    outs.append(x)
+  if dropout is not None:
+    outs[3] = dropout(outs[3], deterministic=False)
+  logits = layers.Conv(n_classes, (1, 1, 1), torch_init=common['torch_init'],
+                       dtype=common['dtype'], name='out_conv')(outs[3])
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), outs
+
+
+def _block_kwargs(module: nn.Module, dropout: nn.Dropout | None) -> dict[str, Any]:
+  """`encoder_blocks` / `decoder_blocks` keyword arguments from a module with VNet's attributes."""
+  return dict(n_filters=module.n_filters, fast_updown=module.fast_updown, dropout=dropout,
+              normalization=module.normalization, torch_init=module.torch_init, dtype=module.dtype)
+
+
+class _Part(nn.Module):
+  """Attributes shared by `Encoder` and `Decoder` (as `VNet`'s)."""
+  n_filters: int = 16
+  normalization: str = 'batchnorm'
+  has_dropout: bool = False
+  dropout_rate: float = 0.5
+  torch_init: bool = True
+  fast_updown: bool = True
+  dtype: Any = jnp.float32
+
+  def _kwargs(self, train: bool, use_dropout: bool) -> dict[str, Any]:
+    on = self.has_dropout and train and use_dropout
+    return _block_kwargs(self, dropout3d(self.dropout_rate) if on else None)
+
+
+def part_kwargs(net: nn.Module) -> dict[str, Any]:
+  """The `Encoder` / `Decoder` attributes of `net`, a network with VNet's attributes."""
+  return {k: getattr(net, k) for k in ('n_filters', 'normalization', 'has_dropout', 'dropout_rate',
+                                       'torch_init', 'fast_updown', 'dtype')}
+
+
+class Encoder(_Part):
+  """VNet encoder as a submodule: `x [B, D, H, W, cin]` -> `[x1, .., x5]` (`encoder_blocks`), with
+  its own Dropout3d on x5 (train mode, has_dropout, use_dropout)."""
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, use_dropout: bool = True) -> list[Array]:
+    return encoder_blocks(x, train, **self._kwargs(train, use_dropout))
+
+
+class Decoder(_Part):
+  """VNet decoder as a submodule: `[x1, .., x5]` -> logits `[B, D, H, W, n_classes]`
+  (`decoder_blocks`; up_type in `UP_TYPES`), with its own Dropout3d on x9 (train mode,
+  has_dropout, use_dropout)."""
+  n_classes: int = 2
+  up_type: int = 0
+
+  @nn.compact
+  def __call__(self, feats: list[Array], train: bool = False, use_dropout: bool = True) -> Array:
+    return decoder_blocks(feats, train, n_classes=self.n_classes, up_type=self.up_type,
+                          **self._kwargs(train, use_dropout))[0]
+
+
 class VNet(nn.Module):
   """UA-MT VNet: `x [B, D, H, W, n_channels]` -> logits `[B, D, H, W, n_classes]`.
 
@@ -91,9 +219,10 @@ class VNet(nn.Module):
   mutable=['batch_stats']); dropout, when has_dropout and not turnoff_drop, draws from the 'dropout'
   rng stream. With return_features=True the call returns `(logits, features)`, features a dict of
   intermediate maps that AC-MT (`lemoshu/AC-MT: code/networks/vnet.py`) stashes as
-  `featuremap_center`: 'x5' `[B, D/16, H/16, W/16, 16f]` (the bottleneck after dropout, VNet) and
-  'x8' `[B, D/2, H/2, W/2, 2f]` (block_eight's output before its up-sampling, VNet_MTPD). Same
-  parameters either way.
+  `featuremap_center`: 'x5' `[B, D/16, H/16, W/16, 16f]` (the bottleneck after dropout, VNet),
+  'x8' `[B, D/2, H/2, W/2, 2f]` (block_eight's output before its up-sampling, VNet_MTPD), and
+  'x9' `[B, D, H, W, f]` (block_nine's output after dropout: what out_conv reads; DTC's VNetSDF
+  puts its second head on it). Same parameters either way.
   """
   n_channels: int = 1
   n_classes: int = 2
@@ -108,56 +237,12 @@ class VNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False,
                return_features: bool = False):
-    if self.normalization not in layers.NORMS:
-      raise ValueError(f'VNet: unknown normalization {self.normalization!r}; expected one of '
-                       f'{layers.NORMS}')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'VNet: dropout_rate must be in [0, 1), got {self.dropout_rate}')
-    if x.ndim != 5 or x.shape[-1] != self.n_channels:
-      raise ValueError(f'VNet: expected input [B, D, H, W, {self.n_channels}] (channels-last), '
-                       f'got shape {x.shape}')
-    if any(s % 16 for s in x.shape[1:4]):
-      raise ValueError(f'VNet: spatial dims (D, H, W) = {x.shape[1:4]} of input shape {x.shape} '
-                       'must all be divisible by 16')
-
-    f = self.n_filters
-    common = dict(normalization=self.normalization, torch_init=self.torch_init, dtype=self.dtype)
-
-    def conv_block(name, n_stages, features):
-      return ConvBlock(n_stages, features, name=name, **common)
-
-    def resample(name, features, up):
-      return ResampleBlock(features, up, fast=self.fast_updown, name=name, **common)
-
+    check_input('VNet', x, self.n_channels, self.normalization, self.dropout_rate)
     # One module at both sites, as upstream's single nn.Dropout3d; each call draws its own mask.
-    dropout = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2, 3), name='dropout')
-    use_dropout = self.has_dropout and train and not turnoff_drop
-
-    x1 = conv_block('block_one', 1, f)(x, train)
-    x = resample('block_one_dw', 2 * f, up=False)(x1, train)
-    x2 = conv_block('block_two', 2, 2 * f)(x, train)
-    x = resample('block_two_dw', 4 * f, up=False)(x2, train)
-    x3 = conv_block('block_three', 3, 4 * f)(x, train)
-    x = resample('block_three_dw', 8 * f, up=False)(x3, train)
-    x4 = conv_block('block_four', 3, 8 * f)(x, train)
-    x = resample('block_four_dw', 16 * f, up=False)(x4, train)
-    x5 = conv_block('block_five', 3, 16 * f)(x, train)
-    if use_dropout:
-      x5 = dropout(x5, deterministic=False)
-
-    x = resample('block_five_up', 8 * f, up=True)(x5, train) + x4
-    x = conv_block('block_six', 3, 8 * f)(x, train)
-    x = resample('block_six_up', 4 * f, up=True)(x, train) + x3
-    x = conv_block('block_seven', 3, 4 * f)(x, train)
-    x = resample('block_seven_up', 2 * f, up=True)(x, train) + x2
-    x8 = conv_block('block_eight', 2, 2 * f)(x, train)
-    x = resample('block_eight_up', f, up=True)(x8, train) + x1
-    x9 = conv_block('block_nine', 1, f)(x, train)
-    if use_dropout:
-      x9 = dropout(x9, deterministic=False)
-    logits = layers.Conv(self.n_classes, (1, 1, 1), torch_init=self.torch_init, dtype=self.dtype,
-                         name='out_conv')(x9)
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    dropout = dropout3d(self.dropout_rate)
+    kw = _block_kwargs(self, dropout if self.has_dropout and train and not turnoff_drop else None)
+    feats = encoder_blocks(x, train, **kw)
+    logits, (_, _, x8, x9) = decoder_blocks(feats, train, n_classes=self.n_classes, **kw)
     if return_features:
-      return logits, {'x5': x5, 'x8': x8}
+      return logits, {'x5': feats[4], 'x8': x8, 'x9': x9}
     return logits
