@@ -15,8 +15,13 @@ RECIPES = {
     "supervised": "la_vnet.py",
     "mean_teacher": "la_mt.py",
     "uamt": "la_uamt.py",
+    "dtc": "la_dtc.py",
     "upc": "la_upc.py",
     "acmt": "la_acmt.py",
+    "bcp": "la_bcp.py",
+    "cml": "la_cml.py",
+    "mcf": "la_mcf.py",
+    "dycon": "la_dycon.py",
 }
 
 

@@ -9,6 +9,11 @@ A Method is built from a config and exposes:
   * `predict(state, images) -> probabilities`: the network(s) the upstream test script evaluates.
 """
 from jaxseg.methods.acmt import ACMT
+from jaxseg.methods.bcp import BCP
+from jaxseg.methods.cml import CML
+from jaxseg.methods.dtc import DTC
+from jaxseg.methods.dycon import DyCON
+from jaxseg.methods.mcf import MCF
 from jaxseg.methods.mean_teacher import MeanTeacher
 from jaxseg.methods.supervised import Supervised
 from jaxseg.methods.uamt import UAMT
@@ -18,8 +23,13 @@ METHODS = {
     "supervised": Supervised,
     "mean_teacher": MeanTeacher,
     "uamt": UAMT,
+    "dtc": DTC,
     "upc": UPC,
     "acmt": ACMT,
+    "bcp": BCP,
+    "cml": CML,
+    "mcf": MCF,
+    "dycon": DyCON,
 }
 
 
