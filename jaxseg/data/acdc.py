@@ -3,7 +3,7 @@
 Layout (``HiLab-git/SSL4MIS: code/dataloaders/dataset.py`` BaseDataSets, also BCP and CML):
 
   <root>/train_slices.list          slice ids, ordered by patient (labeled = the first ones)
-  <root>/val.list                   volume ids (patientXXX_frameYY)
+  <root>/val.list                   volume ids (patient<NNN>_frame<NN>)
   <root>/data/slices/<id>.h5        image float32 [H, W] in [0, 1], label uint8 [H, W]
   <root>/data/<id>.h5               image float32 [D, H, W] (D = short-axis slices), label uint8
 
