@@ -26,6 +26,17 @@ def data_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("JAXSEG_SHARED_DATA", _REPO.parent / "shared" / "data"))
 
 
+def require_shared_data(path: pathlib.Path) -> None:
+  """Skip when the shared real data at `path` is absent (a user's fresh clone); fail instead under
+  JAXSEG_REQUIRE_PARITY=1 (CI has shared/ beside the checkout)."""
+  if path.exists():
+    return
+  msg = f"real data not found at {path} (set JAXSEG_SHARED_DATA to the shared/data folder)"
+  if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":
+    pytest.fail(msg)
+  pytest.skip(msg)
+
+
 # FUNCTIONS.md: rtol 1e-5 / atol 1e-6 for elementwise maps, rtol 1e-4 for scalars reduced over many voxels.
 MAP_TOL = dict(rtol=1e-5, atol=1e-6)
 SCALAR_TOL = dict(rtol=1e-4, atol=1e-6)

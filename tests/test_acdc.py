@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import check_short_run, data_dir
+from tests.conftest import check_short_run, data_dir, require_shared_data
 from jaxseg import config_lib
 from jaxseg.data import DATASETS, DataError, acdc, get_dataset
 from jaxseg.data.h5io import write_case
@@ -29,8 +29,7 @@ def test_registered_and_paths(tmp_path):
 
 def test_patients_to_slices_is_the_ssl4mis_table_on_its_list():
   full = data_dir() / "ACDC" / "train_slices_full.list"
-  if not full.is_file():
-    pytest.skip(f"{full} not found (shared data)")
+  require_shared_data(full)
   ids = full.read_text().split()
   for n_patients, n_slices in acdc.PATIENTS_TO_SLICES.items():
     assert acdc.labeled_slice_count(ids, n_patients) == n_slices
@@ -114,8 +113,7 @@ def test_bad_inputs_name_the_file(synth_root, tmp_path, monkeypatch):
 
 def test_real_acdc_subset():
   root = data_dir() / "ACDC"
-  if not (root / "train_slices.list").is_file():
-    pytest.skip(f"{root} not found (shared data)")
+  require_shared_data(root / "train_slices.list")
   split = acdc.make_splits(acdc.find_root(root), _cfg(labeled=3))
   assert [len(split[k]) for k in ("train", "labeled", "unlabeled", "val")] == [256, 68, 188, 20]
   item = acdc.train_source(root, split["labeled"][:1])[0]

@@ -1,12 +1,11 @@
 """Tests for jaxseg.data.la: paths, root discovery, lazy RAM cache, and two real LA cases."""
 import csv
-import os
 
 import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import data_dir
+from tests.conftest import data_dir, require_shared_data
 from jaxseg.data import DATASETS, build_source
 from jaxseg.data.h5io import DataError, write_case
 from jaxseg.data.la import ENV_VAR, LASource, case_path, find_root
@@ -93,11 +92,7 @@ def test_make_splits_reads_the_list(tmp_path):
 
 def test_real_la_cases():
   root = data_dir() / "LA"
-  if not (root / "train.list").is_file():
-    msg = f"real LA data not found at {root} (set JAXSEG_SHARED_DATA to the shared/data folder)"
-    if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":  # CI has shared/ beside the checkout
-      pytest.fail(msg)
-    pytest.skip(msg)
+  require_shared_data(root / "train.list")
   ids = [line.strip() for line in (root / "train.list").read_text().splitlines() if line.strip()]
   assert len(ids) == 32 and ids[0] == "06SR5RBREL16DQ6M8LWS"
   with open(data_dir() / "files.csv") as f:
