@@ -25,6 +25,11 @@ def atomic_open(path, mode: str = "w"):
     raise
 
 
+def write_text(path, text: str) -> None:
+  with atomic_open(path) as f:
+    f.write(text)
+
+
 def write_json(path, obj) -> None:
   with atomic_open(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)

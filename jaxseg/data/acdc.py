@@ -18,15 +18,15 @@ works for the synthetic stand-in. The unlabeled slices are the rest of the list.
 import json
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from jaxseg import io_utils
+from jaxseg.data import registry
 from jaxseg.data import splits as splits_lib
 from jaxseg.data.h5io import DataError, write_case
-from jaxseg.data import registry
 from jaxseg.data.h5source import H5Source
 from jaxseg.data.registry import DatasetSpec
 
@@ -181,18 +181,6 @@ def _synth_manifest(cfg: dict) -> dict:
   return {"generator": "jaxseg.data.acdc", "version": _SYNTH_VERSION, **cfg}
 
 
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
   """Writes a small deterministic ACDC-layout stand-in under ``root``; returns ``root``.
 
@@ -241,10 +229,10 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
     else:
       for z in range(d):
         write_case(slice_path(root, f"{vol}_slice_{z}"), image[z], label[z])
-  _write_text_atomic(root / TRAIN_LIST, "".join(f"{s}\n" for s in slices))
-  _write_text_atomic(root / VOLUME_LIST, "".join(f"{v}\n" for v in train_vols))
-  _write_text_atomic(root / VAL_LIST, "".join(f"{v}\n" for v in val_vols))
-  _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+  io_utils.write_text(root / TRAIN_LIST, "".join(f"{s}\n" for s in slices))
+  io_utils.write_text(root / VOLUME_LIST, "".join(f"{v}\n" for v in train_vols))
+  io_utils.write_text(root / VAL_LIST, "".join(f"{v}\n" for v in val_vols))
+  io_utils.write_text(manifest_path, json.dumps(manifest, indent=1))
   return root
 
 

@@ -10,9 +10,9 @@ import collections
 import json
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
+from jaxseg import io_utils
 from jaxseg.data.h5io import DataError
 
 SPLITS_FILE = "splits.json"
@@ -53,17 +53,7 @@ def make_splits(ids: Sequence[str], n_val: int, labeled: int) -> dict[str, list[
 
 def write_splits(path: str | os.PathLike, splits: dict[str, list[str]]) -> None:
   """Writes ``splits`` as JSON atomically (temp file in the same folder + ``os.replace``)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump({k: list(splits[k]) for k in KEYS}, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  io_utils.write_text(path, json.dumps({k: list(splits[k]) for k in KEYS}, indent=1))
 
 
 def read_splits(path: str | os.PathLike) -> dict[str, list[str]]:

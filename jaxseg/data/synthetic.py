@@ -11,11 +11,11 @@ Everything is a deterministic function of (seed, case index, shape).
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 from scipy import ndimage
 
+from jaxseg import io_utils
 from jaxseg.data.h5io import write_case
 from jaxseg.data.la import CASE_FILE, CASES_DIR, LIST_FILE, case_path
 
@@ -110,18 +110,6 @@ def _manifest(n_cases: int, shape: tuple[int, ...], seed: int) -> dict:
           "n_cases": int(n_cases), "shape": [int(s) for s in shape]}
 
 
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def generate(root: str | os.PathLike, n_cases: int = 24, shape: tuple[int, int, int] = (48, 48, 32),
              seed: int = 0) -> pathlib.Path:
   """Writes ``n_cases`` phantom cases in the LA layout under ``root``; returns ``root``.
@@ -152,8 +140,8 @@ def generate(root: str | os.PathLike, n_cases: int = 24, shape: tuple[int, int, 
   for index, case_id in enumerate(ids):
     image, label = make_case(seed, index, shape)
     write_case(case_path(root, case_id), image, label)
-  _write_text_atomic(root / LIST_FILE, "".join(f"{i}\n" for i in ids))
-  _write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+  io_utils.write_text(root / LIST_FILE, "".join(f"{i}\n" for i in ids))
+  io_utils.write_text(manifest_path, json.dumps(manifest, indent=1))
   return root
 
 
