@@ -5,7 +5,9 @@ r"""Methods x labeled counts x seeds from one command: run them here one after a
   python launch/sweep.py ... --emit_scripts runs/sweep/jobs [--slurm_option=--gres=gpu:1 ...]
 
 Each config is `[NAME=]PATH[:ARG]` (NAME defaults to the config's `method`; two configs with the same
-method need explicit names, e.g. `sup=configs/smoke.py:method=supervised`). Every run is exactly
+method need explicit names, e.g. `l8=configs/la_mt.py:labeled=8,mt16=configs/la_mt.py`; ARG may hold
+commas: an item starts a new config only where its part before ':' ends in .py). Any config's
+`smoke=1` argument gives a sweep of seconds on a CPU (`configs/la_vnet.py:smoke=1`). Every run is exactly
 `python -m jaxseg.main --config PATH[:ARG] --config.data.labeled=N --config.seed=S --config.KEY=VALUE ...
 --workdir ROOT/NAME/labeledN/seedS`: the in-process runner parses the same flags with the same
 ml_collections machinery, and the emitted scripts run that command.
@@ -66,6 +68,19 @@ def parse_config_spec(spec: str) -> tuple[str | None, str]:
   else:
     raise ValueError(f"--configs entry {spec!r}: config file {path} not found")
   return name or None, path + (sep + arg if sep else "")
+
+
+def split_config_specs(text: str) -> list[str]:
+  """'a=configs/x.py:smoke=1,seed=2,configs/y.py' -> ['a=configs/x.py:smoke=1,seed=2',
+  'configs/y.py']: a comma-separated item whose part before ':' ends in .py starts a config spec;
+  any other item continues the previous spec's ARG."""
+  specs = []
+  for item in text.split(","):
+    if specs and not item.partition(":")[0].endswith(".py"):
+      specs[-1] += "," + item
+    else:
+      specs.append(item)
+  return specs
 
 
 def build_config(run_or_flags):
@@ -189,13 +204,14 @@ def _int_list(text: str) -> list[int]:
   try:
     return [int(x) for x in text.split(",") if x.strip()]
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="launch/sweep.py", description=__doc__.split("\n")[0])
   parser.add_argument("--configs", required=True,
-                      help="comma-separated [NAME=]PATH[:ARG] config specs (one per method)")
+                      help="comma-separated [NAME=]PATH[:ARG] config specs (one per method; ARG may "
+                           "hold commas)")
   parser.add_argument("--labeled", type=_int_list, required=True, help="labeled counts, e.g. 8,16")
   parser.add_argument("--seeds", type=_int_list, required=True, help="seeds, e.g. 0,1,2")
   parser.add_argument("--root", required=True, help="sweep folder: ROOT/NAME/labeledN/seedS")
@@ -213,7 +229,7 @@ def main(argv=None) -> int:
     if "=" not in o:
       parser.error(f"--set {o!r}: expected KEY=VALUE")
   try:
-    runs = plan(args.configs.split(","), args.labeled, args.seeds, args.root, args.set)
+    runs = plan(split_config_specs(args.configs), args.labeled, args.seeds, args.root, args.set)
   except ValueError as e:
     parser.error(str(e))
   manifest = write_manifest(args.root, runs)

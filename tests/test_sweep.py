@@ -8,12 +8,13 @@ import pytest
 from launch import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = "configs/smoke.py"
+VNET = "configs/la_vnet.py:smoke=1"  # any config at smoke=1: seconds on a CPU
+MT = "configs/la_mt.py:smoke=1"
 
 
 def _plan(tmp_path, seeds=(0, 1)):
-  return sweep.plan([f"{SMOKE}:method=supervised", f"{SMOKE}:method=mean_teacher"], [4, 6], list(seeds),
-                    tmp_path, ["total_steps=3", "eval.save_predictions=True"])
+  return sweep.plan([VNET, MT], [4, 6], list(seeds), tmp_path,
+                    ["total_steps=3", "eval.save_predictions=True"])
 
 
 def test_plan_grid_names_and_configs(tmp_path):
@@ -25,11 +26,11 @@ def test_plan_grid_names_and_configs(tmp_path):
   config = sweep.build_config(runs[-1])
   assert config.method == "mean_teacher" and config.data.labeled == 6 and config.seed == 1
   assert config.total_steps == 3 and config.eval.save_predictions is True
-  assert config.model.kwargs.n_filters == 4  # the smoke config itself, not only the overrides
+  # The smoke config itself, not only the overrides.
+  assert config.model.kwargs.n_filters == 4 and config.data.name == "synthetic"
   with pytest.raises(ValueError, match="name them"):
-    sweep.plan([f"{SMOKE}:method=supervised", f"{SMOKE}:method=supervised,steps=2"], [4], [0], tmp_path, [])
-  named = sweep.plan([f"a={SMOKE}:method=supervised", f"b={SMOKE}:method=supervised,steps=2"], [4], [0],
-                     tmp_path, [])
+    sweep.plan([VNET, f"{VNET},seed=2"], [4], [0], tmp_path, [])
+  named = sweep.plan([f"a={VNET}", f"b={VNET},seed=2"], [4], [0], tmp_path, [])
   assert [r.name for r in named] == ["a", "b"] and named[0].method == "supervised"
   with pytest.raises(ValueError, match="not found"):
     sweep.plan(["configs/nope.py"], [4], [0], tmp_path, [])
@@ -61,7 +62,7 @@ def test_finished_runs_are_skipped(tmp_path, capsys):
 
 
 def test_main_writes_manifest_and_scripts(tmp_path):
-  rc = sweep.main(["--configs", f"{SMOKE}:method=supervised", "--labeled", "4", "--seeds", "0,2",
+  rc = sweep.main(["--configs", VNET, "--labeled", "4", "--seeds", "0,2",
                    "--root", str(tmp_path), "--set", "total_steps=2", "--emit_scripts",
                    str(tmp_path / "jobs")])
   assert rc == 0
@@ -70,5 +71,18 @@ def test_main_writes_manifest_and_scripts(tmp_path):
       ("supervised", 4, 0), ("supervised", 4, 2)]
   assert len(list((tmp_path / "jobs").glob("run_0*.sh"))) == 2
   with pytest.raises(SystemExit):
-    sweep.main(["--configs", SMOKE, "--labeled", "4", "--seeds", "0", "--root", str(tmp_path),
+    sweep.main(["--configs", VNET, "--labeled", "4", "--seeds", "0", "--root", str(tmp_path),
                 "--set", "total_steps"])
+
+
+def test_config_specs_split_on_config_paths_only():
+  text = f"a={VNET},labeled=4,configs/la_mt.py,b=configs/la_acmt.py:strategy=mu,seed=2"
+  assert sweep.split_config_specs(text) == [
+      "a=configs/la_vnet.py:smoke=1,labeled=4", "configs/la_mt.py",
+      "b=configs/la_acmt.py:strategy=mu,seed=2"]
+  assert sweep.split_config_specs("configs/la_mt.py") == ["configs/la_mt.py"]
+  name, config = sweep.parse_config_spec(f"b={VNET},seed=2")
+  assert name == "b" and config == f"{REPO / 'configs' / 'la_vnet.py'}:smoke=1,seed=2"
+  # Every argument of a multi-argument spec reaches the config.
+  built = sweep.build_config([f"--config={config}"])
+  assert (built.seed, built.model.kwargs.n_filters, built.total_steps) == (2, 4, 4)
