@@ -7,6 +7,7 @@ jnp and jit-able.
 """
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -33,36 +34,6 @@ def dice_loss(score: Array, target: Array, smooth: float = 1e-5) -> Array:
   return 1.0 - (2.0 * intersect + smooth) / (denom + smooth)
 
 
-def dice_loss1(score: Array, target: Array, smooth: float = 1e-5) -> Array:
-  """Like `dice_loss` but with plain sums in the denominator (UA-MT `losses.dice_loss1`)."""
-  target = target.astype(score.dtype)
-  intersect = jnp.sum(score * target)
-  return 1.0 - (2.0 * intersect + smooth) / (jnp.sum(score) + jnp.sum(target) + smooth)
-
-
-def softmax_dice_loss(input_logits: Array, target_logits: Array) -> Array:
-  """Mean over classes of dice_loss1(softmax(input)[..., c], softmax(target)[..., c]).
-
-  UA-MT `losses.softmax_dice_loss`: the target is the soft (teacher) probability map.
-
-  Args:
-    input_logits: [B, ..., C].
-    target_logits: [B, ..., C].
-
-  Returns:
-    Scalar loss.
-  """
-  _check_same_shape("softmax_dice_loss", input_logits, target_logits)
-  p = jax.nn.softmax(input_logits, axis=-1)
-  q = jax.nn.softmax(target_logits, axis=-1)
-  # Per-class plain-sum dice, reduced over every axis but the class axis.
-  axes = tuple(range(p.ndim - 1))
-  smooth = 1e-5
-  per_class = 1.0 - (2.0 * jnp.sum(p * q, axis=axes) + smooth) / (
-      jnp.sum(p, axis=axes) + jnp.sum(q, axis=axes) + smooth)
-  return jnp.mean(per_class)
-
-
 def softmax_mse_loss(input_logits: Array, target_logits: Array) -> Array:
   """Elementwise (softmax(input) - softmax(target))^2, shape [B, ..., C], no reduction.
 
@@ -85,13 +56,6 @@ def softmax_kl_loss(input_logits: Array, target_logits: Array) -> Array:
   return jax.scipy.special.xlogy(q, q) - q * log_p
 
 
-def symmetric_mse_loss(input1: Array, input2: Array) -> Array:
-  """Mean over all elements of (input1 - input2)^2, gradients to both (UA-MT `symmetric_mse_loss`)."""
-  _check_same_shape("symmetric_mse_loss", input1, input2)
-  diff = input1 - input2
-  return jnp.mean(diff * diff)
-
-
 def entropy_map(p: Array, eps: float = 1e-6, keepdims: bool = True) -> Array:
   """Unnormalised entropy -sum_c p log(p + eps) in nats over the class axis.
 
@@ -106,16 +70,6 @@ def entropy_map(p: Array, eps: float = 1e-6, keepdims: bool = True) -> Array:
   return -jnp.sum(p * jnp.log(p + eps), axis=-1, keepdims=keepdims)
 
 
-def entropy_loss_map(p: Array, num_classes: int) -> Array:
-  """entropy_map(p) / ln C with a singleton class axis [B, ..., 1] (UA-MT `losses.entropy_loss_map`)."""
-  return entropy_map(p) / math.log(num_classes)
-
-
-def entropy_loss(p: Array, num_classes: int) -> Array:
-  """Mean over batch and space of entropy_map(p) / ln C (UA-MT `losses.entropy_loss`)."""
-  return jnp.mean(entropy_map(p, keepdims=False)) / math.log(num_classes)
-
-
 def cross_entropy(logits: Array, labels: Array) -> Array:
   """Softmax cross-entropy averaged over all voxels (`F.cross_entropy` with its default 'mean').
 
@@ -123,24 +77,48 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
     logits: [B, ..., C].
     labels: integer [B, ...] in [0, C).
   """
-  # A one-hot product rather than an integer-label gather: the gather's gradient is a scatter that
-  # XLA spends ~10 s constant-folding at LA patch sizes.
-  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-  return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+  return jnp.mean(voxel_cross_entropy(logits, labels))
 
 
 def voxel_cross_entropy(logits: Array, labels: Array) -> Array:
-  """Per-voxel softmax cross-entropy [B, ...] (`nn.CrossEntropyLoss(reduction='none')`)."""
-  logits = logits.astype(jnp.float32)
-  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-  return -jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  """Per-voxel softmax cross-entropy [B, ...] float32 (`nn.CrossEntropyLoss(reduction='none')`).
+
+  Args:
+    logits: [B, ..., C].
+    labels: integer [B, ...] in [0, C).
+  """
+  chex.assert_equal_shape_prefix((logits, labels), labels.ndim)
+  chex.assert_type(labels, int)
+  # A one-hot product rather than an integer-label gather: the gather's gradient is a scatter that
+  # XLA spends ~10 s constant-folding at LA patch sizes.
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jax.nn.one_hot(labels, logits.shape[-1], dtype=log_p.dtype) * log_p, axis=-1)
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+  """sum(mask * values) / (sum(mask) + 1e-16), `mask` broadcast against `values` in the numerator
+  only, pooled over the batch.
+
+  With a mask duplicated over the C channels of a [B, ..., C] map (AC-MT Ent, S-Err, P-Err) the
+  denominator counts every voxel C times; with a one-channel mask [B, ..., 1] (AC-MT MU) it counts
+  voxels once. An all-zero mask gives 0.
+  """
+  mask = mask.astype(values.dtype)
+  return jnp.sum(mask * values) / (jnp.sum(mask) + 1e-16)
 
 
 def masked_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
-  """sum(CE * m) / (sum(m) + 1e-16), pooled over the batch (BCP `mix_loss`, CML
-  `supervison_loss` with a weight mask)."""
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(voxel_cross_entropy(logits, labels) * mask) / (jnp.sum(mask) + 1e-16)
+  """masked_mean of the per-voxel CE (BCP `mix_loss`, CML `supervison_loss` with a weight mask)."""
+  return masked_mean(voxel_cross_entropy(logits, labels), mask.astype(jnp.float32))
+
+
+def normalized_entropy(probs: Array, eps: float = 1e-6) -> Array:
+  """-sum_c p log(p + eps) / ln C over the class axis: [B, ..., C] -> [B, ...] in [0, 1].
+
+  AC-MT `entropy_map` (lemoshu/AC-MT code/utils/losses.py) and the inner term of its
+  `masked_entropy_loss`; C = 2 upstream.
+  """
+  return entropy_map(probs, eps=eps, keepdims=False) / math.log(probs.shape[-1])
 
 
 def class_probabilities(logits: Array) -> Array:
@@ -193,6 +171,47 @@ def supervised_ce_dice(logits: Array, labels: Array) -> tuple[Array, Array, Arra
   foreground = jax.lax.index_in_dim(probs, 1, axis=-1, keepdims=False)
   dice = dice_loss(foreground, labels == 1)
   return 0.5 * (ce + dice), ce, dice
+
+
+def vnet_caffe_dice_loss(logits: Array, labels: Array) -> tuple[Array, Array]:
+  """The Dice loss layer of the original V-Net release (faustomilletari/VNet `pyLayer.py`
+  `DiceLoss`), with its gradient reproduced exactly.
+
+  Per sample b, with the hard prediction r = argmax and g = labels > 0.5 over its voxels:
+  I_b = sum r g, U_b = sum r + sum g (both constants of the step). The layer's forward reports the
+  hard Dice 2 I_b / (U_b + 1e-5); its backward sets, on the softmax output p,
+  d/dp_1 = -c and d/dp_0 = +c with c = 2 (g U_b - 2 p_1 I_b) / U_b^2, i.e. the paper's Dice
+  gradient 2 (g U - 2 p I) / U^2 with I and U taken from the hard prediction, summed (not averaged)
+  over the batch. Here the value is sum_b (1 - hard Dice_b) and the gradient is that backward (a
+  surrogate whose value is cancelled). Where U_b = 0 (empty prediction and empty label; upstream
+  divides by zero) the sample's gradient is 0.
+
+  Args:
+    logits: [B, *spatial, 2].
+    labels: [B, *spatial] (binarised at 0.5, as the layer does).
+
+  Returns:
+    (loss, mean hard Dice) scalars.
+  """
+  if logits.shape[-1] != 2 or logits.shape[:-1] != labels.shape:
+    raise ValueError(f"vnet_caffe_dice_loss: expected logits [B, ..., 2] and labels [B, ...], got "
+                     f"{logits.shape} and {labels.shape}")
+  probs = jax.nn.softmax(logits, axis=-1)
+  p0 = jax.lax.index_in_dim(probs, 0, axis=-1, keepdims=False)
+  p1 = jax.lax.index_in_dim(probs, 1, axis=-1, keepdims=False)
+  axes = tuple(range(1, labels.ndim))
+  g = (labels > 0.5).astype(probs.dtype)
+  r = jax.lax.stop_gradient((p1 > p0).astype(probs.dtype))  # argmax; ties go to class 0
+  inter = jnp.sum(r * g, axis=axes)
+  union = jnp.sum(r, axis=axes) + jnp.sum(g, axis=axes)
+  dice = 2.0 * inter / (union + 1e-5)
+  shape = (-1,) + (1,) * len(axes)
+  safe = jnp.where(union > 0, union, 1.0).reshape(shape)
+  c = 2.0 * (g * safe - 2.0 * jax.lax.stop_gradient(p1) * inter.reshape(shape)) / safe**2
+  c = jnp.where(union.reshape(shape) > 0, c, 0.0)
+  surrogate = jnp.sum(c * (p0 - p1))
+  value = jnp.sum(1.0 - dice)
+  return value + surrogate - jax.lax.stop_gradient(surrogate), jnp.mean(dice)
 
 
 def masked_consistency(dist_map: Array, mask: Array, num_classes: int) -> Array:

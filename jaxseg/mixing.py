@@ -15,16 +15,12 @@ Only the RNG differs from upstream (jax.random instead of numpy's global RandomS
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-
-# BCP LA `context_mask`'s hard-coded corner bounds (the LA patch size 112 x 112 x 80).
-BCP_LA_BOUNDS = (112, 112, 80)
-
 
 def box_size(spatial_shape: Sequence[int], ratio: float) -> tuple[int, ...]:
   """Box side per axis: int(S * ratio), Python float arithmetic as upstream (static ints)."""
@@ -79,8 +75,8 @@ def box_mask(rng: Array, spatial_shape: Sequence[int], ratio: float,
     spatial_shape: the image's spatial shape (D, H, W) or (H, W).
     ratio: box side / image side (2/3 in BCP and CML LA).
     bounds_shape: the corner's upper bounds; None = `spatial_shape` (BCP ACDC, CML). BCP LA's
-      `context_mask` uses `BCP_LA_BOUNDS`; on a patch smaller than that the box may land partly or
-      wholly outside and is clipped as upstream's slicing does.
+      `context_mask` hard-codes the LA patch size; on a patch smaller than the bounds the box may
+      land partly or wholly outside and is clipped as upstream's slicing does.
   """
   size = box_size(spatial_shape, ratio)
   bounds = tuple(spatial_shape) if bounds_shape is None else tuple(bounds_shape)

@@ -5,31 +5,30 @@ DyCON). Each ramp accepts either host values (Python / numpy scalars or arrays, 
 returned as a Python float for scalars, like upstream) or JAX values (possibly traced inside `jit`,
 computed with `jnp.where`, in the default JAX float dtype). Ramp lengths are static Python numbers.
 """
-import math
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-Scalar = Union[int, float, np.ndarray, jax.Array]
-
-_LN2 = math.log(2.0)
+Scalar = int | float | np.ndarray | jax.Array
 
 
-def _is_jax(x: Any) -> bool:
-  # Tracers are jax.Array instances, so this also routes values traced under jit to jnp.
+def is_jax(x: Any) -> bool:
+  """Whether a schedule input is a JAX value (tracers are jax.Array instances, so values traced
+  under jit count): such inputs are computed with jnp, host numbers with float64 numpy."""
   return isinstance(x, jax.Array)
 
 
-def _host_result(x: np.ndarray) -> Union[float, np.ndarray]:
+def host_result(x: np.ndarray) -> float | np.ndarray:
+  """A host schedule value as float64: a Python float for a scalar, else an array."""
   x = np.asarray(x, dtype=np.float64)
   return float(x) if x.ndim == 0 else x
 
 
 def _check_length(name: str, length: Any) -> float:
-  if _is_jax(length):
+  if is_jax(length):
     raise TypeError(f"{name}: the ramp length must be a static Python number, got a JAX value")
   length = float(length)
   if length < 0:
@@ -50,46 +49,15 @@ def sigmoid_rampup(current: Scalar, rampup_length: float) -> Scalar:
     Same shape as `current` (Python float for host scalars).
   """
   length = _check_length("sigmoid_rampup", rampup_length)
-  if _is_jax(current):
+  if is_jax(current):
     if length == 0:
       return jnp.ones_like(current, dtype=jnp.result_type(float))
     phase = 1.0 - jnp.clip(current, 0.0, length) / length
     return jnp.exp(-5.0 * phase * phase)
   if length == 0:
-    return _host_result(np.ones_like(current, dtype=np.float64))
+    return host_result(np.ones_like(current, dtype=np.float64))
   phase = 1.0 - np.clip(np.asarray(current, dtype=np.float64), 0.0, length) / length
-  return _host_result(np.exp(-5.0 * phase * phase))
-
-
-def linear_rampup(current: Scalar, rampup_length: float) -> Scalar:
-  """current / L below L, 1 from L on (so L == 0 gives 1) (UA-MT `ramps.linear_rampup`).
-
-  Upstream asserts current >= 0; host inputs are checked (ValueError), traced ones cannot be.
-  """
-  length = _check_length("linear_rampup", rampup_length)
-  if _is_jax(current):
-    # max(length, 1) keeps the unselected branch finite when length == 0.
-    return jnp.where(current >= length, 1.0, current / max(length, 1.0))
-  current = np.asarray(current, dtype=np.float64)
-  if np.any(current < 0):
-    raise ValueError(f"linear_rampup: current must be >= 0, got {current}")
-  return _host_result(np.where(current >= length, 1.0, current / max(length, 1.0)))
-
-
-def cosine_rampdown(current: Scalar, rampdown_length: float) -> Scalar:
-  """0.5 (cos(pi current / L) + 1) for 0 <= current <= L (UA-MT `ramps.cosine_rampdown`).
-
-  Upstream asserts the range; host inputs are checked (ValueError), traced ones are not.
-  """
-  length = _check_length("cosine_rampdown", rampdown_length)
-  if length == 0:
-    raise ValueError("cosine_rampdown: rampdown_length must be > 0")
-  if _is_jax(current):
-    return 0.5 * (jnp.cos(jnp.pi * current / length) + 1.0)
-  current = np.asarray(current, dtype=np.float64)
-  if np.any(current < 0) or np.any(current > length):
-    raise ValueError(f"cosine_rampdown: current must lie in [0, {length}], got {current}")
-  return _host_result(0.5 * (np.cos(np.pi * current / length) + 1.0))
+  return host_result(np.exp(-5.0 * phase * phase))
 
 
 def consistency_weight(step: Scalar, consistency: float, rampup_length: float,
@@ -105,19 +73,11 @@ def consistency_weight(step: Scalar, consistency: float, rampup_length: float,
     rampup_length: ramp length in "epochs" of `iters_per_epoch` steps (40 for LA).
     iters_per_epoch: the hard-coded 150 of the upstream loops.
   """
-  if _is_jax(step):
+  if is_jax(step):
     epoch = jnp.floor_divide(step, iters_per_epoch)
   else:
     epoch = np.floor_divide(np.asarray(step), iters_per_epoch)
   return consistency * sigmoid_rampup(epoch, rampup_length)
-
-
-def uamt_threshold(step: Scalar, max_steps: float) -> Scalar:
-  """UA-MT uncertainty threshold (0.75 + 0.25 sigmoid_rampup(step, max_steps)) ln 2, in nats.
-
-  Per-step ramp (not per epoch) from `train_LA_meanteacher_certainty_unlabel.py` (max_iterations 6000).
-  """
-  return (0.75 + 0.25 * sigmoid_rampup(step, max_steps)) * _LN2
 
 
 def ema_alpha(step: Scalar, decay: float) -> Scalar:
@@ -125,9 +85,9 @@ def ema_alpha(step: Scalar, decay: float) -> Scalar:
 
   step 0 gives 0 (teacher := student); the decay is reached at step 1/(1 - decay) - 1 (99 for 0.99).
   """
-  if _is_jax(step):
+  if is_jax(step):
     return jnp.minimum(1.0 - 1.0 / (step + 1.0), decay)
-  return _host_result(np.minimum(1.0 - 1.0 / (np.asarray(step, dtype=np.float64) + 1.0), decay))
+  return host_result(np.minimum(1.0 - 1.0 / (np.asarray(step, dtype=np.float64) + 1.0), decay))
 
 
 def ema_update(ema_params: Any, params: Any, step: Scalar, decay: float) -> Any:

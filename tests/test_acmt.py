@@ -2,7 +2,6 @@
 import json
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ from jaxseg import methods
 from jaxseg import schedules
 from jaxseg import train
 from jaxseg.methods import acmt
+from jaxseg.methods.acmt import strategies
 from tests.conftest import tiny_config
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -75,7 +75,7 @@ def test_ent_selection_matches_fixture(parity):
     lb = _labeled(case, args)
     student = _last(case["input/outputs"])[lb:]
     teacher = _last(case["input/noisy_ema_output"])
-    fn = jax.jit(lambda s, t, step: acmt.ent_selection(
+    fn = jax.jit(lambda s, t, step: strategies.ent_selection(
         s, t, step, low=args["Ent_th"], rampup=float(args["max_iterations"])))
     for it in _iters(case, args):
       loss, out = fn(student, teacher, jnp.int32(it))
@@ -96,7 +96,7 @@ def test_mu_selection_matches_fixture(parity):
     mc = jnp.moveaxis(jnp.asarray(mc).reshape((t, stride) + mc.shape[1:]), 2, -1)
     student = _last(case["input/outputs"])[-stride:]
     teacher = _last(case["input/ema_output"])
-    fn = jax.jit(lambda s, te, m, step: acmt.mu_selection(
+    fn = jax.jit(lambda s, te, m, step: strategies.mu_selection(
         s, te, m, step, rampup=float(args["max_iterations"])))
     for it in _iters(case, args):
       loss, out = fn(student, teacher, mc, jnp.int32(it))
@@ -113,7 +113,7 @@ def test_perr_selection_matches_fixture(parity):
     pass_logits = jnp.moveaxis(jnp.asarray(case["input/ema_preds_stack"]), 2, -1)
     pass_features = jnp.moveaxis(jnp.asarray(case["input/ema_fts_stack"]), 2, -1)
     assert pass_logits.shape[0] == args["n_samples"]
-    fn = jax.jit(lambda *a: acmt.perr_selection(*a, uncertainty_th=args["uncertainty_th"]))
+    fn = jax.jit(lambda *a: strategies.perr_selection(*a, uncertainty_th=args["uncertainty_th"]))
     loss, out = fn(_last(case["input/outputs"])[lb:], _last(case["input/ema_output"]),
                    _last(case["input/noisy_ema_output"]), pass_logits, pass_features)
     _close(out["uncertainty"], _last(case["output/uncertainty_map"]))
@@ -134,7 +134,7 @@ def test_perr_selection_matches_fixture(parity):
 def test_serr_selection_matches_fixture(parity):
   for case, args in _cases(parity, "serr"):
     lb = _labeled(case, args)
-    fn = jax.jit(lambda *a: acmt.serr_selection(*a, filter_by=args["filter_by"]))
+    fn = jax.jit(lambda *a: strategies.serr_selection(*a, filter_by=args["filter_by"]))
     loss, out = fn(_last(case["input/outputs"])[lb:], _last(case["input/ema_output"]),
                    _last(case["input/noisy_ema_output"]))
     np.testing.assert_array_equal(np.asarray(out["mask"]), _last(case["output/issue_mask"]))
@@ -148,22 +148,12 @@ def test_masked_entropy_broadcast_quirk_by_hand():
   mask = jnp.zeros((2, 3, 2)).at[:, :, 1].set(1.0)  # only channel 1 clean
   e1 = -(1.0 * np.log(1.0 + 1e-6)) / np.log(2.0)  # entropy of sample 1
   # Quirk: out[b, ..., c] = mask[b, ..., c] * e[c] -> channel 1 takes sample 1's entropy everywhere.
-  _close(acmt.masked_entropy_loss(probs, mask, True), 6 * e1 / 12)
+  _close(strategies.masked_entropy_loss(probs, mask, True), 6 * e1 / 12)
   # Intended: out[b, ..., c] = mask[b, ..., c] * e[b] -> sample 0 contributes its entropy ~1.
   e0 = -np.log(0.5 + 1e-6) / np.log(2.0)
-  _close(acmt.masked_entropy_loss(probs, mask, False), (3 * e0 + 3 * e1) / 12)
+  _close(strategies.masked_entropy_loss(probs, mask, False), (3 * e0 + 3 * e1) / 12)
   with pytest.raises(ValueError, match="perr_entropy_broadcast_quirk"):
-    acmt.masked_entropy_loss(jnp.full((3, 4, 2), 0.5), jnp.ones((3, 4, 2)), True)
-
-
-def test_masked_means_normalise_as_upstream():
-  dist = jnp.arange(8.0).reshape(1, 4, 2)
-  one_channel = jnp.array([1.0, 0.0, 1.0, 0.0]).reshape(1, 4, 1)
-  # MU: one-channel mask, denominator = 2 voxels.
-  _close(acmt.masked_mean(dist, one_channel), (0 + 1 + 4 + 5) / 2)
-  # Ent / S-Err: mask duplicated to both channels, denominator = 4.
-  _close(acmt.masked_mean(dist, jnp.broadcast_to(one_channel, dist.shape)), (0 + 1 + 4 + 5) / 4)
-  _close(acmt.masked_mean(dist, jnp.zeros_like(dist)), 0.0)
+    strategies.masked_entropy_loss(jnp.full((3, 4, 2), 0.5), jnp.ones((3, 4, 2)), True)
 
 
 def test_dice_loss_per_class_by_hand():
@@ -178,59 +168,9 @@ def test_serr_falls_back_when_cleanlab_would_raise():
   # Every student label is 1 (one non-zero class): cleanlab raises, upstream uses mean(dist).
   student = jnp.tile(jnp.array([-1.0, 2.0]), (2, 4, 4, 4, 1))
   teacher = jnp.tile(jnp.array([0.5, 0.0]), (2, 4, 4, 4, 1))
-  loss, out = jax.jit(acmt.serr_selection)(student, teacher, teacher * 2.0)
+  loss, out = jax.jit(strategies.serr_selection)(student, teacher, teacher * 2.0)
   assert bool(out["fallback"])
   _close(loss, jnp.mean(out["dist"]))
-
-
-def test_compose_bn_updates_equals_sequential_updates():
-  m = 0.1
-  start, main = jnp.array([1.0, 2.0]), jnp.array([1.5, 2.5])
-  stats = jnp.array([[3.0, -1.0], [0.0, 4.0], [2.0, 2.0]])  # batch statistics of 3 forwards
-  per_forward = (1 - m) * start[None] + m * stats  # what each vmapped forward writes
-  expected = main
-  for s in stats:
-    expected = (1 - m) * expected + m * s
-  _close(acmt.compose_bn_updates({"v": main}, {"v": start}, {"v": per_forward}, m)["v"], expected)
-
-
-class _Probe(nn.Module):
-  """Returns [x, -x] and records the batch mean as a running statistic (momentum 0.1)."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(()))
-    if train:
-      mean.value = 0.9 * mean.value + 0.1 * jnp.mean(x)
-    return jnp.concatenate([x, -x], axis=-1)
-
-
-def test_mc_student_passes_row_order_and_statistics():
-  images = jnp.arange(2 * 2 * 2 * 2, dtype=jnp.float32).reshape(2, 2, 2, 2, 1)
-  stats = {"mean": jnp.float32(5.0)}
-  logits, new_stats = jax.jit(lambda x, k: acmt.mc_student_passes(
-      _Probe(), {}, stats, x, k, passes=6, noise_std=0.0, noise_clip=0.0))(
-          images, jax.random.PRNGKey(0))
-  # T = 6 passes from 3 forwards on [U1, U2, U1, U2]; pass t of sample b is [t, b].
-  expected = jnp.broadcast_to(jnp.concatenate([images, -images], -1)[None], (6, 2, 2, 2, 2, 2))
-  np.testing.assert_array_equal(np.asarray(logits), np.asarray(expected))
-  # Every forward starts from the same statistics and sees [U, U] (mean 7.5).
-  _close(new_stats["mean"], jnp.full((3,), 0.9 * 5.0 + 0.1 * 7.5))
-  # With noise, the forwards (and the two copies within one) draw different noise.
-  noisy, _ = jax.jit(lambda x, k: acmt.mc_student_passes(
-      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2))(
-          images, jax.random.PRNGKey(0))
-  offsets = np.asarray(noisy[..., 0] - images[None, ..., 0])
-  assert 0.0 < np.abs(offsets).max() <= 0.2 + 1e-6
-  assert len({float(offsets[t, 0, 0, 0, 0]) for t in range(4)}) == 4
-  # Chunked (lax.map over single vmapped forwards, the CPU default) draws the same per-forward keys.
-  chunked, chunked_stats = jax.jit(lambda x, k: acmt.mc_student_passes(
-      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2, chunk=1))(
-          images, jax.random.PRNGKey(0))
-  np.testing.assert_allclose(np.asarray(chunked), np.asarray(noisy), rtol=1e-6)
-  _close(chunked_stats["mean"], jax.jit(lambda x, k: acmt.mc_student_passes(
-      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2))(
-          images, jax.random.PRNGKey(0))[1]["mean"])
 
 
 def test_config_rejects_bad_strategy():
@@ -240,7 +180,7 @@ def test_config_rejects_bad_strategy():
     methods.build(config)
 
 
-@pytest.mark.parametrize("strategy", acmt.STRATEGIES)
+@pytest.mark.parametrize("strategy", strategies.STRATEGIES)
 def test_two_step_run_is_finite_and_traces_once(strategy, tmp_path, monkeypatch):
   chex.clear_trace_counter()  # the counter is global and keyed by source, shared by the params
   config = tiny_config("acmt", steps=2)

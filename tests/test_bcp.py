@@ -17,15 +17,20 @@ import numpy as np
 import optax
 import pytest
 
-from jaxseg import components
+from jaxseg import config_check
 from jaxseg import config_lib
 from jaxseg import losses
 from jaxseg import methods
+from jaxseg import postprocess
 from jaxseg import train
 from jaxseg.methods import bcp
 from jaxseg.models import layers
 from jaxseg.state import TrainState
-from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last, check_short_run, tiny_config
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
+from tests.conftest import check_short_run
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = "bcp.npz"
@@ -151,7 +156,7 @@ def test_pseudo_labels(parity, function):
   pf = parity(FIXTURE)
   for name in pf.cases_of(function):
     case = pf.case(name)
-    got = jax.jit(components.cut_mask_pseudo_labels)(channels_last(case["input/logits"]))
+    got = jax.jit(postprocess.cut_mask_pseudo_labels)(channels_last(case["input/logits"]))
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got, np.float32), case["output/nms1"], err_msg=name)
 
@@ -209,16 +214,17 @@ def test_configs_and_self_train_entry(config_file, labeled):
       f"labeled={labeled},seed=4")
   la = config_file.startswith("la")
   if la:  # validate compares ACDC's labeled PATIENTS with the labeled SLICES per batch
-    config_lib.validate(c)
+    config_check.validate(c)
   assert (c.method, c.data.labeled, c.seed) == ("bcp", labeled, 4)
   assert c.model.name == ("bcp_vnet" if la else "unet2d")
   assert (c.bcp.pretrain_steps, c.total_steps) == ((2000, 17000) if la else (10000, 40000))
   assert (c.batch_size, c.labeled_batch_size) == ((8, 4) if la else (24, 12))
   assert (c.bcp.reset_optimizer, c.bcp.ema_batch_stats, c.eval.largest_cc) == (la, not la, la)
   assert c.bcp.mask_ratio == pytest.approx(2 / 3) and c.bcp.u_weight == 0.5
+  assert (c.bcp.recipe, c.bcp.mask_bounds) == (("la", "upstream") if la else ("acdc", "shape"))
   method = methods.build(c)
-  assert [(p.name, p.start) for p in method.phases] == [("pretrain", 0),
-                                                         ("selftrain", c.bcp.pretrain_steps)]
+  assert [(p.name, p.start) for p in method.phases()] == [("pretrain", 0),
+                                                           ("selftrain", c.bcp.pretrain_steps)]
   state = _fake_state(method)
   entered = jax.jit(method.enter_selftrain)(state)
   assert jax.tree.structure(entered) == jax.tree.structure(state)
@@ -240,19 +246,21 @@ def test_configs_and_self_train_entry(config_file, labeled):
     assert _lr(method.self_tx, p, t) == pytest.approx(want, rel=1e-5), t
 
 
-def test_mask_bounds_follow_eval_mode():
-  """LA parity draws the corner within upstream's hard-coded 112/112/80: on a 16^3 patch the box
-  mostly lands outside (all-ones mask); 'shape' (clean mode's default) always places a 10^3 box."""
+def test_mask_bounds_come_from_the_config_not_the_eval_mode():
+  """'upstream' on the LA recipe draws the corner within context_mask's hard-coded 112/112/80: on a
+  16^3 patch the box mostly lands outside (all-ones mask); 'shape' always places a 10^3 box. The
+  evaluation mode changes neither."""
   c = tiny_config("bcp", 2)
   keys = jax.random.split(jax.random.key(0), 64)
   boxed = {}
-  for mode, bounds in (("parity", "auto"), ("clean", "auto"), ("parity", "shape")):
+  for mode, bounds in (("parity", "upstream"), ("clean", "upstream"), ("parity", "shape")):
     c.eval.mode, c.bcp.mask_bounds = mode, bounds
     method = methods.build(c)
     masks = jax.jit(jax.vmap(lambda k: method._mask(k, (16, 16, 16))))(keys)
     boxed[mode, bounds] = np.asarray((masks == 0).sum(axis=(1, 2, 3)))
-  assert np.mean(boxed["parity", "auto"] == 0) > 0.5
-  assert np.all(boxed["clean", "auto"] == 10 ** 3) and np.all(boxed["parity", "shape"] == 10 ** 3)
+  assert np.mean(boxed["parity", "upstream"] == 0) > 0.5
+  np.testing.assert_array_equal(boxed["clean", "upstream"], boxed["parity", "upstream"])
+  assert np.all(boxed["parity", "shape"] == 10 ** 3)
 
 
 def test_rejects_unbalanced_batches():
@@ -264,6 +272,13 @@ def test_rejects_unbalanced_batches():
   c.bcp.mask_bounds = "box"
   with pytest.raises(ValueError, match="mask_bounds"):
     methods.build(c)
+  c = tiny_config("bcp", 2)
+  c.bcp.recipe = "acdc"  # a 2D recipe on the 3D smoke patch
+  with pytest.raises(ValueError, match="recipe='acdc' is a 2D recipe"):
+    methods.build(c)
+  c.bcp.recipe = "brats"
+  with pytest.raises(ValueError, match="config.bcp.recipe='brats'"):
+    methods.build(c)
 
 
 # ---------------------------------------------------------------------------------- runs --
@@ -273,8 +288,11 @@ class _TracedBCP(bcp.BCP):
 
   def __init__(self, config):
     super().__init__(config)
-    self.phases = tuple(type(p)(p.name, p.start, chex.assert_max_traces(p.train_step, n=1), p.enter)
-                        for p in self.phases)
+    self._traced = tuple(type(p)(p.name, p.start, chex.assert_max_traces(p.train_step, n=1),
+                                 p.enter) for p in super().phases())
+
+  def phases(self):
+    return self._traced
 
 
 def test_la_run_killed_in_selftrain_resumes_there(tmp_path, monkeypatch, capsys):
@@ -283,7 +301,8 @@ def test_la_run_killed_in_selftrain_resumes_there(tmp_path, monkeypatch, capsys)
   re-entering it, each phase compiled once, every loss and the final Dice finite."""
   steps, overrides = 4, ["--config.bcp.pretrain_steps=1", "--config.bcp.mask_bounds=shape"]
   env = dict(os.environ, **{train._FAULT_ENV: "2"})
-  cmd = [sys.executable, "-m", "jaxseg.main", "--config", f"configs/smoke.py:method=bcp,steps={steps}",
+  cmd = [sys.executable, "-m", "jaxseg.main", "--config", "configs/la_bcp.py:smoke=1,labeled=4,seed=0",
+         f"--config.total_steps={steps}",
          "--workdir", str(tmp_path), *overrides]
   killed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert killed.returncode == -9, killed.stderr[-3000:]

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import confident_learning as cl
+from jaxseg.methods.acmt import confident_learning as cl
 
 _find = jax.jit(cl.find_label_issues, static_argnames=("filter_by", "min_examples_per_class"))
 

@@ -8,15 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseg import config_check
 from jaxseg import config_lib
 from jaxseg import methods
 from jaxseg import schedules
 from jaxseg.data import pancreas
-from jaxseg.data.sdf import compute_sdf_batch
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.methods import dtc
-from tests.conftest import (MAP_TOL, SCALAR_TOL, channels_last, check_short_run, random_batch,
-                            tiny_config)
+from jaxseg.methods.dtc.sdf import compute_sdf
+from jaxseg.methods.dtc.sdf import compute_sdf_batch
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
+from tests.conftest import check_short_run
+from tests.conftest import random_batch
+from tests.conftest import tiny_config
 
 FIXTURE = 'dtc.npz'
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
@@ -118,18 +125,28 @@ def test_config_is_checked():
   config.model.kwargs.n_classes = 2
   with pytest.raises(ValueError, match='n_classes=2'):
     methods.build(config)
+
+
+def test_sdf_is_a_host_target():
+  """The data pipeline and example_batch add batch['sdf'] because DTC declares it."""
   config = tiny_config('dtc')
-  config.data.sdf = False
-  with pytest.raises(ValueError, match='data.sdf'):
-    methods.build(config)
+  targets = methods.METHODS['dtc'].host_targets
+  assert dict(targets) == {'sdf': compute_sdf}
+  label = np.zeros((4, 5, 6), np.int32)
+  label[1:3, 1:4, 2:5] = 1
+  batch = base.example_batch(config, targets, batch_size=1)
+  assert batch['sdf'].shape == (1, *config.data.patch_size) and batch['sdf'].dtype == np.float32
+  np.testing.assert_array_equal(batch['sdf'], 0.0)  # all-background label: the empty-mask case
+  sdf = compute_sdf(label)
+  assert sdf.min() == -1.0 and sdf.max() == 1.0 and np.all(sdf[~label.astype(bool)] > 0)
 
 
 def test_la_recipe():
   c = config_lib.load_config_module(_CONFIGS / 'la_dtc.py').get_config('labeled=8,seed=2')
-  config_lib.validate(c)
+  config_check.validate(c)
   assert (c.data.labeled, c.seed, c.model.name, c.model.kwargs.n_classes) == (8, 2, 'vnet_sdf', 1)
   assert (c.dtc.beta, c.dtc.consistency, c.dtc.consistency_rampup) == (0.3, 1.0, 40.0)
-  assert c.data.sdf and c.eval.largest_cc and c.data.augment == 'rot_flip_crop'
+  assert 'sdf' not in c.data and c.eval.largest_cc and c.data.augment == 'rot_flip_crop'
   assert (c.optimizer.lr, c.optimizer.lr_step_every, c.total_steps) == (0.01, 2500, 6000)
   assert 'mt' not in c
 
@@ -153,6 +170,6 @@ def test_two_step_pancreas_run_is_finite(tmp_path):
   c.eval.every_steps = 0
   c.log_every_steps = 1
   c.checkpoint_every_steps = 2
-  config_lib.validate(c)
+  config_check.validate(c)
   summary = check_short_run(c, tmp_path / 'run')
   assert summary['n_cases'] == 2

@@ -1,8 +1,10 @@
-"""Tests for jaxseg/data/sdf.py: parity with HiLab-git/DTC code/utils/util.py::compute_sdf
-(fixture dtc.npz, shared/parity/FUNCTIONS.md) and the degenerate-mask convention."""
+"""Tests for jaxseg/methods/dtc/sdf.py: parity with HiLab-git/DTC code/utils/util.py::compute_sdf
+(fixture dtc.npz, docs/parity.md) and the degenerate-mask convention."""
 import numpy as np
 
-from jaxseg.data.sdf import compute_sdf, compute_sdf_batch, inner_boundary
+from jaxseg.methods.dtc.sdf import compute_sdf
+from jaxseg.methods.dtc.sdf import compute_sdf_batch
+from jaxseg.methods.dtc.sdf import inner_boundary
 
 FIXTURE = 'dtc.npz'
 

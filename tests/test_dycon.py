@@ -13,14 +13,17 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxseg import config_check
 from jaxseg import config_lib
-from jaxseg import dycon_losses
 from jaxseg import losses
 from jaxseg import methods
 from jaxseg.data import DATASETS
 from jaxseg.methods import common
 from jaxseg.methods import dycon
-from tests.conftest import check_short_run, random_batch, tiny_config
+from jaxseg.methods.dycon import losses as dycon_losses
+from tests.conftest import check_short_run
+from tests.conftest import random_batch
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -137,7 +140,7 @@ def test_variants_and_config_checks():
 def test_configs_hold_the_upstream_recipe():
   load = lambda name, arg=None: config_lib.load_config_module(REPO / "configs" / name).get_config(arg)
   c = load("brats_dycon.py", "labeled=50,seed=2")
-  config_lib.validate(c)
+  config_check.validate(c)
   assert (c.method, c.data.name, c.data.labeled, c.seed) == ("dycon", "brats", 50, 2)
   assert (c.total_steps, c.batch_size, c.labeled_batch_size) == (20000, 8, 4)
   assert tuple(c.data.patch_size) == (96, 96, 96) and c.data.augment == "crop_rot_flip"
@@ -147,10 +150,10 @@ def test_configs_hold_the_upstream_recipe():
       0.6, 2.0, 0.5, 1500.0)
   assert dycon.iters_per_epoch(load("brats_dycon.py")) == 6  # 25 labels // 4 (upstream)
   la = load("la_dycon.py")
-  config_lib.validate(la)
+  config_check.validate(la)
   assert (la.data.name, tuple(la.data.patch_size), la.total_steps) == ("la", (112, 112, 80), 15000)
   panc = load("pancreas_dycon.py")
-  config_lib.validate(panc)
+  config_check.validate(panc)
   assert (panc.data.name, panc.data.labeled, tuple(panc.data.patch_size)) == (
       "pancreas", 12, (112, 112, 96))
   # The optimizer clips before weight decay and SGD.

@@ -1,13 +1,15 @@
-"""jaxseg/dycon_losses.py against KU-CVML/DyCON code/utils/dycon_losses.py and the inline FeCL inputs
-of code/train_DyCON_BraTS19.py (fixture dycon.npz, shared/parity/FUNCTIONS.md), plus the pieces the
+"""jaxseg/methods/dycon/losses.py against KU-CVML/DyCON code/utils/dycon_losses.py and the inline FeCL inputs
+of code/train_DyCON_BraTS19.py (fixture dycon.npz, docs/parity.md), plus the pieces the
 fixture does not isolate (the earlier avg-pool patch-label rule) and jit robustness."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import dycon_losses as dl
-from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last
+from jaxseg.methods.dycon import losses as dl
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
 
 FIXTURE = "dycon.npz"
 
@@ -58,7 +60,7 @@ def test_uncl_loss(parity):
 
 def test_uncl_gradient_matches_upstream_broadcast_form():
   """Upstream adds a [B, ...] to a [B, 1, ...] tensor, broadcasting to [B, B, ...] before the mean;
-  the per-voxel form has the same value and gradient (dycon.md section 2.3)."""
+  the per-voxel form has the same value and gradient (docs/methods/dycon.md §2.3)."""
   rng = np.random.default_rng(0)
   s, t = (jnp.asarray(rng.standard_normal((3, 4, 4, 2, 2)), jnp.float32) for _ in range(2))
 
@@ -157,4 +159,4 @@ def test_gambling_uncertainty_and_max_epoch():
   entropy = -(p * np.log(p + 1e-6)).sum(-1)
   centre = entropy.reshape(2, 2, 8, 2, 8, 1, 8)[:, :, 3:5, :, 3:5, :, 3:5].mean(axis=(2, 4, 6))
   np.testing.assert_allclose(g, centre.reshape(2, -1), rtol=1e-5)
-  assert dl.max_epoch(20000, 6) == 3334  # BraTS, 25 labels, labeled batch 4 (dycon.md section 2.3)
+  assert dl.max_epoch(20000, 6) == 3334  # BraTS, 25 labels, labeled batch 4 (docs/methods/dycon.md §2.3)

@@ -12,10 +12,10 @@ import pytest
 
 from jaxseg import losses
 from jaxseg import schedules
-from tests.conftest import MAP_TOL, SCALAR_TOL, channels_last
-
-
-
+from jaxseg.methods.uamt import uamt_threshold
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
 
 
 def test_dice_losses_parity(parity):
@@ -39,18 +39,6 @@ def test_dice_losses_parity(parity):
       np.testing.assert_allclose(np.mean(per_class), case["output/mean_over_classes"], **SCALAR_TOL)
       checked += 1
   assert checked
-  for name in pf.cases_of("dice_loss1"):
-    case = pf.case(name)
-    got = jax.jit(losses.dice_loss1)(case["input/score"], case["input/target"])
-    np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
-
-
-def test_softmax_dice_loss_parity(parity):
-  pf = parity("losses_uamt.npz")
-  for name in pf.cases_of("softmax_dice_loss"):
-    case = pf.case(name)
-    got = jax.jit(losses.softmax_dice_loss)(channels_last(case["input/input_logits"]), channels_last(case["input/target_logits"]))
-    np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
 
 
 @pytest.mark.parametrize("function", ["softmax_mse_loss", "softmax_kl_loss"])
@@ -63,25 +51,18 @@ def test_elementwise_maps_parity(parity, function):
     np.testing.assert_allclose(got, channels_last(case["output/loss_map"]), **MAP_TOL, err_msg=name)
 
 
-def test_symmetric_mse_parity(parity):
-  pf = parity("losses_uamt.npz")
-  for name in pf.cases_of("symmetric_mse_loss"):
-    case = pf.case(name)
-    got = losses.symmetric_mse_loss(channels_last(case["input/input1"]), channels_last(case["input/input2"]))
-    np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
-
-
 def test_entropy_parity(parity):
+  """UA-MT's entropy_loss (the mean) and entropy_loss_map are the normalised entropy."""
   pf = parity("losses_uamt.npz")
   for name in pf.cases_of("entropy_loss"):
-    case, c = pf.case(name), pf.case_args(name)["C"]
-    got = jax.jit(losses.entropy_loss, static_argnums=1)(channels_last(case["input/p"]), c)
+    case = pf.case(name)
+    got = jnp.mean(jax.jit(losses.normalized_entropy)(channels_last(case["input/p"])))
     np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
   for name in pf.cases_of("entropy_loss_map"):
     case, c = pf.case(name), pf.case_args(name)["C"]
     want = channels_last(case["output/ent_map"])
-    got = losses.entropy_loss_map(channels_last(case["input/p"]), c)
-    np.testing.assert_allclose(got, want, **MAP_TOL, err_msg=name)
+    got = losses.normalized_entropy(channels_last(case["input/p"]))
+    np.testing.assert_allclose(got, want[..., 0], **MAP_TOL, err_msg=name)
     # entropy_map is the same quantity in nats (unnormalised).
     np.testing.assert_allclose(losses.entropy_map(channels_last(case["input/p"])) / math.log(c), want, **MAP_TOL)
 
@@ -130,7 +111,7 @@ def test_uamt_uncertainty_parity(parity):
     # The whole chain under jit with a traced step (compiled once per case).
     chain = jax.jit(
         lambda s, u, d: schedules.consistency_weight(s, consistency, rampup) * losses.masked_consistency(
-            d, (u < schedules.uamt_threshold(s, max_iters)).astype(d.dtype), num_classes))
+            d, (u < uamt_threshold(s, max_iters)).astype(d.dtype), num_classes))
     modes = sorted({k.split("/")[1] for k in case if re.match(r"output/[^/]+/iter\d+/", k)})
     assert modes
     for mode in modes:
@@ -140,7 +121,7 @@ def test_uamt_uncertainty_parity(parity):
       assert iters
       for it in iters:
         pre, msg = f"output/{mode}/iter{it}/", f"{name}/{mode}/iter{it}"
-        threshold = schedules.uamt_threshold(it, max_iters)
+        threshold = uamt_threshold(it, max_iters)
         np.testing.assert_allclose(threshold, case[pre + "threshold"], rtol=1e-12, err_msg=msg)
         mask = (uncertainty < threshold).astype(jnp.float32)
         want_mask = channels_last(case[pre + "mask"])
@@ -169,8 +150,29 @@ def test_masked_consistency_all_ones_is_mean():
 def test_dice_loss_hand_values():
   score = jnp.array([1.0, 0.5, 0.0])
   target = jnp.array([1, 1, 0])
-  # 1 - (2 * 1.5 + s) / (1.25 + 2 + s) and plain sums 1 - (3 + s) / (1.5 + 2 + s).
+  # 1 - (2 * 1.5 + s) / (1.25 + 2 + s).
   np.testing.assert_allclose(losses.dice_loss(score, target), 1 - (3 + 1e-5) / (3.25 + 1e-5), rtol=1e-6)
-  np.testing.assert_allclose(losses.dice_loss1(score, target), 1 - (3 + 1e-5) / (3.5 + 1e-5), rtol=1e-6)
   with pytest.raises(ValueError, match="softmax_mse_loss"):
     losses.softmax_mse_loss(jnp.zeros((1, 2)), jnp.zeros((1, 3)))
+
+
+def test_masked_means_normalise_as_upstream():
+  dist = jnp.arange(8.0).reshape(1, 4, 2)
+  one_channel = jnp.array([1.0, 0.0, 1.0, 0.0]).reshape(1, 4, 1)
+  # AC-MT MU: one-channel mask, denominator = 2 voxels.
+  np.testing.assert_allclose(losses.masked_mean(dist, one_channel), (0 + 1 + 4 + 5) / 2, rtol=1e-6)
+  # AC-MT Ent / S-Err: mask duplicated to both channels, denominator = 4.
+  np.testing.assert_allclose(losses.masked_mean(dist, jnp.broadcast_to(one_channel, dist.shape)),
+                             (0 + 1 + 4 + 5) / 4, rtol=1e-6)
+  assert float(losses.masked_mean(dist, jnp.zeros_like(dist))) == 0.0
+
+
+def test_voxel_cross_entropy_by_hand():
+  logits = jnp.array([[[0.0, math.log(3.0)], [2.0, 2.0]]])  # [1, 2 voxels, 2 classes]
+  labels = jnp.array([[1, 0]])
+  want = np.array([[-math.log(0.75), math.log(2.0)]])
+  np.testing.assert_allclose(losses.voxel_cross_entropy(logits, labels), want, rtol=1e-6)
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels), want.mean(), rtol=1e-6)
+  np.testing.assert_allclose(losses.masked_cross_entropy(logits, labels, jnp.array([[1.0, 0.0]])),
+                             want[0, 0], rtol=1e-6)
+  np.testing.assert_allclose(losses.normalized_entropy(jnp.array([0.5, 0.5])), 1.0, rtol=1e-5)

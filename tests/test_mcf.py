@@ -14,8 +14,12 @@ from jaxseg import methods
 from jaxseg import schedules
 from jaxseg.methods import common
 from jaxseg.methods import mcf
-from tests.conftest import (MAP_TOL, SCALAR_TOL, channels_last, check_short_run, random_batch,
-                            tiny_config)
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
+from tests.conftest import check_short_run
+from tests.conftest import random_batch
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = "mcf.npz"
@@ -188,9 +192,10 @@ def test_two_step_run_is_finite(tmp_path):
 
 
 def test_la_config_recipe():
+  from jaxseg import config_check
   from jaxseg import config_lib
   c = config_lib.load_config_module(REPO / "configs" / "la_mcf.py").get_config("labeled=8,seed=3")
-  config_lib.validate(c)
+  config_check.validate(c)
   assert (c.method, c.data.labeled, c.seed, c.total_steps) == ("mcf", 8, 3, 6000)
   assert (c.batch_size, c.labeled_batch_size, tuple(c.data.patch_size)) == (4, 2, (112, 112, 80))
   assert c.data.augment == "crop" and "mt" not in c

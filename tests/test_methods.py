@@ -1,15 +1,110 @@
-"""Methods: purity (one trace), the Mean Teacher step's numbers, EMA warm-up, registry."""
+"""The method registry (jaxseg/methods/__init__.py) and protocol (jaxseg/methods/base.py): every
+registered method conforms, runs its smoke config end to end and evaluates."""
+import functools
+import pathlib
+from collections.abc import Mapping
+
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import losses
+from jaxseg import config_lib
 from jaxseg import methods
-from jaxseg import schedules
-from jaxseg.methods import common
-from tests.conftest import random_batch, tiny_config
+from jaxseg.methods import base
+from tests.conftest import check_short_run
+from tests.conftest import random_batch
+from tests.conftest import tiny_config
+
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@functools.cache
+def smoke_config_file(name: str) -> pathlib.Path:
+  """The first configs/*.py on LA (`data.name == 'la'` before the smoke shrink) whose
+  `get_config('smoke=1').method` is `name`."""
+  for path in sorted(_CONFIGS.glob("*.py")):
+    module = config_lib.load_config_module(path)
+    if module.get_config("smoke=1").method == name and module.get_config().data.name == "la":
+      return path
+  raise LookupError(f"no LA config in {_CONFIGS} has method {name!r}")
+
+
+def smoke_config(name: str):
+  return config_lib.load_config_module(smoke_config_file(name)).get_config("smoke=1")
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_method_satisfies_the_protocol(name):
+  cls = methods.METHODS[name]
+  assert cls.name == name
+  assert isinstance(cls.samples_unlabeled, bool)
+  assert isinstance(cls.host_targets, Mapping)
+  assert all(isinstance(k, str) and callable(f) for k, f in cls.host_targets.items())
+  config = smoke_config(name)
+  method = methods.build(config)
+  assert isinstance(method, base.Method)
+  phases = base.phases_of(method)
+  assert phases and all(isinstance(p, base.Phase) and callable(p.train_step) for p in phases)
+  assert all(p.enter is None or callable(p.enter) for p in phases)
+  batch = base.example_batch(config, cls.host_targets)
+  assert set(batch) == {"image", "label", *cls.host_targets}
+  shape = (config.batch_size, *config.data.patch_size)
+  assert batch["image"].shape == shape + (1,) and batch["label"].shape == shape
+  assert all(batch[k].shape == shape and batch[k].dtype == np.float32 for k in cls.host_targets)
+  # Only the supervised baseline (its config has no unlabeled slots) draws no unlabeled samples.
+  assert cls.samples_unlabeled == (config.labeled_batch_size < config.batch_size)
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_method_smoke_run_trains_two_steps_and_evaluates(name, tmp_path):
+  config = smoke_config(name)
+  config.total_steps = 2
+  summary = check_short_run(config, tmp_path)
+  assert 0.0 <= summary["dice"] <= 1.0
+  assert summary["n_cases"] == config.data.n_val and summary["checkpoint_step"] == 2
+
+
+def _edge_batches(config, host_targets) -> dict[str, dict]:
+  """Batches built to hit the numerical edges of the losses: no foreground, only foreground,
+  intensities that saturate the logits, and a constant image (constant features)."""
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, *config.data.patch_size)
+  noise = rng.normal(size=shape + (1,)).astype(np.float32)
+  labels = (rng.random(shape) > 0.5).astype(np.int32)
+  cases = {
+      "empty_foreground": (noise, np.zeros(shape, np.int32)),
+      "all_foreground": (noise, np.ones(shape, np.int32)),
+      "saturated_logits": (1e4 * noise, labels),
+      "constant_image": (np.zeros(shape + (1,), np.float32), labels),
+  }
+  out = {}
+  for case, (image, label) in cases.items():
+    batch = {"image": image, "label": label}
+    for key, fn in host_targets.items():
+      batch[key] = np.stack([np.asarray(fn(l), np.float32) for l in label])
+    out[case] = batch
+  return out
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_method_steps_stay_finite_at_the_edges(name):
+  """Every phase's step, compiled once, on each edge batch: finite metrics and parameters (a
+  non-finite gradient would reach the parameters through the update)."""
+  config = smoke_config(name)
+  method = methods.build(config)
+  batches = _edge_batches(config, method.host_targets)
+  state = method.init(jax.random.PRNGKey(0), base.example_batch(config, method.host_targets))
+  for phase in base.phases_of(method):
+    step = jax.jit(phase.train_step)
+    start = phase.enter(state) if phase.enter is not None else state
+    for case, batch in batches.items():
+      new_state, metrics = step(start, batch)
+      bad = {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()
+             if not np.all(np.isfinite(v))}
+      assert not bad, f"{name} {phase.name} {case}: non-finite metrics {bad}"
+      finite = jax.tree.map(lambda x: bool(np.all(np.isfinite(np.asarray(x)))), new_state.params)
+      assert all(jax.tree.leaves(finite)), f"{name} {phase.name} {case}: non-finite parameters"
 
 
 @pytest.mark.parametrize("name", ["supervised", "mean_teacher"])
@@ -19,7 +114,8 @@ def test_train_step_compiles_once_and_learns(name):
   method = methods.build(config)
   batch = random_batch(config)
   state = method.init(jax.random.PRNGKey(0), batch)
-  step = jax.jit(chex.assert_max_traces(method.train_step, n=1))
+  (phase,) = base.phases_of(method)
+  step = jax.jit(chex.assert_max_traces(phase.train_step, n=1))
   first = None
   for _ in range(6):
     state, metrics = step(state, batch)
@@ -30,76 +126,8 @@ def test_train_step_compiles_once_and_learns(name):
   np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
 
 
-def test_mean_teacher_step_matches_hand_computation():
-  config = tiny_config("mean_teacher")
-  method = methods.build(config)
-  batch = random_batch(config, seed=1)
-  state = method.init(jax.random.PRNGKey(3), batch)
-  new_state, metrics = jax.jit(method.train_step)(state, batch)
-
-  # Recompute the step's loss from the same keys, outside the method.
-  lb = config.labeled_batch_size
-  rng = jax.random.fold_in(state.rng, state.step)
-  student_rng, noise_rng, teacher_rng = jax.random.split(rng, 3)
-  unl = batch["image"][lb:]
-  noise = jnp.clip(0.1 * jax.random.normal(noise_rng, unl.shape), -0.2, 0.2)
-  assert float(jnp.abs(noise).max()) <= 0.2 + 1e-7
-  t_logits, _ = common.train_forward(method.model, state.aux["ema_params"],
-                                     state.aux["ema_batch_stats"], unl + noise, teacher_rng)
-  s_logits, _ = common.train_forward(method.model, state.params, state.batch_stats,
-                                     batch["image"], student_rng)
-  sup, _, _ = losses.supervised_ce_dice(s_logits[:lb], batch["label"][:lb])
-  cons = jnp.mean((jax.nn.softmax(s_logits[lb:]) - jax.nn.softmax(t_logits)) ** 2)
-  weight = 0.1 * np.exp(-5.0)  # sigmoid_rampup(0 // 150, 40) = exp(-5)
-  np.testing.assert_allclose(float(metrics["consistency_weight"]), weight, rtol=1e-6)
-  np.testing.assert_allclose(float(metrics["loss_consistency"]), float(cons), rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["loss"]), float(sup + weight * cons), rtol=1e-5)
-
-  # EMA warm-up: alpha = 0 at step 0, so the teacher becomes the student.
-  chex.assert_trees_all_close(new_state.aux["ema_params"], new_state.params)
-  # Step 1: alpha = 0.5.
-  newer, _ = jax.jit(method.train_step)(new_state, batch)
-  expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, new_state.aux["ema_params"], newer.params)
-  chex.assert_trees_all_close(newer.aux["ema_params"], expected, rtol=1e-6, atol=1e-7)
-
-
-def test_sgd_matches_torch_coupled_weight_decay():
-  # torch.optim.SGD(lr, momentum=0.9, weight_decay=wd): g' = g + wd p; buf = 0.9 buf + g'; p -= lr buf
-  config = tiny_config("supervised")
-  tx = common.make_optimizer(config)
-  p = {"w": jnp.array([1.0, -2.0])}
-  g = {"w": jnp.array([0.5, 0.25])}
-  opt = tx.init(p)
-  buf, ref = np.zeros(2), np.array([1.0, -2.0])
-  lr, wd = config.optimizer.lr, config.optimizer.weight_decay
-  for _ in range(3):
-    updates, opt = tx.update(g, opt, p)
-    p = jax.tree.map(lambda a, u: a + u, p, updates)
-    buf = 0.9 * buf + (np.array([0.5, 0.25]) + wd * ref)
-    ref = ref - lr * buf
-  np.testing.assert_allclose(np.asarray(p["w"]), ref, rtol=1e-6)
-
-
-def test_lr_is_a_function_of_the_step():
-  config = tiny_config("supervised")
-  config.optimizer.lr_step_every = 2
-  sched = schedules.step_lr(config.optimizer.lr, 2, 0.1)
-  assert [float(sched(i)) for i in range(5)] == pytest.approx(
-      [config.optimizer.lr * f for f in (1, 1, 0.1, 0.1, 0.01)])
-
-
 def test_registry_errors_name_the_method():
   config = tiny_config()
   config.method = "nope"
   with pytest.raises(KeyError, match="nope"):
     methods.build(config)
-
-
-def test_vmap_passes_chunks_give_the_same_values():
-  fn = lambda k: jax.random.normal(k, (3,)) * 2.0 + jnp.arange(3.0)  # noqa: E731
-  keys = jax.random.split(jax.random.PRNGKey(0), 5)
-  whole = common.vmap_passes(fn, keys)
-  for chunk in (1, 2, 5, 9):
-    np.testing.assert_allclose(common.vmap_passes(fn, keys, chunk), whole, rtol=1e-6)
-  assert common.pass_chunk(3) == 3
-  assert common.pass_chunk(0) == (1 if jax.default_backend() == "cpu" else 0)

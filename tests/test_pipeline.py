@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 
-from jaxseg.data import pipeline, transforms
-from jaxseg.data.pipeline import (TwoStreamSampler, iterator_state_from_json,
-                                  iterator_state_to_json, make_train_iterator)
+from jaxseg.data import pipeline
+from jaxseg.data import transforms
+from jaxseg.data.pipeline import TwoStreamSampler
+from jaxseg.data.pipeline import iterator_state_from_json
+from jaxseg.data.pipeline import iterator_state_to_json
+from jaxseg.data.pipeline import make_train_iterator
 
 PATCH = (8, 8, 6)
 
@@ -144,6 +147,23 @@ def test_supervised_only_needs_no_unlabeled():
     assert sorted(cases[4 * epoch:4 * epoch + 4]) == [0, 1, 2, 3]
 
 
+def _label_parity(label):
+  """A host target: an affine map of the label crop."""
+  return 2.0 * label - 0.5
+
+
+def test_host_targets_are_computed_from_the_augmented_label_crop():
+  src = RampSource(4)
+  plain = make_train_iterator(src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2,
+                              patch_size=PATCH, seed=3)
+  with_target = make_train_iterator(src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2,
+                                    patch_size=PATCH, seed=3, host_targets={"t": _label_parity})
+  for a, b in zip(_take(plain, 3), _take(with_target, 3)):
+    assert set(b) == set(a) | {"t"} and b["t"].dtype == np.float32
+    np.testing.assert_array_equal(b["label"], a["label"])  # the targets change nothing else
+    np.testing.assert_array_equal(b["t"], 2.0 * a["label"] - 0.5)
+
+
 def test_same_seed_same_stream_other_seed_differs():
   src = RampSource(5)
   make = lambda seed: make_train_iterator(src, [0, 1, 2], [3, 4], 3, 2, PATCH, seed=seed)
@@ -187,8 +207,11 @@ def test_stream_does_not_depend_on_worker_count():
 
 def test_lasource_on_synthetic_phantoms(tmp_path):
   from jaxseg.data import build_source
-  from jaxseg.data.synthetic import case_ids, generate
-  root = generate(tmp_path, n_cases=4, shape=(20, 18, 14), seed=0)
+  from jaxseg.data.la import LIST_FILE
+  from jaxseg.data.la import case_path
+  from jaxseg.data.synthetic import case_ids
+  from jaxseg.data.synthetic import generate
+  root = generate(tmp_path, case_path, LIST_FILE, n_cases=4, shape=(20, 18, 14), seed=0)
   src = build_source("synthetic", root, case_ids(4), num_classes=2)
   it = make_train_iterator(src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2,
                            patch_size=(16, 16, 12), seed=0)

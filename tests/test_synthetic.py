@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxseg.data import LASource
-from jaxseg.data.la import case_path
+from jaxseg.data.la import LIST_FILE, case_path
 from jaxseg.data.splits import read_list
 from jaxseg.data.synthetic import MANIFEST, case_ids, generate, make_case
 
@@ -24,7 +24,7 @@ def _best_threshold_dice(image, label):
 
 
 def test_generate_writes_la_layout_read_by_lasource(tmp_path):
-  root = generate(tmp_path / "synth", n_cases=3, shape=SHAPE, seed=5)
+  root = generate(tmp_path / "synth", case_path, LIST_FILE, n_cases=3, shape=SHAPE, seed=5)
   assert read_list(root / "train.list") == ["synth_000", "synth_001", "synth_002"]
   assert json.loads((root / MANIFEST).read_text())["seed"] == 5
   src = LASource(root, case_ids(3), num_classes=2)
@@ -72,26 +72,26 @@ def test_distractors_are_bright_and_unlabeled():
 
 def test_idempotent_and_regenerates_on_change(tmp_path):
   root = tmp_path / "s"
-  generate(root, n_cases=2, shape=SHAPE, seed=0)
+  generate(root, case_path, LIST_FILE, n_cases=2, shape=SHAPE, seed=0)
   path = case_path(root, "synth_001")
   mtime = path.stat().st_mtime_ns
   time.sleep(0.01)
-  generate(root, n_cases=2, shape=SHAPE, seed=0)
+  generate(root, case_path, LIST_FILE, n_cases=2, shape=SHAPE, seed=0)
   assert path.stat().st_mtime_ns == mtime
   before = path.read_bytes()
-  generate(root, n_cases=2, shape=SHAPE, seed=1)
+  generate(root, case_path, LIST_FILE, n_cases=2, shape=SHAPE, seed=1)
   assert path.stat().st_mtime_ns != mtime
   assert json.loads((root / MANIFEST).read_text())["seed"] == 1
   # A missing case file is regenerated even with a matching manifest.
   path.unlink()
-  generate(root, n_cases=2, shape=SHAPE, seed=1)
+  generate(root, case_path, LIST_FILE, n_cases=2, shape=SHAPE, seed=1)
   assert path.is_file()
-  generate(root, n_cases=2, shape=SHAPE, seed=0)
+  generate(root, case_path, LIST_FILE, n_cases=2, shape=SHAPE, seed=0)
   assert path.read_bytes() == before  # same seed -> same bytes on disk
   assert not [p for p in root.rglob("*.tmp")]
 
 
 def test_generation_speed(tmp_path):
   start = time.perf_counter()
-  generate(tmp_path, n_cases=8, shape=(48, 48, 32), seed=0)
+  generate(tmp_path, case_path, LIST_FILE, n_cases=8, shape=(48, 48, 32), seed=0)
   assert time.perf_counter() - start < 8.0

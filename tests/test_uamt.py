@@ -1,13 +1,11 @@
 """UA-MT (jaxseg.methods.uamt): MC parity, vmap == loop, the step's numbers, one trace, a run, the bench.
 
 The losses_uamt.npz chain is also checked by tests/test_losses.py with inline jnp; here the same cases go
-through this module's own functions (`mc_uncertainty`, `certainty_masked_consistency`).
+through the functions UA-MT runs (`common.mc_uncertainty`, `uamt.certainty_masked_consistency`).
 """
-import json
+import math
 import pathlib
 import re
-import subprocess
-import sys
 
 import chex
 import jax
@@ -17,11 +15,14 @@ import pytest
 
 from jaxseg import losses
 from jaxseg import methods
-from jaxseg import schedules
 from jaxseg.methods import common
 from jaxseg.methods import uamt
-from tests.conftest import (MAP_TOL, SCALAR_TOL, channels_last, check_short_run, random_batch,
-                            tiny_config)
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
+from tests.conftest import check_short_run
+from tests.conftest import random_batch
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def test_mc_reduction_and_masked_consistency_parity(parity):
     passes = mc.shape[0] // stride
     assert passes * stride == mc.shape[0] and passes == args.get("T", passes)
     # Upstream rows are i * stride + b: a row-major regrouping gives [T, B, ...].
-    mean_probs, uncertainty = jax.jit(uamt.mc_uncertainty)(mc.reshape((passes, stride) + mc.shape[1:]))
+    mean_probs, uncertainty = jax.jit(common.mc_uncertainty)(mc.reshape((passes, stride) + mc.shape[1:]))
     np.testing.assert_allclose(mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
     np.testing.assert_allclose(uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
 
@@ -65,9 +66,6 @@ def test_certainty_masked_consistency_rejects_unknown_type():
   x = jnp.zeros((1, 2, 2, 2, 2))
   with pytest.raises(ValueError, match="consistency_type"):
     uamt.certainty_masked_consistency(x, x, x[..., :1], 0, 10, "l1")
-  with pytest.raises(ValueError, match="impl"):
-    uamt.mc_teacher_logits(None, {}, {}, x[..., :1], jax.random.PRNGKey(0), passes=8, noise_std=0.1,
-                           noise_clip=0.2, impl="scan")
 
 
 def _teacher(method, batch):
@@ -83,8 +81,8 @@ def test_mc_vmap_equals_loop_and_upstream_layout():
   images = batch["image"][2:]
   kw = dict(passes=8, noise_std=0.1, noise_clip=0.2)
   rng = jax.random.PRNGKey(7)
-  run = jax.jit(lambda impl, chunk, p, s, x, k: uamt.mc_teacher_logits(
-      method.model, p, s, x, k, impl=impl, chunk=chunk, **kw), static_argnums=(0, 1))
+  run = jax.jit(lambda impl, chunk, p, s, x, k: common.mc_passes(
+      method.model, p, s, x, k, impl=impl, chunk=chunk, **kw)[0], static_argnums=(0, 1))
   vmapped, looped = (run(impl, 0, params, stats, images, rng) for impl in ("vmap", "loop"))
   # Chunked vmapping (lax.map over groups of forwards) draws the same keys per forward.
   chunked = run("vmap", 1, params, stats, images, rng)
@@ -93,7 +91,7 @@ def test_mc_vmap_equals_loop_and_upstream_layout():
   # Same keys, same noise and dropout: only float32 summation order differs between a batched and an
   # unbatched conv/BN (observed ~1e-4 on logits of magnitude ~5); different draws would differ by O(1).
   np.testing.assert_allclose(vmapped, looped, rtol=1e-3, atol=1e-3)
-  for got, want in zip(uamt.mc_uncertainty(vmapped), uamt.mc_uncertainty(looped)):
+  for got, want in zip(common.mc_uncertainty(vmapped), common.mc_uncertainty(looped)):
     np.testing.assert_allclose(got, want, atol=1e-4)
   # Forward 0 by hand: [U1, U2, U1, U2] + noise in ONE BN batch -> predictions 0 and 1 of each sample.
   noise_key, dropout_key = jax.random.split(jax.random.split(rng, 4)[0])
@@ -123,8 +121,8 @@ def test_step_compiles_once_and_matches_hand_computation():
   noisy = images + jnp.clip(0.1 * jax.random.normal(noise_rng, images.shape), -0.2, 0.2)
   ema, ema_stats = state.aux["ema_params"], state.aux["ema_batch_stats"]
   t_logits, _ = common.train_forward(method.model, ema, ema_stats, noisy, teacher_rng)
-  mc = uamt.mc_teacher_logits(method.model, ema, ema_stats, images, mc_rng, passes=hp.mc_passes,
-                              noise_std=0.1, noise_clip=0.2)
+  mc, _ = common.mc_passes(method.model, ema, ema_stats, images, mc_rng, passes=hp.mc_passes,
+                           noise_std=0.1, noise_clip=0.2)
   probs = jax.nn.softmax(mc, axis=-1).mean(axis=0)
   u = -jnp.sum(probs * jnp.log(probs + 1e-6), axis=-1, keepdims=True)
   s_logits, _ = common.train_forward(method.model, state.params, state.batch_stats, images, student_rng)
@@ -163,28 +161,21 @@ def test_two_step_run_is_finite(tmp_path):
 
 
 def test_la_config_recipe():
+  from jaxseg import config_check
   from jaxseg import config_lib
   c = config_lib.load_config_module(REPO / "configs" / "la_uamt.py").get_config("labeled=8,seed=3")
-  config_lib.validate(c)
+  config_check.validate(c)
   assert (c.method, c.data.labeled, c.seed, c.total_steps) == ("uamt", 8, 3, 6000)
   assert (c.uamt.consistency, c.uamt.consistency_rampup, c.uamt.ema_decay, c.uamt.mc_passes) == (
       0.1, 40.0, 0.99, 8)
   assert (c.uamt.consistency_type, c.uamt.consistency_on) == ("mse", "unlabeled")
   assert c.model.kwargs.dropout_rate == 0.5 and c.model.kwargs.has_dropout
   assert "mt" not in c
-  np.testing.assert_allclose(schedules.uamt_threshold(0, c.total_steps), 0.5210279, rtol=1e-6)
+  np.testing.assert_allclose(uamt.uamt_threshold(0, c.total_steps), 0.5210279, rtol=1e-6)
 
 
-def test_bench_compare_mc_prints_one_line_per_case():
-  proc = subprocess.run(
-      [sys.executable, "-m", "jaxseg.bench", "--config", "configs/smoke.py:method=uamt", "--steps", "1",
-       "--compare_mc"], cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
-  assert [l["mc_impl"] for l in lines] == ["loop", "vmap", "vmap_chunk1"]
-  for line in lines:
-    assert line["compile_s"] > 0 and line["step_s_median"] > 0 and line["steps_timed"] == 1
-    assert np.isfinite(line["final_loss"])
-  # Same keys and data: both implementations take the same step up to float32 summation order.
-  for line in lines[1:]:
-    np.testing.assert_allclose(line["final_loss"], lines[0]["final_loss"], rtol=1e-4)
+def test_uamt_threshold_values():
+  assert uamt.uamt_threshold(0, 6000) == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
+  assert uamt.uamt_threshold(6000, 6000) == pytest.approx(math.log(2))
+  traced = jax.jit(lambda s: uamt.uamt_threshold(s, 6000))(jnp.int32(3000))
+  np.testing.assert_allclose(traced, (0.75 + 0.25 * math.exp(-5 * 0.25)) * math.log(2), rtol=1e-6)

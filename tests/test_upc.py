@@ -7,14 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseg import config_check
 from jaxseg import config_lib
 from jaxseg import losses
 from jaxseg import methods
 from jaxseg import schedules
 from jaxseg.methods import common
 from jaxseg.methods import upc
-from tests.conftest import (MAP_TOL, SCALAR_TOL, channels_last, check_short_run, random_batch,
-                            tiny_config)
+from tests.conftest import MAP_TOL
+from tests.conftest import SCALAR_TOL
+from tests.conftest import channels_last
+from tests.conftest import check_short_run
+from tests.conftest import random_batch
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,7 +94,7 @@ def test_consistency_loss_hand_values():
 def test_step_compiles_once_and_matches_hand_computation(pseudo_rect):
   config = tiny_config("upc")
   config.upc.pseudo_rect = pseudo_rect
-  # At 4 filters, p = 0.9 drops all x9 channels of most samples (constant logits, upc.md §1); 0.5 keeps
+  # At 4 filters, p = 0.9 drops all x9 channels of most samples (constant logits, docs/methods/upc.md §1); 0.5 keeps
   # the teacher's confidence varied so the threshold below splits the voxels.
   config.model.kwargs.dropout_rate = 0.5
   batch = random_batch(config, seed=2)
@@ -141,7 +146,7 @@ def test_two_step_run_is_finite(tmp_path):
 
 def test_la_config_recipe():
   c = config_lib.load_config_module(REPO / "configs" / "la_upc.py").get_config("labeled=8,seed=3")
-  config_lib.validate(c)
+  config_check.validate(c)
   assert (c.method, c.data.labeled, c.seed, c.total_steps) == ("upc", 8, 3, 6000)
   assert c.model.kwargs.has_dropout and c.model.kwargs.dropout_rate == 0.9
   hp = c.upc

@@ -5,12 +5,12 @@ Upstream reference: ``yulequan/UA-MT: code/dataloaders/la_heart.py`` (LAHeart re
 """
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
-
-from jaxseg.data import splits as splits_lib
-from jaxseg.data.h5io import DataError
 from jaxseg.data import registry
+from jaxseg.data import splits as splits_lib
+from jaxseg.data import synthetic
+from jaxseg.data.h5io import DataError
 from jaxseg.data.h5source import H5Source
 from jaxseg.data.registry import DatasetSpec
 
@@ -38,8 +38,7 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
       config_root, "LA", [LIST_FILE],
       f"It holds {LIST_FILE} and '{CASES_DIR}/<id>/{CASE_FILE}'. Obtain it from the data/ folder of "
       "the UA-MT repository (github.com/yulequan/UA-MT, preprocessed 2018 Atrial Segmentation "
-      "Challenge); developers of this project have it at ../shared/data/LA. For a run without "
-      "real data use data.name='synthetic'.")
+      "Challenge). For a run without real data use data.name='synthetic'.")
 
 
 class LASource(H5Source):
@@ -59,8 +58,8 @@ def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
 
 def synthesize(root: pathlib.Path, cfg) -> pathlib.Path:
   """Synthetic phantoms in this layout (jaxseg/data/synthetic.py)."""
-  from jaxseg.data import synthetic  # synthetic.py imports this module
-  return synthetic.generate(root, n_cases=cfg.n_cases, shape=tuple(cfg.shape), seed=cfg.seed)
+  return synthetic.generate(root, case_path, LIST_FILE, n_cases=cfg.n_cases, shape=tuple(cfg.shape),
+                            seed=cfg.seed)
 
 
 DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=LASource,

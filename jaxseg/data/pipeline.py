@@ -17,11 +17,12 @@ restores it exactly.
 """
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 from jaxseg.data import transforms
 
@@ -88,15 +89,15 @@ class TwoStreamSampler:
 
 class _MakeExample:
   """Example number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}
-  (2D: [H, W, 1] and [H, W])."""
+  (2D: [H, W, 1] and [H, W]), plus float32 `name: fn(label)` per host target."""
 
   def __init__(self, source, sampler: TwoStreamSampler, patch_size: Sequence[int], augment: str,
-               sdf: bool = False):
+               host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]]):
     self.source = source
     self.sampler = sampler
     self.patch_size = tuple(int(p) for p in patch_size)
     self.augment = augment
-    self.sdf = sdf
+    self.host_targets = dict(host_targets)
 
   def __call__(self, n: int) -> dict[str, np.ndarray]:
     batch, slot = divmod(int(n), self.sampler.batch_size)
@@ -112,17 +113,18 @@ class _MakeExample:
       if self.augment == "crop_rot_flip":
         image, label = transforms.random_rot_flip(image, label, rng)
     example = {"image": image.astype(np.float32)[..., None], "label": label.astype(np.int32)}
-    if self.sdf:
-      # DTC's level-set target, from the augmented crop on the host (jaxseg/data/sdf.py).
-      from jaxseg.data import sdf as sdf_lib  # pylint: disable=g-import-not-at-top
-      example["sdf"] = sdf_lib.compute_sdf(example["label"]).astype(np.float32)
+    for name, fn in self.host_targets.items():
+      # Targets of the augmented crop that are cheaper on the host than in the jitted step.
+      example[name] = np.asarray(fn(example["label"]), np.float32)
     return example
 
 
 def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
                        batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
                        seed: int, augment: str = "rot_flip_crop", worker_count: int = 0,
-                       num_threads: int = 2, sdf: bool = False) -> grain.IterDataset:
+                       num_threads: int = 2,
+                       host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
+                       ) -> grain.IterDataset:
   """The endless batched training stream as a grain IterDataset (see module docstring).
 
   Args:
@@ -137,10 +139,13 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
     worker_count: 0 computes in this process (with ``num_threads`` reader threads); > 0 uses that
       many grain worker processes. The stream is the same either way.
     num_threads: grain reader threads per process.
+    host_targets: name -> fn(label crop) -> array of the label's shape, added to every example as
+      float32 under that name (a method's `host_targets`, e.g. DTC's signed distance map). The
+      functions must be picklable (module-level) for worker processes.
 
   Returns:
     IterDataset of {'image': float32 [B, pd, ph, pw, 1], 'label': int32 [B, pd, ph, pw]}
-    (2D: [B, ph, pw, 1] and [B, ph, pw]).
+    (2D: [B, ph, pw, 1] and [B, ph, pw]), plus float32 [B, pd, ph, pw] per host target.
   """
   if augment not in AUGMENTATIONS + AUGMENTATIONS_2D:
     raise ValueError(f"augment={augment!r} is not one of {AUGMENTATIONS + AUGMENTATIONS_2D}")
@@ -156,7 +161,8 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
   # Example n = slot n % B of batch n // B; sys.maxsize makes the stream practically endless.
   # Batching happens on the MapDataset, so an element is a whole batch: grain worker processes then
   # deal out whole batches (round-robin, order kept) and the stream cannot depend on worker_count.
-  ds = grain.MapDataset.range(sys.maxsize).map(_MakeExample(source, sampler, patch_size, augment, sdf))
+  ds = grain.MapDataset.range(sys.maxsize).map(_MakeExample(source, sampler, patch_size, augment,
+                                                                host_targets or {}))
   ds = ds.batch(batch_size, drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))
   ids = ds.to_iter_dataset(read)
@@ -172,10 +178,13 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
 def make_train_iterator(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
                         batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
                         seed: int, augment: str = "rot_flip_crop",
-                        worker_count: int = 0, sdf: bool = False) -> grain.DatasetIterator:
+                        worker_count: int = 0,
+                        host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
+                        ) -> grain.DatasetIterator:
   """``iter(make_train_dataset(...))``: a checkpointable iterator (``get_state``/``set_state``)."""
   return iter(make_train_dataset(source, labeled_idx, unlabeled_idx, batch_size, labeled_batch_size,
-                                 patch_size, seed, augment, worker_count, sdf=sdf))
+                                 patch_size, seed, augment, worker_count,
+                                 host_targets=host_targets))
 
 
 _INT_KEYS = "__int_keys__"

@@ -11,13 +11,13 @@ Everything is a deterministic function of (seed, case index, shape).
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
 
 from jaxseg import io_utils
 from jaxseg.data.h5io import write_case
-from jaxseg.data.la import CASE_FILE, CASES_DIR, LIST_FILE, case_path
 
 MANIFEST = "synthetic_manifest.json"
 _VERSION = 1  # bump when the generator changes, so stale folders are regenerated
@@ -110,11 +110,14 @@ def _manifest(n_cases: int, shape: tuple[int, ...], seed: int) -> dict:
           "n_cases": int(n_cases), "shape": [int(s) for s in shape]}
 
 
-def generate(root: str | os.PathLike, n_cases: int = 24, shape: tuple[int, int, int] = (48, 48, 32),
+def generate(root: str | os.PathLike,
+             case_path: Callable[[str | os.PathLike, str], pathlib.Path], list_file: str,
+             n_cases: int = 24, shape: tuple[int, int, int] = (48, 48, 32),
              seed: int = 0) -> pathlib.Path:
-  """Writes ``n_cases`` phantom cases in the LA layout under ``root``; returns ``root``.
+  """Writes ``n_cases`` phantom cases in a one-list layout under ``root``; returns ``root``.
 
-  Files: ``<root>/2018LA_Seg_Training Set/synth_NNN/mri_norm2.h5``, ``<root>/train.list`` and
+  Files: ``case_path(root, 'synth_NNN')`` for each case (the LA layout passes
+  ``jaxseg.data.la.case_path``), ``<root>/<list_file>`` listing them and
   ``<root>/synthetic_manifest.json`` (seed, n_cases, shape). Does nothing when the manifest already
   matches and every case file exists. Each file is written atomically; the manifest is written
   last, so an interrupted generation is redone on the next call.
@@ -140,9 +143,9 @@ def generate(root: str | os.PathLike, n_cases: int = 24, shape: tuple[int, int, 
   for index, case_id in enumerate(ids):
     image, label = make_case(seed, index, shape)
     write_case(case_path(root, case_id), image, label)
-  io_utils.write_text(root / LIST_FILE, "".join(f"{i}\n" for i in ids))
+  io_utils.write_text(root / list_file, "".join(f"{i}\n" for i in ids))
   io_utils.write_text(manifest_path, json.dumps(manifest, indent=1))
   return root
 
 
-__all__ = ["CASES_DIR", "CASE_FILE", "MANIFEST", "case_ids", "generate", "make_case"]
+__all__ = ["MANIFEST", "case_ids", "generate", "make_case"]

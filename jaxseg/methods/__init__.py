@@ -1,12 +1,7 @@
-"""Method registry.
-
-A Method is built from a config and exposes:
-  * `model` (a Flax module) and `tx` (an optax transformation): static, not in the state;
-  * `init(rng, example_batch) -> TrainState`;
-  * `train_step(state, batch) -> (state, metrics)`: pure, jit-compiled once per run; all
-    randomness from `jax.random.fold_in(state.rng, state.step)`; schedules are functions of
-    `state.step`;
-  * `predict(state, images) -> probabilities`: the network(s) the upstream test script evaluates.
+"""Method registry: `METHODS[name]` is a class satisfying `jaxseg.methods.base.Method` (class
+attributes `name`, `samples_unlabeled`, `host_targets`; `init`, `phases()`, `predict`), built from a
+config by `build`. Every step is pure and jit-compiled once per phase; all randomness comes from
+`jax.random.fold_in(state.rng, state.step)` and schedules are functions of `state.step`.
 """
 from jaxseg.methods.acmt import ACMT
 from jaxseg.methods.bcp import BCP
@@ -33,8 +28,13 @@ METHODS = {
 }
 
 
+def method_class(name: str):
+  """`METHODS[name]`, with an error naming the known methods."""
+  if name not in METHODS:
+    raise KeyError(f"config.method={name!r} is not a known method; known: {sorted(METHODS)}")
+  return METHODS[name]
+
+
 def build(config):
   """The Method named by `config.method`, constructed from `config`."""
-  if config.method not in METHODS:
-    raise KeyError(f"config.method={config.method!r} is not a known method; known: {sorted(METHODS)}")
-  return METHODS[config.method](config)
+  return method_class(config.method)(config)

@@ -5,7 +5,10 @@ A method is a class registered by name in `jaxseg.methods.METHODS` and built fro
 (`METHODS[name](config)`). The loop never asks which method it runs: everything it needs to know
 is declared here.
 """
-from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import ml_collections
@@ -14,6 +17,23 @@ import numpy as np
 # A host-side target: the augmented label crop [D, H, W] (or [H, W]) int -> a float32 array that
 # the data pipeline adds to the example under the target's name (e.g. DTC's signed distance map).
 HostTarget = Callable[[np.ndarray], np.ndarray]
+# The `host_targets` of a method that needs none (read-only, so no class can mutate a shared dict).
+NO_HOST_TARGETS: Mapping[str, HostTarget] = types.MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of a run (docs/design.md "phases": BCP and CML pre-train, then self-train).
+
+  Phase i runs the global steps [start_i, start_{i+1}) with its own `train_step` (each compiled
+  once); the last phase runs to `config.total_steps`. `enter(state) -> state`, when given, is
+  applied once right before the phase's first step (e.g. teacher := student, fresh momentum). It
+  must keep the state's pytree structure: checkpoints of every phase restore against `init`'s.
+  """
+  name: str
+  start: int
+  train_step: Callable
+  enter: Callable | None = None
 
 
 @runtime_checkable
@@ -48,7 +68,7 @@ class Method(Protocol):
   def init(self, rng: jax.Array, example_batch: Mapping[str, Any]) -> Any:
     ...
 
-  def phases(self) -> tuple[Any, ...]:
+  def phases(self) -> tuple[Phase, ...]:
     ...
 
   def predict(self, state: Any, images: jax.Array) -> jax.Array:
@@ -66,3 +86,18 @@ def example_batch(config: ml_collections.ConfigDict, host_targets: Mapping[str, 
   for key, fn in (host_targets or {}).items():
     batch[key] = np.stack([np.asarray(fn(l), np.float32) for l in batch["label"]])
   return batch
+
+
+def phases_of(method: Method) -> tuple[Phase, ...]:
+  """`method.phases()`, checked: the first starts at step 0 and the starts strictly increase."""
+  phases = tuple(method.phases())
+  starts = [p.start for p in phases]
+  if not phases or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+    raise ValueError(f"{type(method).__name__}.phases() must start at step 0 with strictly "
+                     f"increasing starts; got {[(p.name, p.start) for p in phases]}")
+  return phases
+
+
+def phase_at(phases: tuple[Phase, ...], step: int) -> Phase:
+  """The phase that runs global step `step` (0-based)."""
+  return [p for p in phases if p.start <= step][-1]

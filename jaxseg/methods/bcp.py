@@ -1,20 +1,20 @@
-"""BCP: Bidirectional Copy-Paste (Bai et al., CVPR 2023), spec bcp.md, 3D LA and 2D ACDC.
+"""BCP: Bidirectional Copy-Paste (Bai et al., CVPR 2023), docs/methods/bcp.md, 3D LA and 2D ACDC.
 
 Upstream: DeepMed-Lab-ECNU/BCP (7879f98) code/LA_BCP_train.py, code/ACDC_BCP_train.py,
 code/utils/BCP_utils.py (context_mask, mix_loss, update_ema_variables), code/utils/losses.py
 (mask_DiceLoss, DiceLoss after the mask fix a925e30). One method, two phases in one run:
 
-  pretrain (steps [0, bcp.pretrain_steps)), labeled copy-paste, bcp.md §3b:
+  pretrain (steps [0, bcp.pretrain_steps)), labeled copy-paste, docs/methods/bcp.md §3b:
     img_a, img_b = labeled halves; M = box mask (1 outside a cube/square of side 2/3, 0 inside);
     X = img_a M + img_b (1 - M), Y likewise; student forward (train mode);
     3D (LA): loss = (CE(z, Y) + mask_DiceLoss(z, Y)) / 2;
     2D (ACDC): mix_loss(z, lab_a, lab_b, M, u_weight=1, unlab=True) -> (dice + ce) / 2.
-  selftrain (the rest), bcp.md §3c (LA) / §3d (ACDC); at entry the teacher := the student (params
+  selftrain (the rest), docs/methods/bcp.md §3c (LA) / §3d (ACDC); at entry the teacher := the student (params
   and BN statistics) and, on LA only (`bcp.reset_optimizer`), a fresh optimizer state (`load_net`;
   ACDC `load_net_opt` keeps the momentum):
     teacher (train mode: dropout, batch statistics) on the two unlabeled halves, two forwards;
     pseudo-labels: 3D softmax[..., 1] >= 0.5 then the largest 26-connected component per sample;
-      2D argmax then per class the largest 8-connected component (jaxseg/components.py, in-graph);
+      2D argmax then per class the largest 8-connected component (jaxseg/postprocess.py, in-graph);
     bidirectional mixing with one box mask M, two student forwards:
       3D: mixl = img_a M + unimg_a (1 - M), mixu = unimg_b M + img_b (1 - M);
       2D: unl = uimg_a M + img_a (1 - M),    l = img_b M + uimg_b (1 - M);
@@ -25,9 +25,9 @@ code/utils/BCP_utils.py (context_mask, mix_loss, update_ema_variables), code/uti
     parameters only on LA (its BN buffers are its own forwards'), parameters AND BN statistics on
     ACDC (`bcp.ema_batch_stats`, upstream `update_model_ema` over the state_dict).
 
-The 3D / 2D behaviour follows the image rank; knobs that differ between the upstream scripts
-(`reset_optimizer`, `ema_batch_stats`, `mask_bounds`, `acdc_dice_mask`) are config fields, set in
-configs/la_bcp.py and configs/acdc_bcp.py. Unlike upstream, which resumes self-training from the
+The LA / ACDC behaviour is `bcp.recipe` ('la' needs a 3D patch, 'acdc' a 2D one); the other knobs
+that differ between the upstream scripts (`reset_optimizer`, `ema_batch_stats`, `mask_bounds`,
+`acdc_dice_mask`) are config fields too, set in configs/la_bcp.py and configs/acdc_bcp.py. Unlike upstream, which resumes self-training from the
 best pre-train checkpoint chosen ON THE TEST LIST (LA) or the validation list (ACDC), jaxseg
 continues from the LAST pre-train state.
 
@@ -37,27 +37,31 @@ on LA (fresh state: 0.01 x 0.1^(t // 2500)) and constant on ACDC.
 """
 from __future__ import annotations
 
-import copy
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxseg import components
 from jaxseg import losses
 from jaxseg import mixing
+from jaxseg import postprocess
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.state import TrainState
 
 Array = jax.Array
 
-MASK_BOUNDS = ("auto", "upstream", "shape")
+# `bcp.recipe`: which upstream script the step follows (LA_BCP_train.py or ACDC_BCP_train.py), and
+# the patch rank each needs.
+RECIPES = {"la": 3, "acdc": 2}
+MASK_BOUNDS = ("upstream", "shape")
+# LA `context_mask`'s hard-coded corner bounds (the LA patch size 112 x 112 x 80).
+LA_MASK_BOUNDS = (112, 112, 80)
 ACDC_DICE_MASKS = ("head", "legacy")
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses (bcp.md §2). Channels-last: logits [B, *spatial, C], integer labels [B, *spatial],
+# Losses (docs/methods/bcp.md §2). Channels-last: logits [B, *spatial, C], integer labels [B, *spatial],
 # masks [B, *spatial] (1 = the voxel counts).
 # ---------------------------------------------------------------------------------------------
 
@@ -163,13 +167,15 @@ def paired_train_forward(model, params, batch_stats, xs: Array, keys: Array):
 # ---------------------------------------------------------------------------------------------
 
 class BCP:
-  """Method protocol: init / phases (pretrain, selftrain) / predict (see jaxseg/methods/__init__.py).
+  """Method protocol: init / phases (pretrain, selftrain) / predict (jaxseg/methods/base.py).
 
   `tx` is the pre-train optimizer (the state `init` builds), `self_tx` the self-train one; both
   are SGD(momentum) with coupled weight decay and a schedule, so their states share one structure.
   """
 
   name = "bcp"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
 
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.bcp
@@ -177,6 +183,11 @@ class BCP:
     if lb % 2 or b != 2 * lb:
       raise ValueError(f"bcp: labeled_batch_size={lb} must be even and batch_size={b} twice it "
                        "(two labeled and two unlabeled sub-batches of the same size, as upstream)")
+    if hp.recipe not in RECIPES:
+      raise ValueError(f"config.bcp.recipe={hp.recipe!r}: expected one of {sorted(RECIPES)}")
+    if len(config.data.patch_size) != RECIPES[hp.recipe]:
+      raise ValueError(f"config.bcp.recipe={hp.recipe!r} is a {RECIPES[hp.recipe]}D recipe, but "
+                       f"config.data.patch_size={tuple(config.data.patch_size)}")
     if hp.mask_bounds not in MASK_BOUNDS:
       raise ValueError(f"config.bcp.mask_bounds={hp.mask_bounds!r}: expected one of {MASK_BOUNDS}")
     if hp.get("acdc_dice_mask", "head") not in ACDC_DICE_MASKS:
@@ -188,19 +199,20 @@ class BCP:
     self.hp = hp
     self.sub = lb // 2
     self.model = common.build_model(config)
-    pre_config = copy.deepcopy(config)
-    pre_config.optimizer.lr_schedule = hp.pretrain_lr_schedule
-    self.tx = common.make_optimizer(pre_config)
+    self.tx = common.sgd(config.optimizer, common.lr_schedule(
+        config.optimizer, config.total_steps, kind=hp.pretrain_lr_schedule))
     self.self_tx = common.make_optimizer(config)
+
+  def phases(self) -> tuple[base.Phase, ...]:
+    """Pre-train for `bcp.pretrain_steps`, then self-train (teacher := student) to the end."""
+    pretrain = self.hp.pretrain_steps
     phases = []
-    if hp.pretrain_steps > 0:
-      phases.append(common.Phase("pretrain", 0, self.pretrain_step))
-    if hp.pretrain_steps < config.total_steps:
-      phases.append(common.Phase("selftrain", hp.pretrain_steps, self.selftrain_step,
-                                 self.enter_selftrain if hp.pretrain_steps > 0 else None))
-    self.phases = tuple(phases) or (common.Phase("pretrain", 0, self.pretrain_step),)
-    # Some callers (benchmarks, generic tests) run one `train_step`: the self-training step.
-    self.train_step = self.selftrain_step
+    if pretrain > 0:
+      phases.append(base.Phase("pretrain", 0, self.pretrain_step))
+    if pretrain == 0 or pretrain < self.config.total_steps:
+      phases.append(base.Phase("selftrain", pretrain, self.selftrain_step,
+                               self.enter_selftrain if pretrain > 0 else None))
+    return tuple(phases)
 
   # -- state ------------------------------------------------------------------------------------
 
@@ -228,27 +240,20 @@ class BCP:
   def _mask(self, rng: jax.Array, spatial) -> Array:
     """The step's box mask [*spatial] (1 outside the box), shared by every sample and image."""
     hp = self.hp
-    bounds = hp.mask_bounds
-    if bounds == "auto":
-      bounds = "upstream" if self.config.eval.mode == "parity" else "shape"
     # Only LA's context_mask hard-codes its corner bounds; ACDC's generate_mask uses the shape.
-    upstream_3d = bounds == "upstream" and len(spatial) == 3
-    return mixing.box_mask(rng, spatial, hp.mask_ratio,
-                           mixing.BCP_LA_BOUNDS if upstream_3d else None)
-
-  def _dice_kind(self, images: Array) -> str:
-    return "la" if images.ndim == 5 else "acdc"
+    la_bounds = hp.recipe == "la" and hp.mask_bounds == "upstream"
+    return mixing.box_mask(rng, spatial, hp.mask_ratio, LA_MASK_BOUNDS if la_bounds else None)
 
   def _region_loss(self, logits, img_l, patch_l, mask, image_w, patch_w):
     """(dice, ce) of one mixed output; `img_l` labels mask == 1, `patch_l` the box."""
     return mix_loss(logits, img_l, patch_l, mask, l_weight=image_w, u_weight=patch_w,
-                    dice=self._dice_kind(logits),
+                    dice=self.hp.recipe,
                     legacy_mask=self.hp.get("acdc_dice_mask", "head") == "legacy")
 
   # -- phases -------------------------------------------------------------------------------------
 
   def pretrain_step(self, state: TrainState, batch):
-    """Labeled copy-paste (bcp.md §3b): only the labeled half of the batch is used."""
+    """Labeled copy-paste (docs/methods/bcp.md §3b): only the labeled half of the batch is used."""
     rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, student_rng = jax.random.split(rng)
     s, lb = self.sub, 2 * self.sub
@@ -261,9 +266,9 @@ class BCP:
     def loss_fn(params):
       logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, x,
                                                  student_rng)
-      if images.ndim == 5:
+      if self.hp.recipe == "la":
         y = mixing.copy_paste(lab_a, lab_b, m)
-        ce = jnp.mean(losses.voxel_cross_entropy(logits, y))
+        ce = losses.cross_entropy(logits, y)
         dice = losses.mask_dice_loss(logits, y)
       else:
         dice, ce = self._region_loss(logits, lab_a, lab_b, loss_mask, 1.0, 1.0)
@@ -275,7 +280,7 @@ class BCP:
     return common.apply_gradients(self.tx, state, grads, batch_stats), metrics
 
   def selftrain_step(self, state: TrainState, batch):
-    """Bidirectional copy-paste with EMA-teacher pseudo-labels (bcp.md §3c LA, §3d ACDC)."""
+    """Bidirectional copy-paste with EMA-teacher pseudo-labels (docs/methods/bcp.md §3c LA, §3d ACDC)."""
     hp, s = self.hp, self.sub
     lb = 2 * s
     rng = jax.random.fold_in(state.rng, state.step)
@@ -288,12 +293,12 @@ class BCP:
     # Teacher in train mode on the two unlabeled halves: two forwards (BN batch statistics per call).
     z, ema_stats = paired_train_forward(self.model, ema_params, ema_stats,
                                         jnp.stack([unimg_a, unimg_b]), jnp.stack([t_rng_a, t_rng_b]))
-    plab = components.cut_mask_pseudo_labels(z.reshape((2 * s,) + z.shape[2:]), hp.pseudo_threshold)
+    plab = postprocess.cut_mask_pseudo_labels(z.reshape((2 * s,) + z.shape[2:]), hp.pseudo_threshold)
     plab_a, plab_b = plab[:s], plab[s:]
     m = self._mask(mask_rng, images.shape[1:-1])
     loss_mask = jnp.broadcast_to(m, lab_a.shape)
     u = hp.u_weight
-    if images.ndim == 5:
+    if hp.recipe == "la":
       # LA: mixl = img_a outside + unimg_a box; mixu = unimg_b outside + img_b box.
       pairs = ((mixing.copy_paste(img_a, unimg_a, m), lab_a, plab_a, 1.0, u),
                (mixing.copy_paste(unimg_b, img_b, m), plab_b, lab_b, u, 1.0))

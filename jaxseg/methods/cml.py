@@ -1,13 +1,13 @@
-"""CML: Cross-view Mutual Learning (Wu et al., ACM MM 2024), spec cml.md.
+"""CML: Cross-view Mutual Learning (Wu et al., ACM MM 2024), docs/methods/cml.md.
 
 Upstream: SongwuJob/CML code/CML_LA_train.py (LA, 3D, `cml_vnet`) and code/CML_ACDC_train.py (ACDC, 2D
 slices, `cml_unet2d`); losses from code/utils/CML_utils.py and code/utils/losses.py (mask_DiceLoss).
 One method for both: images [B, D, H, W, 1] (3D) or [B, H, W, 1] (2D); the network returns
 (logits1, logits2, features1, features2) from its two branches.
 
-Two phases in one run (DESIGN.md "phases"), batch = [labeled (lb) | unlabeled (B - lb)], each half
+Two phases in one run (docs/design.md "phases"), batch = [labeled (lb) | unlabeled (B - lb)], each half
 split again into a / b:
-  * pretrain (`cml.pretrain_steps`, cml.md section 3b): labeled CutMix only,
+  * pretrain (`cml.pretrain_steps`, docs/methods/cml.md §3b): labeled CutMix only,
       X = box_paste(img_a, img_b), Y likewise (1 outside the box -> a, the box -> b);
       loss = l_w (sup(z1, Y) + sup(z2, Y)) + dis_w (L_dis(f1, f2) + L_dis(f2, f1)).
   * main (section 3c): the labeled term above, plus heterogeneous supervision of mixed unlabeled
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxseg import components
 from jaxseg import losses
 from jaxseg import mixing
-from jaxseg import schedules
+from jaxseg import postprocess
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.state import TrainState
 
@@ -127,33 +127,18 @@ def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   schedule counted from the first main step (LA 'step': lr * 0.1 ** (main_step // 2500), set after
   the 2500th main step as upstream; ACDC 'constant'; 'poly' over the main steps)."""
   opt, pre = config.optimizer, int(config.cml.pretrain_steps)
-  if opt.lr_schedule == "step":
-    main = schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor)
-  elif opt.lr_schedule == "constant":
-    main = optax.constant_schedule(opt.lr)
-  elif opt.lr_schedule == "poly":
-    main = schedules.poly_lr(opt.lr, max(config.total_steps - pre, 1), opt.get("poly_power", 0.9))
-  else:
-    raise ValueError(f"config.optimizer.lr_schedule={opt.lr_schedule!r}: expected step, poly or constant")
+  main = common.lr_schedule(opt, max(config.total_steps - pre, 1))
   if pre <= 0:
     return main
   return optax.join_schedules([optax.constant_schedule(opt.lr), main], [pre])
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """`common.make_optimizer` (coupled weight decay + SGD momentum, optional clipping) at lr 1, then
-  scaled by `lr_schedule`: -lr(t) * momentum_buffer, which is torch SGD with its lr changed between
-  steps (the buffer does not hold the lr)."""
-  unit = ml_collections.ConfigDict(config.to_dict())
-  unit.optimizer.lr = 1.0
-  unit.optimizer.lr_schedule = "constant"
-  return optax.chain(common.make_optimizer(unit), optax.scale_by_schedule(lr_schedule(config)))
-
-
 class CML:
-  """Method protocol: init / phases / train_step / predict (see jaxseg/methods/__init__.py)."""
+  """Method protocol: init / phases (pretrain, main) / predict (jaxseg/methods/base.py)."""
 
   name = "cml"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
 
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.cml
@@ -169,13 +154,16 @@ class CML:
     self.config = config
     self.hp = hp
     self.model = common.build_model(config)
-    self.tx = make_optimizer(config)
+    self.tx = common.sgd(config.optimizer, lr_schedule(config))
     self.labeled_batch_size = lb
-    # One TrainState structure for both phases (params, BN stats, one SGD state, no aux), so a
-    # checkpoint of either phase restores against `init`'s.
-    main = common.Phase("main", int(hp.pretrain_steps), self.train_step)
-    self.phases = ((common.Phase("pretrain", 0, self.pretrain_step), main) if hp.pretrain_steps > 0
-                   else (common.Phase("main", 0, self.train_step),))
+
+  def phases(self) -> tuple[base.Phase, ...]:
+    """Pre-train for `cml.pretrain_steps`, then the main phase. One TrainState structure for both
+    (params, BN stats, one SGD state, no aux), so a checkpoint of either restores against `init`'s."""
+    pretrain = int(self.hp.pretrain_steps)
+    main = base.Phase("main", pretrain, self.train_step)
+    return (base.Phase("pretrain", 0, self.pretrain_step), main) if pretrain > 0 else (
+        base.Phase("main", 0, self.train_step),)
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     return common.new_state(self, rng, example_batch)
@@ -196,7 +184,7 @@ class CML:
     return sup, dis, batch_stats
 
   def pretrain_step(self, state: TrainState, batch):
-    """Labeled CutMix only (cml.md 3b); the unlabeled part of the batch is not used."""
+    """Labeled CutMix only (docs/methods/cml.md §3b); the unlabeled part of the batch is not used."""
     hp = self.hp
     rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, fwd_rng = jax.random.split(rng)
@@ -214,7 +202,7 @@ class CML:
     return common.apply_gradients(self.tx, state, grads, batch_stats), metrics
 
   def train_step(self, state: TrainState, batch):
-    """Main phase (cml.md 3c): labeled CutMix + heterogeneous pseudo-label supervision."""
+    """Main phase (docs/methods/cml.md §3c): labeled CutMix + heterogeneous pseudo-label supervision."""
     hp, lb = self.hp, self.labeled_batch_size
     rng = jax.random.fold_in(state.rng, state.step)
     lmask_rng, umask_rng, l_rng, pl_rng, u_rng = jax.random.split(rng, 5)
@@ -232,8 +220,8 @@ class CML:
       # running statistics are updated in between the two mixes' forwards, as upstream.
       (u1, u2, _, _), batch_stats = self._forward(jax.lax.stop_gradient(params), batch_stats,
                                                   unlabeled, pl_rng)
-      plab = components.cut_mask_pseudo_labels(u1)
-      plab_sub = components.cut_mask_pseudo_labels(u2)
+      plab = postprocess.cut_mask_pseudo_labels(u1)
+      plab_sub = postprocess.cut_mask_pseudo_labels(u2)
       target1, target2 = heterogeneous_targets(plab, plab_sub, umask)
       (z1, z2, f1, f2), batch_stats = self._forward(params, batch_stats, mixed_u, u_rng)
       sup_u = supervision_loss(z1, target1) + supervision_loss(z2, target2)
@@ -249,7 +237,7 @@ class CML:
     return common.apply_gradients(self.tx, state, grads, batch_stats), metrics
 
   def predict(self, state: TrainState, images):
-    """softmax((z1 + z2) / 2) of the eval-mode network (logit averaging, cml.md section 6); LA's
+    """softmax((z1 + z2) / 2) of the eval-mode network (logit averaging, docs/methods/cml.md §6); LA's
     rule p > 0.5 + largest component is argmax + `eval.largest_cc`, ACDC's is the argmax."""
     z1, z2, _, _ = self.model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                     images, train=False)

@@ -2,49 +2,21 @@
 
 Methods share code through these functions, not through inheritance.
 """
-import dataclasses
-from typing import Any, Callable
+from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxseg import losses
 from jaxseg import models
 from jaxseg import schedules
+from jaxseg.models import layers
 from jaxseg.state import TrainState
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-  """One stage of a run (DESIGN.md "phases": BCP and CML pre-train, then self-train).
-
-  Phase i runs the global steps [start_i, start_{i+1}) with its own `train_step` (each compiled
-  once); the last phase runs to `config.total_steps`. `enter(state) -> state`, when given, is
-  applied once right before the phase's first step (e.g. teacher := student, fresh momentum). It
-  must keep the state's pytree structure: checkpoints of every phase restore against `init`'s.
-  """
-  name: str
-  start: int
-  train_step: Callable
-  enter: Callable | None = None
-
-
-def phases_of(method) -> tuple[Phase, ...]:
-  """`method.phases`, or the single phase running `method.train_step` from step 0."""
-  phases = tuple(getattr(method, "phases", None) or (Phase("train", 0, method.train_step),))
-  starts = [p.start for p in phases]
-  if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
-    raise ValueError(f"{type(method).__name__}.phases must start at step 0 with strictly increasing "
-                     f"starts; got {[(p.name, p.start) for p in phases]}")
-  return phases
-
-
-def phase_at(phases, step: int) -> Phase:
-  """The phase that runs global step `step` (0-based)."""
-  return [p for p in phases if p.start <= step][-1]
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -56,26 +28,34 @@ def build_model(config: ml_collections.ConfigDict):
   return models.get(config.model.name, dtype=_DTYPES[dtype], **kwargs)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD with momentum and *coupled* weight decay, as torch.optim.SGD(weight_decay=...), after an
-  optional global-norm gradient clip (`optimizer.clip_grad_norm`, 0 = off).
+def lr_schedule(opt: ml_collections.ConfigDict, steps: int, kind: str | None = None
+                ) -> optax.Schedule:
+  """The learning rate per optimizer step of `opt` (a config's `optimizer` block): `kind` (default
+  `opt.lr_schedule`) 'step' (`lr_step_every`, `lr_step_factor`, `lr_step_begin`), 'poly' over
+  `steps` steps (`poly_power`) or 'constant'."""
+  kind = opt.lr_schedule if kind is None else kind
+  if opt.get("lr_step_begin", 0) and kind != "step":
+    raise ValueError(f"config.optimizer.lr_step_begin={opt.lr_step_begin} needs lr_schedule='step', "
+                     f"got {kind!r}")
+  if kind == "step":
+    return schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor,
+                             begin=opt.get("lr_step_begin", 0))
+  if kind == "poly":
+    return schedules.poly_lr(opt.lr, steps, opt.get("poly_power", 0.9))
+  if kind == "constant":
+    return optax.constant_schedule(opt.lr)
+  raise ValueError(f"config.optimizer.lr_schedule={kind!r}: expected step, poly or constant")
+
+
+def sgd(opt: ml_collections.ConfigDict, lr: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+  """SGD with momentum and *coupled* weight decay at learning rate `lr`, as
+  torch.optim.SGD(weight_decay=...), after an optional global-norm gradient clip
+  (`opt.clip_grad_norm`, 0 = off).
 
   torch adds `wd * p` to the gradient before the momentum buffer, so the decay goes first in the
-  chain (upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py).
+  chain (upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py). The momentum
+  buffer does not hold the lr, so a schedule here is torch SGD with its lr changed between steps.
   """
-  opt = config.optimizer
-  if opt.get("lr_step_begin", 0) and opt.lr_schedule != "step":
-    raise ValueError(f"config.optimizer.lr_step_begin={opt.lr_step_begin} needs lr_schedule='step', "
-                     f"got {opt.lr_schedule!r}")
-  if opt.lr_schedule == "step":
-    lr = schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor,
-                           begin=opt.get("lr_step_begin", 0))
-  elif opt.lr_schedule == "poly":
-    lr = schedules.poly_lr(opt.lr, config.total_steps, opt.get("poly_power", 0.9))
-  elif opt.lr_schedule == "constant":
-    lr = optax.constant_schedule(opt.lr)
-  else:
-    raise ValueError(f"config.optimizer.lr_schedule={opt.lr_schedule!r}: expected step, poly or constant")
   if opt.name != "sgd":
     raise ValueError(f"config.optimizer.name={opt.name!r}: only 'sgd' (the upstream optimizer) is implemented")
   chain = [optax.add_decayed_weights(opt.weight_decay), optax.sgd(lr, momentum=opt.momentum or None)]
@@ -86,14 +66,26 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*chain)
 
 
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """`sgd` with the config's `lr_schedule` over `total_steps`."""
+  return sgd(config.optimizer, lr_schedule(config.optimizer, config.total_steps))
+
+
 def init_variables(model, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
   """Flax variables {'params', 'batch_stats'} for `images` [B, D, H, W, C] (eval-mode trace)."""
   variables = model.init({"params": rng}, images, train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+def check_images(images: jax.Array) -> None:
+  """Trace-time guard on a network input: channels-last [B, D, H, W, C] or [B, H, W, C], floating."""
+  chex.assert_rank(images, {4, 5})
+  chex.assert_type(images, float)
+
+
 def train_forward(model, params, batch_stats, images, dropout_rng):
   """Train-mode forward (batch-statistics BN, dropout on). Returns (logits, new batch_stats)."""
+  check_images(images)
   logits, mutated = model.apply(
       {"params": params, "batch_stats": batch_stats}, images, train=True,
       rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
@@ -102,6 +94,7 @@ def train_forward(model, params, batch_stats, images, dropout_rng):
 
 def eval_probabilities(model, params, batch_stats, images):
   """Eval-mode softmax probabilities [B, D, H, W, n_classes] in float32."""
+  check_images(images)
   logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -124,6 +117,98 @@ def vmap_passes(fn, keys: jax.Array, chunk: int = 0):
   if 0 < chunk < keys.shape[0]:
     return jax.lax.map(fn, keys, batch_size=chunk)
   return jax.vmap(fn)(keys)
+
+
+# UA-MT and AC-MT feed the sub-batch repeated twice (`repeat(2, 1, 1, 1, 1)`) to each of their
+# T / 2 stochastic forwards.
+MC_COPIES = 2
+MC_IMPLS = ("vmap", "loop")
+
+
+def mc_passes(model, params: Any, batch_stats: Any, images: jax.Array, rng: jax.Array, *,
+              passes: int, noise_std: float, noise_clip: float, impl: str = "vmap",
+              chunk: int = 0) -> tuple[jax.Array, Any]:
+  """T = `passes` stochastic train-mode predictions of `images`, as the UA-MT / AC-MT MC loops
+  make them (yulequan/UA-MT train_LA_meanteacher_certainty_unlabel.py, lemoshu/AC-MT
+  train_ACMT_MU_3D.py).
+
+  `passes / MC_COPIES` forwards, each on `images` tiled MC_COPIES times along the batch ([U1, U2,
+  U1, U2]) plus fresh clamp(noise_std N(0, 1), +-noise_clip) noise and fresh dropout masks, so BN
+  batch statistics are over MC_COPIES * B volumes as upstream. Forward f's copy c of sample b is
+  prediction f * MC_COPIES + c of sample b, i.e. upstream row (f * MC_COPIES + c) * B + b.
+
+  Args:
+    model, params, batch_stats: the network (train mode) and its variables.
+    images: [B, *spatial, 1].
+    rng: forward f uses `jax.random.split(rng, passes // MC_COPIES)[f]` for noise and dropout.
+    passes: T, a positive multiple of MC_COPIES.
+    noise_std, noise_clip: the input noise.
+    impl: 'vmap' (one batched forward, what training runs) or 'loop' (a Python loop of forwards,
+      for the benchmark).
+    chunk: with 'vmap', forwards per vmapped group (0 = all in one; see `vmap_passes`).
+
+  Returns:
+    (logits [T, B, *spatial, C], the BN statistics each forward computed from `batch_stats`
+    with a leading [T / MC_COPIES] axis), gradients stopped.
+  """
+  if impl not in MC_IMPLS:
+    raise ValueError(f"mc_passes: impl={impl!r}, expected one of {MC_IMPLS}")
+  if passes < MC_COPIES or passes % MC_COPIES:
+    raise ValueError(f"mc_passes: passes={passes} must be a positive multiple of {MC_COPIES}")
+  n_forward = passes // MC_COPIES
+  tiled = jnp.concatenate([images] * MC_COPIES, axis=0)
+
+  def forward(key):
+    noise_key, dropout_key = jax.random.split(key)
+    noisy = tiled + teacher_noise(noise_key, tiled.shape, noise_std, noise_clip)
+    return train_forward(model, params, batch_stats, noisy, dropout_key)
+
+  keys = jax.random.split(rng, n_forward)
+  if impl == "vmap":
+    logits, stats = vmap_passes(forward, keys, chunk)
+  else:
+    outs = [forward(keys[f]) for f in range(n_forward)]
+    logits = jnp.stack([o[0] for o in outs])
+    stats = jax.tree.map(lambda *xs: jnp.stack(xs), *[o[1] for o in outs])
+  # [n_forward, MC_COPIES * B, ...] -> [passes, B, ...] is a row-major regrouping.
+  logits = logits.reshape((passes, images.shape[0]) + logits.shape[2:])
+  return jax.lax.stop_gradient(logits), jax.lax.stop_gradient(stats)
+
+
+def mc_uncertainty(mc_logits: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+  """Mean softmax over the T predictions and its entropy (UA-MT / AC-MT MU: natural log, eps in
+  the log).
+
+  Args:
+    mc_logits: [T, B, ..., C] (upstream's [T * B, C, ...] buffer regrouped: row i * B + b -> [i, b]).
+    eps: added inside the log.
+
+  Returns:
+    (mean_probs [B, ..., C] float32, uncertainty [B, ..., 1] in nats, not normalised).
+  """
+  probs = jax.nn.softmax(mc_logits.astype(jnp.float32), axis=-1)
+  mean_probs = jnp.mean(probs, axis=0)
+  return mean_probs, losses.entropy_map(mean_probs, eps=eps, keepdims=True)
+
+
+def compose_bn_stats(after: Any, start: Any, per_forward: Any,
+                     momentum: float = layers.BatchNorm.momentum) -> Any:
+  """Running BN statistics as if K forwards had run one after the other on top of `after`.
+
+  Each of the K vmapped forwards (leading axis of `per_forward`) started from `start` r0 and
+  returned (1 - m) r0 + m s_k; in sequence (upstream: separate module calls) they give
+  r_k = (1 - m) r_{k-1} + m s_k from r_0 = `after`. m is torch's momentum (0.1). BCP composes
+  from the statistics it started with (after = start), AC-MT after its main forward.
+  """
+  keep = 1.0 - momentum
+
+  def combine(r, r0, new):
+    out = r
+    for k in range(new.shape[0]):
+      out = keep * out + (new[k] - keep * r0)
+    return out.astype(r.dtype)
+
+  return jax.tree.map(combine, after, start, per_forward)
 
 
 def new_state(method, rng: jax.Array, example_batch, aux_fn=None) -> TrainState:

@@ -1,4 +1,4 @@
-"""MCF: Mutual Correction Framework (Wang et al., CVPR 2023), spec mcf.md.
+"""MCF: Mutual Correction Framework (Wang et al., CVPR 2023), docs/methods/mcf.md.
 
 Upstream: WYC-321/MCF code/train_MCF.py (losses, dynamic pseudo-label generator, schedule),
 code/utils/losses.py (dice_loss; its softmax_mse_loss has the softmax commented out, so it is a
@@ -31,6 +31,7 @@ import optax
 
 from jaxseg import losses
 from jaxseg import schedules
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.models import resvnet
 from jaxseg.state import TrainState
@@ -77,9 +78,7 @@ def difference_review(probs_v: Array, probs_r: Array, labels: Array
   y = labels.astype(probs_v.dtype)
   dist_v = plain_mse(foreground(probs_v), y)
   dist_r = plain_mse(foreground(probs_r), y)
-  mask = diff.astype(probs_v.dtype)
-  denom = jnp.sum(mask) + 1e-16
-  return diff, dist_v, dist_r, jnp.sum(mask * dist_v) / denom, jnp.sum(mask * dist_r) / denom
+  return (diff, dist_v, dist_r, losses.masked_mean(dist_v, diff), losses.masked_mean(dist_r, diff))
 
 
 def mcf_losses(logits_v: Array, logits_r: Array, labels: Array, labeled_batch_size: int,
@@ -130,7 +129,7 @@ def mcf_losses(logits_v: Array, logits_r: Array, labels: Array, labeled_batch_si
 
 
 class MCF:
-  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py).
+  """Method protocol: init / phases (one: train_step) / predict (jaxseg/methods/base.py).
 
   State layout: `params`, `batch_stats` and `opt_state` are dicts {'vnet': ..., 'resvnet': ...},
   one optimizer state per network (same transformation `tx`, as upstream's two identical SGDs);
@@ -138,6 +137,8 @@ class MCF:
   """
 
   name = "mcf"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
 
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.mcf
@@ -176,6 +177,9 @@ class MCF:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state={name: self.tx.init(params[name]) for name in NETWORKS}, rng=step_rng, aux={})
+
+  def phases(self) -> tuple[base.Phase, ...]:
+    return (base.Phase("train", 0, self.train_step),)
 
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""

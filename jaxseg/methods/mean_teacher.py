@@ -1,7 +1,7 @@
 """Mean Teacher for 3D segmentation, as the LA literature runs it.
 
 Upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py with the uncertainty mask
-removed (spec mt.md §0: UA-MT ships no plain MT script; with mask == 1 its consistency is exactly
+removed (docs/methods/mt.md §0: UA-MT ships no plain MT script; with mask == 1 its consistency is exactly
 SSL4MIS train_mean_teacher_3D.py's mean softmax MSE).
 
 Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2:
@@ -18,14 +18,17 @@ import ml_collections
 
 from jaxseg import losses
 from jaxseg import schedules
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.state import TrainState
 
 
 class MeanTeacher:
-  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py)."""
+  """Method protocol: init / phases (one: train_step) / predict (jaxseg/methods/base.py)."""
 
   name = "mean_teacher"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -36,6 +39,9 @@ class MeanTeacher:
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     return common.new_teacher_state(self, rng, example_batch)
+
+  def phases(self) -> tuple[base.Phase, ...]:
+    return (base.Phase("train", 0, self.train_step),)
 
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""

@@ -1,4 +1,4 @@
-"""UA-MT: uncertainty-aware Mean Teacher (Yu et al., MICCAI 2019), spec uamt.md.
+"""UA-MT: uncertainty-aware Mean Teacher (Yu et al., MICCAI 2019), docs/methods/uamt.md.
 
 Upstream: yulequan/UA-MT code/train_LA_meanteacher_certainty_unlabel.py (`consistency_on='unlabeled'`,
 the default and the README's script) and code/train_LA_meanteacher_certainty.py (`consistency_on='all'`:
@@ -17,7 +17,7 @@ Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2; S, the consistency s
   * loss = supervised + 0.1 sigmoid_rampup(step // 150, 40) * consistency;
   * EMA teacher with alpha = min(1 - 1/(step + 1), 0.99), parameters only.
 """
-from typing import Any
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,78 +25,20 @@ import ml_collections
 
 from jaxseg import losses
 from jaxseg import schedules
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.state import TrainState
 
-# Upstream feeds the sub-batch repeated twice (`repeat(2, 1, 1, 1, 1)`) to each of its T / 2 forwards.
-MC_COPIES = 2
-_IMPLS = ("vmap", "loop")
 _DISTANCES = {"mse": losses.softmax_mse_loss, "kl": losses.softmax_kl_loss}
 
 
-def mc_teacher_logits(model, params: Any, batch_stats: Any, images: jax.Array, rng: jax.Array, *,
-                      passes: int, noise_std: float, noise_clip: float, copies: int = MC_COPIES,
-                      impl: str = "vmap", chunk: int = 0) -> jax.Array:
-  """T = `passes` stochastic train-mode predictions of `images`, as UA-MT's MC loop makes them.
+def uamt_threshold(step, max_steps: float):
+  """UA-MT uncertainty threshold (0.75 + 0.25 sigmoid_rampup(step, max_steps)) ln 2, in nats.
 
-  `passes / copies` forwards, each on `images` tiled `copies` times along the batch ([U1, U2, U1, U2]
-  for copies 2) plus fresh clamp(noise_std N(0, 1), +-noise_clip) noise and fresh dropout masks, so BN
-  batch statistics are over `copies * B` volumes as upstream. Forward f's copy c of sample b is
-  prediction f * copies + c of sample b, i.e. upstream row (f * copies + c) * B + b.
-
-  Args:
-    model: the Flax network (called with train=True; its batch_stats updates are discarded).
-    params: teacher parameters.
-    batch_stats: teacher BN statistics (unused by train-mode BN, needed by `apply`).
-    images: [B, D, H, W, 1].
-    rng: key; forward f uses `jax.random.split(rng, passes // copies)[f]` for noise and dropout.
-    passes: T, a multiple of `copies`.
-    noise_std, noise_clip: the input noise.
-    copies: repetitions of the batch per forward.
-    impl: 'vmap' (one batched forward, what UAMT uses) or 'loop' (a Python loop, for the benchmark).
-    chunk: with 'vmap', forwards per vmapped group (0 = all in one). Smaller groups run as a
-      `jax.lax.map` over groups, bounding memory where one vmapped forward does not fit (the XLA CPU
-      backend fails to allocate 4 x 4 LA volumes at 112x112x80); the numbers are the same.
-
-  Returns:
-    Logits [passes, B, D, H, W, n_classes], gradient stopped.
+  Per-step ramp (not per epoch) from `train_LA_meanteacher_certainty_unlabel.py` (max_iterations
+  6000); `step` a host number or a traced JAX value.
   """
-  if impl not in _IMPLS:
-    raise ValueError(f"mc_teacher_logits: impl={impl!r}, expected one of {_IMPLS}")
-  if passes < copies or passes % copies:
-    raise ValueError(f"mc_teacher_logits: passes={passes} must be a positive multiple of copies={copies}")
-  n_forward = passes // copies
-  tiled = jnp.concatenate([images] * copies, axis=0)
-
-  def forward(key):
-    noise_key, dropout_key = jax.random.split(key)
-    noisy = tiled + common.teacher_noise(noise_key, tiled.shape, noise_std, noise_clip)
-    logits, _ = common.train_forward(model, params, batch_stats, noisy, dropout_key)
-    return logits
-
-  keys = jax.random.split(rng, n_forward)
-  if impl == "vmap":
-    logits = common.vmap_passes(forward, keys, chunk)
-  else:
-    logits = jnp.stack([forward(keys[f]) for f in range(n_forward)])
-  # [n_forward, copies * B, ...] -> [n_forward * copies, B, ...] is a row-major regrouping.
-  logits = logits.reshape((passes, images.shape[0]) + logits.shape[2:])
-  return jax.lax.stop_gradient(logits)
-
-
-def mc_uncertainty(mc_logits: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
-  """Mean softmax over the T predictions and its entropy (UA-MT: natural log, eps in the log).
-
-  Args:
-    mc_logits: [T, B, ..., C] (upstream's [T * B, C, ...] buffer regrouped: row i * B + b -> [i, b]).
-    eps: added inside the log.
-
-  Returns:
-    (mean_probs [B, ..., C] float32, uncertainty [B, ..., 1] in nats, not normalised).
-  """
-  probs = jax.nn.softmax(mc_logits.astype(jnp.float32), axis=-1)
-  mean_probs = jnp.mean(probs, axis=0)
-  return mean_probs, losses.entropy_map(mean_probs, eps=eps, keepdims=True)
+  return (0.75 + 0.25 * schedules.sigmoid_rampup(step, max_steps)) * math.log(2.0)
 
 
 def certainty_masked_consistency(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -106,7 +48,7 @@ def certainty_masked_consistency(student_logits: jax.Array, teacher_logits: jax.
 
   Args:
     student_logits, teacher_logits: [B, ..., C].
-    uncertainty: [B, ..., 1] from `mc_uncertainty`.
+    uncertainty: [B, ..., 1] from `common.mc_uncertainty`.
     step: optimizer steps already taken (host or traced int).
     max_steps: the threshold ramp length (upstream `max_iterations`).
     consistency_type: 'mse' (softmax MSE, the default) or 'kl' (softmax KL).
@@ -118,18 +60,23 @@ def certainty_masked_consistency(student_logits: jax.Array, teacher_logits: jax.
     raise ValueError(f"consistency_type={consistency_type!r}: expected one of {sorted(_DISTANCES)}")
   dist = _DISTANCES[consistency_type](student_logits.astype(jnp.float32),
                                       teacher_logits.astype(jnp.float32))
-  threshold = schedules.uamt_threshold(step, max_steps)
+  threshold = uamt_threshold(step, max_steps)
   mask = (uncertainty < threshold).astype(jnp.float32)
   return losses.masked_consistency(dist, mask, dist.shape[-1]), mask, threshold
 
 
 class UAMT:
-  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py).
+  """Method protocol: init / phases (one: train_step) / predict (jaxseg/methods/base.py).
 
   `mc_impl` exists for `jaxseg.bench --compare_mc` only; training always uses 'vmap'.
   """
 
   name = "uamt"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
+  # `jaxseg.bench --compare_mc`: the `config.uamt` field counting the MC passes; the class takes
+  # `mc_impl` / `mc_chunk` to time them as a vmap or a Python loop.
+  mc_passes_field = "mc_passes"
 
   def __init__(self, config: ml_collections.ConfigDict, mc_impl: str = "vmap",
                mc_chunk: int | None = None):
@@ -140,10 +87,11 @@ class UAMT:
     if hp.consistency_on not in ("unlabeled", "all"):
       raise ValueError(f"config.uamt.consistency_on={hp.consistency_on!r}: expected 'unlabeled' "
                        "(train_LA_meanteacher_certainty_unlabel.py) or 'all' (..._certainty.py)")
-    if hp.mc_passes < MC_COPIES or hp.mc_passes % MC_COPIES:
-      raise ValueError(f"config.uamt.mc_passes={hp.mc_passes}: must be a positive multiple of {MC_COPIES}")
-    if mc_impl not in _IMPLS:
-      raise ValueError(f"UAMT: mc_impl={mc_impl!r}, expected one of {_IMPLS}")
+    if hp.mc_passes < common.MC_COPIES or hp.mc_passes % common.MC_COPIES:
+      raise ValueError(f"config.uamt.mc_passes={hp.mc_passes}: must be a positive multiple of "
+                       f"{common.MC_COPIES}")
+    if mc_impl not in common.MC_IMPLS:
+      raise ValueError(f"UAMT: mc_impl={mc_impl!r}, expected one of {common.MC_IMPLS}")
     self.config = config
     self.hp = hp
     self.mc_impl = mc_impl
@@ -160,6 +108,9 @@ class UAMT:
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     return common.new_teacher_state(self, rng, example_batch)
 
+  def phases(self) -> tuple[base.Phase, ...]:
+    return (base.Phase("train", 0, self.train_step),)
+
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""
     hp, lb = self.hp, self.labeled_batch_size
@@ -174,11 +125,11 @@ class UAMT:
     teacher_logits, teacher_stats = common.train_forward(self.model, ema_params, ema_stats, noisy,
                                                          teacher_rng)
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
-    mc_logits = mc_teacher_logits(
+    mc_logits, _ = common.mc_passes(
         self.model, ema_params, ema_stats, consistency_images, mc_rng, passes=hp.mc_passes,
         noise_std=hp.noise_std, noise_clip=hp.noise_clip, impl=self.mc_impl,
         chunk=self.mc_chunk)
-    _, uncertainty = mc_uncertainty(mc_logits)
+    _, uncertainty = common.mc_uncertainty(mc_logits)
     weight = schedules.consistency_weight(
         state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
 

@@ -1,4 +1,4 @@
-"""UPC: uncertainty-aware pseudo-label and consistency (Lu et al.), spec upc.md.
+"""UPC: uncertainty-aware pseudo-label and consistency (Lu et al.), docs/methods/upc.md.
 
 Upstream: AIforMS/UPC-Pytorch code/train_LA_UPC.py (the shipped defaults are the config defaults).
 
@@ -21,24 +21,9 @@ import ml_collections
 
 from jaxseg import losses
 from jaxseg import schedules
+from jaxseg.methods import base
 from jaxseg.methods import common
 from jaxseg.state import TrainState
-
-
-def voxel_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Per-voxel softmax CE, `nn.CrossEntropyLoss(reduction='none')`.
-
-  A one-hot product instead of a gather keeps the gradient elementwise (no scatter-add).
-
-  Args:
-    logits: [B, ..., C].
-    targets: int [B, ...] in [0, C).
-
-  Returns:
-    [B, ...] float32.
-  """
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.sum(jax.nn.one_hot(targets, logits.shape[-1], dtype=log_p.dtype) * log_p, axis=-1)
 
 
 def update_variance(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -87,7 +72,7 @@ def consistency_loss(student_logits: jax.Array, teacher_logits: jax.Array, *, ps
     raise ValueError(f"consistency_loss: temperature must be > 0, got {temperature}")
   probs = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
   targets = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  ce = voxel_cross_entropy(student_logits, targets)
+  ce = losses.voxel_cross_entropy(student_logits, targets)
   if pseudo_rect:
     loss, kl_map = update_variance(student_logits, teacher_logits, ce)
     return loss, {"targets": targets, "kl_map": kl_map}
@@ -96,9 +81,11 @@ def consistency_loss(student_logits: jax.Array, teacher_logits: jax.Array, *, ps
 
 
 class UPC:
-  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py)."""
+  """Method protocol: init / phases (one: train_step) / predict (jaxseg/methods/base.py)."""
 
   name = "upc"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
 
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.upc
@@ -114,6 +101,9 @@ class UPC:
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     return common.new_teacher_state(self, rng, example_batch)
+
+  def phases(self) -> tuple[base.Phase, ...]:
+    return (base.Phase("train", 0, self.train_step),)
 
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""

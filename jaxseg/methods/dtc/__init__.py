@@ -1,12 +1,13 @@
-"""DTC: Dual-Task Consistency (Luo et al., AAAI 2021), spec dtc.md.
+"""DTC: Dual-Task Consistency (Luo et al., AAAI 2021), docs/methods/dtc.md.
 
 Upstream: HiLab-git/DTC code/train_la_dtc.py (commit 2525b9c). One network, no teacher:
 VNetSDF (`jaxseg.models.vnet_sdf`, n_classes = 1) returns a tanh level set `out_tanh` and
 segmentation logits `out_seg`; p = sigmoid(out_seg).
 
 Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2, one forward of all four (one BN batch):
-  * loss_sdf = mean((out_tanh[:2] - gt_sdf[:2])^2), gt_sdf = `jaxseg.data.sdf.compute_sdf` of the
-    augmented crop's label, computed on the host by the pipeline (batch['sdf'], config.data.sdf);
+  * loss_sdf = mean((out_tanh[:2] - gt_sdf[:2])^2), gt_sdf = `jaxseg.methods.dtc.sdf.compute_sdf` of
+    the augmented crop's label, computed on the host by the pipeline (batch['sdf'], declared in
+    `DTC.host_targets`);
   * loss_dice = dice_loss(p[:2], label[:2] == 1) (UA-MT dice: squared denominators, one joint sum);
   * loss_bce = BCE-with-logits(out_seg[:2], label[:2]): logged, NOT part of the loss (upstream);
   * consistency = mean((sigmoid(-1500 out_tanh) - p)^2) over ALL four samples, gradients into both
@@ -18,6 +19,8 @@ then the largest connected component (config eval.largest_cc, upstream test_LA.p
 Upstream logs `metrics.dice(argmax(p[:2], dim=1), ...)`, an argmax over a single channel (always
 0); it is computed but never written, so it is not reproduced here.
 """
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +28,9 @@ import optax
 
 from jaxseg import losses
 from jaxseg import schedules
+from jaxseg.methods import base
 from jaxseg.methods import common
+from jaxseg.methods.dtc import sdf
 from jaxseg.state import TrainState
 
 Array = jax.Array
@@ -35,7 +40,7 @@ def sdf_to_mask(out_tanh: Array, k: float = 1500.0) -> Array:
   """sigmoid(-k out_tanh): the level set -> soft mask transform (inside, sdf < 0, -> 1).
 
   Upstream writes `torch.sigmoid(-1500*outputs_tanh)` (the paper's k = 1500 with the sign of
-  compute_sdf's convention, dtc.md section 2.5).
+  compute_sdf's convention, docs/methods/dtc.md §2.5).
   """
   return jax.nn.sigmoid(-k * out_tanh)
 
@@ -76,9 +81,11 @@ def dtc_losses(out_tanh: Array, out_seg: Array, labels: Array, gt_sdf: Array,
 
 
 class DTC:
-  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py)."""
+  """Method protocol: init / phases (one: train_step) / predict (jaxseg/methods/base.py)."""
 
   name = 'dtc'
+  samples_unlabeled = True
+  host_targets = types.MappingProxyType({'sdf': sdf.compute_sdf})
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -87,9 +94,6 @@ class DTC:
     if n_classes != 1:
       raise ValueError(f'dtc: model.kwargs.n_classes={n_classes}; DTC trains one sigmoid channel per '
                        'head (upstream VNet(n_classes=num_classes - 1)), set it to 1')
-    if not config.data.get('sdf', False):
-      raise ValueError('dtc: config.data.sdf must be True (the pipeline then adds the target '
-                       "signed distance map batch['sdf'])")
     self.model = common.build_model(config)
     self.tx = common.make_optimizer(config)
     self.labeled_batch_size = config.labeled_batch_size
@@ -97,12 +101,16 @@ class DTC:
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     return common.new_state(self, rng, example_batch)
 
+  def phases(self) -> tuple[base.Phase, ...]:
+    return (base.Phase('train', 0, self.train_step),)
+
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W], sdf float32 [B, D, H, W] (the labeled
     first labeled_batch_size are read)."""
     hp, lb = self.hp, self.labeled_batch_size
     if 'sdf' not in batch:
-      raise KeyError("dtc: the batch has no 'sdf' (set config.data.sdf=True)")
+      raise KeyError("dtc: the batch has no 'sdf'; build it with the data pipeline (or "
+                     "methods.base.example_batch) from DTC.host_targets")
     rng = jax.random.fold_in(state.rng, state.step)
     weight = schedules.consistency_weight(
         state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)

@@ -1,6 +1,6 @@
 """Normalised signed distance map of a binary mask: DTC's level-set regression target.
 
-Port of `HiLab-git/DTC: code/utils/util.py::compute_sdf` for one volume (spec dtc.md section 3),
+Port of `HiLab-git/DTC: code/utils/util.py::compute_sdf` for one volume (docs/methods/dtc.md §3),
 on the host with scipy.ndimage (no skimage):
 
   fg = label != 0 (upstream casts to bool), bg = ~fg

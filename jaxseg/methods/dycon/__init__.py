@@ -1,7 +1,7 @@
 """DyCON: dynamic uncertainty-aware consistency and contrastive learning (Assefa et al., CVPR 2025).
 
 Upstream: KU-CVML/DyCON code/train_DyCON_BraTS19.py and train_DyCON_Pancreas.py (commit 69c1384),
-losses in code/utils/dycon_losses.py (here jaxseg/dycon_losses.py). Spec: dycon.md section 3.
+losses in code/utils/dycon_losses.py (here jaxseg/methods/dycon/losses.py). Method notes: docs/methods/dycon.md §3.
 Network: `unet3d_dycon` (returns output_sdf, logits, projection features).
 
 One step, batch x = [labeled (labeled_batch_size), unlabeled], y its labels (ground truth for every
@@ -36,10 +36,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxseg import dycon_losses
-from jaxseg import losses
+# `losses` in this package's namespace is the submodule jaxseg.methods.dycon.losses.
+from jaxseg import losses as seg_losses
 from jaxseg import schedules
+from jaxseg.methods import base
 from jaxseg.methods import common
+from jaxseg.methods.dycon import losses as dycon_losses
 from jaxseg.state import TrainState
 
 FECL_ON = ("unlabeled", "all")
@@ -62,9 +64,11 @@ def _forward(model, params, batch_stats, images, rng):
 
 
 class DyCON:
-  """Method protocol: init / train_step / predict (see jaxseg/methods/__init__.py)."""
+  """Method protocol: init / phases (one: train_step) / predict (jaxseg/methods/base.py)."""
 
   name = "dycon"
+  samples_unlabeled = True
+  host_targets = base.NO_HOST_TARGETS
 
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.dycon
@@ -99,6 +103,9 @@ class DyCON:
       return jnp.asarray(hp.static_beta, jnp.float32)
     return dycon_losses.adaptive_beta(epoch, self.max_epoch, hp.beta_max, hp.beta_min)
 
+  def phases(self) -> tuple[base.Phase, ...]:
+    return (base.Phase("train", 0, self.train_step),)
+
   def train_step(self, state: TrainState, batch):
     """batch: image [B, D, H, W, 1], label [B, D, H, W]; the first labeled_batch_size are labeled."""
     hp, lb = self.hp, self.labeled_batch_size
@@ -125,10 +132,10 @@ class DyCON:
       logits, features, batch_stats = _forward(self.model, params, state.batch_stats, images,
                                                student_rng)
       probs = jax.nn.softmax(logits, axis=-1)
-      ce = losses.cross_entropy(logits[:lb], labels[:lb])
-      # A static slice, not probs[..., 1] (see losses.supervised_ce_dice).
+      ce = seg_losses.cross_entropy(logits[:lb], labels[:lb])
+      # A static slice, not probs[..., 1] (see jaxseg.losses.supervised_ce_dice).
       foreground = jax.lax.index_in_dim(probs[:lb], 1, axis=-1, keepdims=False)
-      dice = losses.dice_loss(foreground, labels[:lb] == 1)
+      dice = seg_losses.dice_loss(foreground, labels[:lb] == 1)
 
       factor = images.shape[1] // features.shape[1]  # voxels per feature-grid cell (8 upstream)
       source = labels if hp.patch_label_source == "ground_truth" else jnp.argmax(t_probs, axis=-1)

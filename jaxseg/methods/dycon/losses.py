@@ -2,7 +2,7 @@
 
 Upstream: `KU-CVML/DyCON: code/utils/dycon_losses.py` (adaptive_beta, gambling_softmax, its own
 sigmoid_rampup, UnCLoss, FeCLoss) and the inline FeCL inputs of `code/train_DyCON_BraTS19.py`
-(commit 69c1384). Spec: shared/spec/methods/dycon.md section 2. Torch puts classes/channels on
+(commit 69c1384). Method notes: docs/methods/dycon.md §2. Torch puts classes/channels on
 axis 1; here they are on the last axis: logits [B, D, H, W, C], features [B, d, h, w, C], integer
 labels [B, D, H, W]. Patch embeddings are [B, N, C] with N = d*h*w in row-major (d, h, w) order,
 which is the order of torch's `view(B, C, -1)` on NCDHW.
@@ -10,21 +10,16 @@ which is the order of torch's `view(B, C, -1)` on NCDHW.
 Every function is pure jnp and jit-able; epoch-indexed schedules accept host numbers or traced
 JAX values (`state.step // iters_per_epoch` inside a jitted step).
 """
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import losses
+from jaxseg import schedules
 
 Array = jax.Array
 
 LABEL_RULES = ("trilinear", "avgpool")
-
-
-def _is_jax(x: Any) -> bool:
-  return isinstance(x, jax.Array)
 
 
 def adaptive_beta(epoch, total_epochs: float, max_beta: float = 5.0, min_beta: float = 0.5):
@@ -40,10 +35,10 @@ def adaptive_beta(epoch, total_epochs: float, max_beta: float = 5.0, min_beta: f
   if total_epochs <= 0:
     raise ValueError(f"adaptive_beta: total_epochs must be > 0, got {total_epochs}")
   ratio = min_beta / max_beta
-  if _is_jax(epoch):
+  if schedules.is_jax(epoch):
     return max_beta * jnp.power(ratio, epoch / total_epochs)
   out = max_beta * np.power(ratio, np.asarray(epoch, np.float64) / total_epochs)
-  return float(out) if np.ndim(out) == 0 else out
+  return schedules.host_result(out)
 
 
 def threshold_rampup(current_epoch, total_rampup_epochs: float, min_threshold: float,
@@ -57,13 +52,13 @@ def threshold_rampup(current_epoch, total_rampup_epochs: float, min_threshold: f
   if total_rampup_epochs < 0:
     raise ValueError(f"threshold_rampup: total_rampup_epochs must be >= 0, got {total_rampup_epochs}")
   if total_rampup_epochs == 0:
-    return jnp.asarray(max_threshold) if _is_jax(current_epoch) else float(max_threshold)
-  xp = jnp if _is_jax(current_epoch) else np
+    return jnp.asarray(max_threshold) if schedules.is_jax(current_epoch) else float(max_threshold)
+  xp = jnp if schedules.is_jax(current_epoch) else np
   e = xp.clip(xp.asarray(current_epoch, dtype=None if xp is jnp else np.float64), 0.0,
               total_rampup_epochs)
   phase = 1.0 - e / total_rampup_epochs
   out = min_threshold + (max_threshold - min_threshold) * xp.exp(-steepness * phase * phase)
-  return out if xp is jnp else (float(out) if np.ndim(out) == 0 else out)
+  return out if xp is jnp else schedules.host_result(out)
 
 
 def gambling_softmax(logits: Array, axis: int = -1) -> Array:
@@ -198,6 +193,10 @@ def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
   0.5); cross = sum -log(1 - C + 1e-18) H / (sum H + 1e-18) pooled over the batch (0 when H is
   empty, which this expression gives by itself). total = student + lambda_cross * cross.
 
+  Finite by construction, with upstream's values wherever upstream's are finite: d and log d in
+  log space (log-sum-exp with the 1e-18 as a term), the divisions by counts as max(count, 1)
+  (a zero count comes with a zero sum), and 1 - C clipped at 0 (C rounds a few ulps above 1).
+
   Args:
     feat: student embeddings [B, N, K] (L2-normalised, see `embeddings`).
     mask: patch labels [B, N] or [B, 1, N].
@@ -217,26 +216,36 @@ def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
 
   logits = jnp.einsum("bik,bjk->bij", feat, feat) / temperature * off_diag
   logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
-  exp_logits = jnp.exp(logits)
-  neg_sum = jnp.sum(exp_logits * neg, axis=-1, keepdims=True)
-  division = exp_logits / (exp_logits + neg_sum + 1e-18)
-  loss_matrix = -jnp.log(division + 1e-18) * pos * off_diag
-  # Upstream divides by (sum_j P_ij - 1) + 1e-18. The diagonal is always positive, so that is the
-  # count of OTHER positives + 1e-18, written so that XLA cannot fold -1 + 1e-18 into -1 (which
-  # turns a patch without other positives into 0 / 0).
-  n_pos = jnp.sum(pos * off_diag, axis=-1) + 1e-18
+  # Upstream's d = X / (X + sum_k X_ik Q_ik + 1e-18) and -log(d + 1e-18), X = exp(logits), in log
+  # space: the 1e-18 is one more logsumexp term, so the denominator's log is finite and its
+  # gradient bounded even when every X of a row underflows (upstream then divides 0 by 1e-18 and
+  # its backward multiplies 1e18 factors, which XLA may overflow to inf * 0 = NaN).
+  log_eps = jnp.log(jnp.asarray(1e-18, feat.dtype))
+  # Pairs outside Q get a logit whose exp is exactly 0 (a finite value, so no inf - inf).
+  neg_logits = jnp.where(neg > 0, logits, -1e4)
+  eps_col = jnp.full((b, n, 1), log_eps, feat.dtype)
+  log_neg_eps = jax.nn.logsumexp(jnp.concatenate([neg_logits, eps_col], axis=-1), axis=-1,
+                                 keepdims=True)
+  log_division = logits - jnp.logaddexp(logits, log_neg_eps)
+  division = jnp.exp(log_division)
+  loss_matrix = -jnp.logaddexp(log_division, log_eps) * pos * off_diag
+  # Upstream divides by (sum_j P_ij - 1) + 1e-18: the count of OTHER positives (the diagonal is
+  # always positive) + 1e-18. A patch without other positives has a zero row sum, so it scores 0
+  # either way; dividing by max(count, 1) gives those numbers without the 1e18 gradient factor.
+  n_pos = jnp.sum(pos * off_diag, axis=-1)
+  safe_n_pos = jnp.maximum(n_pos, 1.0)
 
   if gambling is not None:
-    per_patch = jnp.sum(loss_matrix, axis=-1) / n_pos
+    per_patch = jnp.sum(loss_matrix, axis=-1) / safe_n_pos
     student = jnp.mean(per_patch * gambling.reshape(b, n))
   elif use_focal:
     pos_th = threshold_rampup(epoch, rampup_epochs, 1.3, 1.5)
     neg_th = threshold_rampup(epoch, rampup_epochs, 0.3, 0.5)
     focal = jnp.where((pos > 0) & (division < pos_th), jnp.power(1.0 - division, gamma),
                       jnp.where((neg > 0) & (division > neg_th), jnp.power(division, gamma), 1.0))
-    student = jnp.mean(jnp.sum(loss_matrix * focal, axis=-1) / n_pos)
+    student = jnp.mean(jnp.sum(loss_matrix * focal, axis=-1) / safe_n_pos)
   else:
-    student = jnp.mean(jnp.sum(loss_matrix, axis=-1) / n_pos)
+    student = jnp.mean(jnp.sum(loss_matrix, axis=-1) / safe_n_pos)
 
   cross = jnp.zeros((), feat.dtype)
   if teacher_feat is not None:
@@ -248,9 +257,13 @@ def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
     # the mask the value is upstream's.
     # The barrier keeps XLA from folding (1 - C) + 1e-18 into (1 + 1e-18) - C = 1 - C, which
     # would give -log(0) = inf at C == 1 where torch gives -log(1e-18).
-    safe = jnp.where(hard, jax.lax.optimization_barrier(1.0 - cross_sim) + 1e-18, 1.0)
+    # Rounding can put C a few ulps above 1 (unit vectors); torch's -log(1 - C + 1e-18) is NaN
+    # there, max(1 - C, 0) gives upstream's value at C == 1 instead.
+    gap = jnp.maximum(jax.lax.optimization_barrier(1.0 - cross_sim), 0.0)
+    safe = jnp.where(hard, gap + 1e-18, 1.0)
     hard_f = hard.astype(feat.dtype)
-    cross = jnp.sum(-jnp.log(safe) * hard_f) / (jnp.sum(hard_f) + 1e-18)
+    # Upstream's + 1e-18 only matters when H is empty, where the sum is 0 either way.
+    cross = jnp.sum(-jnp.log(safe) * hard_f) / jnp.maximum(jnp.sum(hard_f), 1.0)
   return {"total": student + lambda_cross * cross, "student": student, "cross": cross}
 
 
