@@ -1,9 +1,6 @@
-"""Evaluate a state on a split: per-case CSV, summary JSON, and a printed table.
+"""Evaluation of a state on a split: per-case CSV, summary JSON, and a printed table.
 
-  python -m jaxseg.evaluate --workdir RUN [--split val|test] [--mode parity|clean]
-                            [--checkpoint final|best_val] [--largest_cc] [--save_predictions]
-
-Two modes (DESIGN.md "Evaluation modes"), named in every output:
+Two modes (docs/design.md "Evaluation modes"), named in every output:
   * parity (what published numbers mean; upstream yulequan/UA-MT code/test_util.py `test_all_case`):
     stride sliding window with count-averaged softmax, argmax, medpy dc / jc / hd95 / asd in voxels, an
     empty prediction scored (0, 0, 0, 0).
@@ -16,12 +13,13 @@ Two modes (DESIGN.md "Evaluation modes"), named in every output:
 Where results go (never overwriting the training-time result):
   * training (jaxseg/train.py) writes `<workdir>/eval/<split>/{cases.csv,summary.json}`: the final state in
     `config.eval.mode` (the contract every run fulfils);
-  * this command writes `<workdir>/eval/<split>/<variant>/`, variant = `<mode>[_lcc][_best_val]`
-    (`_lcc`: clean mode with largest-component post-processing; `_best_val`: the best-on-validation
-    checkpoint), plus `predictions/<case>.npz` (key `pred`, uint8 label map [D, H, W]) with
-    --save_predictions. Re-running the same variant replaces it; the summary records every setting.
+  * `evaluate_workdir` (the command `python -m jaxseg.evaluate`) writes
+    `<workdir>/eval/<split>/<variant>/`, variant = `<mode>[_lcc][_best_val]` (`_lcc`: clean mode with
+    largest-component post-processing; `_best_val`: the best-on-validation checkpoint), plus
+    `predictions/<case>.npz` (key `pred`, uint8 label map [D, H, W]) with save_predictions. Re-running
+    the same variant replaces it; the summary records every setting.
 """
-import argparse
+import functools
 import json
 import math
 import pathlib
@@ -37,6 +35,7 @@ import numpy as np
 from jaxseg import inference
 from jaxseg import io_utils
 from jaxseg import metrics
+from jaxseg import postprocess
 
 METRIC_NAMES = ("dice", "jaccard", "hd95", "asd")
 MODES = ("parity", "clean")
@@ -54,15 +53,31 @@ def _jitted_predict(method):
   return _PREDICT[method]
 
 
+# Likewise one on-device sliding window per (method, classes, window batch, mesh).
+_WINDOWS = weakref.WeakKeyDictionary()
+
+
+def _device_windows(method, num_classes: int, batch_size: int, mesh) -> inference.DeviceWindows:
+  per_method = _WINDOWS.setdefault(method, {})
+  key = (num_classes, batch_size, mesh)
+  if key not in per_method:
+    per_method[key] = inference.DeviceWindows(method.predict, num_classes, batch_size, mesh)
+  return per_method[key]
+
+
 def evaluate(method, state, source, config, out_dir=None, split: str = "val",
              checkpoint_step: int | None = None, max_cases: int = 0, stream=sys.stdout,
-             checkpoint: str = "final", save_predictions: bool | None = None) -> dict:
+             checkpoint: str = "final", save_predictions: bool | None = None, mesh=None) -> dict:
   """Evaluate `method.predict` under `state` on every case of `source` (a random-access source).
 
   `config.eval.mode` picks the mode (module docstring). Returns the summary dict; when `out_dir` is
   given writes `cases.csv` and `summary.json` there, and with `save_predictions` (default:
   `config.eval.save_predictions` when `out_dir` is given) each case's label map as
   `out_dir/predictions/<case>.npz`.
+
+  3D volumes run the sliding window on the device (`inference.DeviceWindows`: one jitted program
+  per volume, its window batches sharded over every device of `mesh`; without a mesh, on one
+  device), with the host loop's numbers; 2D networks run slice by slice through `predict_case`.
   """
   mode = config.eval.mode
   if mode not in MODES:
@@ -71,17 +86,22 @@ def evaluate(method, state, source, config, out_dir=None, split: str = "val",
     save_predictions = out_dir is not None and bool(config.eval.get("save_predictions", False))
   if save_predictions and out_dir is None:
     raise ValueError("evaluate: save_predictions needs an out_dir")
-  # One device is plenty for inference; this also frees it from the training mesh's shardings.
-  state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
-  predict = _jitted_predict(method)
   num_classes = config.data.num_classes
+  if len(config.data.patch_size) == 3:
+    windows = _device_windows(method, num_classes, config.eval.batch_size, mesh)
+    state = windows.put(state)
+    label_map_of = lambda image: predict_case_on_device(windows, state, image, config)  # noqa: E731
+  else:
+    state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
+    predict = _jitted_predict(method)
+    prob_fn = lambda w: predict(state, w)  # noqa: E731
+    label_map_of = lambda image: predict_case(prob_fn, image, config)  # noqa: E731
   settings = mode_settings(config)
   n = len(source) if not max_cases else min(max_cases, len(source))
   rows, t0 = [], time.time()
   for i in range(n):
     example = source[i]
-    label_map = predict_case(lambda w: predict(state, w), np.asarray(example["image"], np.float32),
-                             config)
+    label_map = label_map_of(np.asarray(example["image"], np.float32))
     row = {"case": example["case"]}
     row.update(_case_metrics(label_map, np.asarray(example["label"]), num_classes, mode=mode,
                              spacing=settings.get("spacing_mm")))
@@ -145,8 +165,26 @@ def predict_case(prob_fn, image: np.ndarray, config) -> np.ndarray:
     label_map, _ = inference.sliding_window_gaussian(
         prob_fn, image, tuple(d.patch_size), d.num_classes, overlap=float(e.get("overlap", 0.5)),
         sigma_scale=float(e.get("sigma_scale", 0.125)), batch_size=e.batch_size)
-  if e.get("largest_cc", False):
-    label_map = metrics.largest_component_per_class(label_map, d.num_classes)
+  return _postprocess(label_map, config)
+
+
+def predict_case_on_device(windows: inference.DeviceWindows, state, image: np.ndarray,
+                           config) -> np.ndarray:
+  """`predict_case` of a 3D volume [D, H, W] by the on-device sliding window `windows` under
+  `state` (placed by `windows.put`)."""
+  e, d = config.eval, config.data
+  if e.mode == "parity":
+    grid = functools.partial(inference.parity_grid, stride_xy=e.stride_xy, stride_z=e.stride_z)
+  else:
+    grid = functools.partial(inference.gaussian_grid, overlap=float(e.get("overlap", 0.5)),
+                             sigma_scale=float(e.get("sigma_scale", 0.125)))
+  label_map, _ = windows(state, image, tuple(d.patch_size), grid)
+  return _postprocess(label_map, config)
+
+
+def _postprocess(label_map: np.ndarray, config) -> np.ndarray:
+  if config.eval.get("largest_cc", False):
+    label_map = postprocess.largest_component_per_class_np(label_map, config.data.num_classes)
   return label_map
 
 
@@ -246,7 +284,7 @@ def _progress(stream, what: str, done: int, total: int, note: str, t0: float) ->
 
 
 # ------------------------------------------------------------------------------------------------------
-# The command: evaluate a finished (or partial) run's checkpoint.
+# A finished (or partial) run's checkpoint, as `python -m jaxseg.evaluate` evaluates it.
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -276,12 +314,12 @@ def split_source(config, workdir, split: str):
   if split == "val":
     ids = stored["val"]
   elif split == "test":
-    list_path = root / get_dataset(config.data.name).test_list
+    list_path = root / get_dataset(config.data.name, config.data).test_list
     if not list_path.is_file():
       raise FileNotFoundError(
           f"--split test: {list_path} not found. The test split is the data root's test list "
           f"(data root {root}); this dataset has none, so evaluate on --split val")
-    ids = get_dataset(config.data.name).read_list(list_path)
+    ids = get_dataset(config.data.name, config.data).read_list(list_path)
     seen = set(stored["train"]) | set(stored["val"])
     leaked = sorted(set(ids) & seen)
     if leaked:
@@ -292,17 +330,19 @@ def split_source(config, workdir, split: str):
     raise ValueError(f"--split {split!r}: must be 'val' or 'test'")
   if not ids:
     raise ValueError(f"split {split!r} of {workdir} has no cases")
-  return get_dataset(config.data.name).val_source(root, ids, config.data.num_classes)
+  return get_dataset(config.data.name, config.data).val_source(root, ids, config.data.num_classes)
 
 
-def run(workdir, split: str = "val", mode: str | None = None, checkpoint: str = "final",
-        overlap: float | None = None, sigma_scale: float | None = None, largest_cc: bool = False,
-        save_predictions: bool = False, max_cases: int = 0, batch_size: int | None = None,
-        stream=sys.stdout) -> tuple[dict, pathlib.Path]:
+def evaluate_workdir(workdir, split: str = "val", mode: str | None = None,
+                     checkpoint: str = "final", overlap: float | None = None,
+                     sigma_scale: float | None = None, largest_cc: bool = False,
+                     save_predictions: bool = False, max_cases: int = 0,
+                     batch_size: int | None = None, stream=sys.stdout) -> tuple[dict, pathlib.Path]:
   """Evaluates a run's checkpoint (see the module docstring). Returns (summary, output folder)."""
   from jaxseg import checkpoints as checkpoints_lib
-  from jaxseg import config_lib
+  from jaxseg import config_check
   from jaxseg import methods
+  from jaxseg.methods import base as methods_base
 
   checkpoint = checkpoints_lib.resolve_choice(checkpoint)
   workdir = pathlib.Path(workdir).resolve()
@@ -326,15 +366,12 @@ def run(workdir, split: str = "val", mode: str | None = None, checkpoint: str = 
     if mode == "clean" and config.data.get("spacing") is None:
       print(f"[jaxseg.evaluate] {workdir / 'config.json'} has no data.spacing: clean-mode distances "
             "are in voxels", file=stream, flush=True)
-  config_lib.validate(config)
+  config_check.validate(config)
   source = split_source(config, workdir, split)
 
   method = methods.build(config)
-  example = {
-      "image": np.zeros((config.batch_size, *config.data.patch_size, 1), np.float32),
-      "label": np.zeros((config.batch_size, *config.data.patch_size), np.int32),
-  }
-  template = method.init(jax.random.PRNGKey(config.seed), example)
+  template = method.init(jax.random.PRNGKey(config.seed),
+                         methods_base.example_batch(config, method.host_targets))
   state, step = checkpoints_lib.restore(workdir, checkpoint, template)
   if checkpoint == "final" and step < config.total_steps:
     print(f"[jaxseg.evaluate] note: the run is not finished: latest checkpoint is step {step} of "
@@ -347,44 +384,3 @@ def run(workdir, split: str = "val", mode: str | None = None, checkpoint: str = 
                      checkpoint_step=step, max_cases=max_cases, stream=stream,
                      checkpoint=checkpoint, save_predictions=save_predictions)
   return summary, out_dir
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxseg.evaluate",
-      description="Evaluate a run's checkpoint on a split (parity or clean mode).")
-  parser.add_argument("--workdir", required=True, help="run directory (holds config.json)")
-  parser.add_argument("--split", default="val", choices=["val", "test"])
-  parser.add_argument("--mode", default=None, choices=list(MODES),
-                      help="default: the run's config.eval.mode")
-  parser.add_argument("--checkpoint", default="final",
-                      help="final (default) or best_val (chosen on the validation split in training)")
-  parser.add_argument("--overlap", type=float, default=None, help="clean mode: window overlap")
-  parser.add_argument("--sigma_scale", type=float, default=None, help="clean mode: gaussian sigma / window")
-  parser.add_argument("--largest_cc", action="store_true",
-                      help="clean mode: keep each class's largest connected component")
-  parser.add_argument("--save_predictions", action="store_true",
-                      help="save each case's label map as predictions/<case>.npz (launch/report.py)")
-  parser.add_argument("--max_cases", type=int, default=0, help="evaluate only the first N cases")
-  parser.add_argument("--batch_size", type=int, default=None, help="windows per network call")
-  args = parser.parse_args(argv)
-  if args.largest_cc and args.mode == "parity":
-    parser.error("--largest_cc is a clean-mode option; parity mode applies the method's own rule "
-                 "(the run's config eval.largest_cc)")
-  from jaxseg import checkpoints as checkpoints_lib
-  try:
-    checkpoints_lib.resolve_choice(args.checkpoint)
-  except checkpoints_lib.CheckpointError as e:
-    parser.error(str(e))
-  try:
-    run(args.workdir, split=args.split, mode=args.mode, checkpoint=args.checkpoint,
-        overlap=args.overlap, sigma_scale=args.sigma_scale, largest_cc=args.largest_cc,
-        save_predictions=args.save_predictions, max_cases=args.max_cases, batch_size=args.batch_size)
-  except (FileNotFoundError, ValueError) as e:  # CheckpointError and DataError are ValueErrors
-    print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -6,17 +6,26 @@ MT baseline): zero-pad only the axes shorter than the patch, visit a strided win
 snapped to the border, average the per-window class probabilities by overlap count, argmax, crop the padding.
 Windows are sent to the network in fixed-size batches so a jitted `prob_fn` compiles once per patch shape.
 
+`DeviceWindows` runs the same window grid and the same accumulation, in the same order, as one
+jitted program: the windows are cut from the volume on the device, batched through the network
+(sharded over every device of a mesh) and accumulated there; evaluation uses it for 3D volumes,
+and its label maps equal the host loop's (tests/test_parallel.py).
+
 Axis order is the h5 order (D, H, W) = (x, y, z): `stride_xy` applies to axes 0 and 1, `stride_z` to axis 2,
 and `patch_size` reads as upstream (112, 112, 80).
 
 DTC (`HiLab-git/DTC: code/test_util.py`) differs only in the per-window rule (sigmoid of a one-channel seg
 head broadcast over both classes, label = score > 0.5); it is not implemented here.
 """
+import functools
 import itertools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
 
@@ -112,13 +121,18 @@ def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequen
   """
   padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, batch_size,
                                                     "sliding_window_parity")
+  starts, weight = parity_grid(padded.shape[:3], patch, stride_xy, stride_z)
+  return _blend_windows(prob_fn, padded, starts, patch, weight, batch_size,
+                        num_classes, pad_width, spatial, "sliding_window_parity")
+
+
+def parity_grid(shape: Sequence[int], patch: Sequence[int], stride_xy: int, stride_z: int):
+  """(window starts, weights [pd, ph, pw]) of the parity window over a padded volume of `shape`:
+  the strided grid, every window weighing 1 (upstream averages plain counts)."""
   strides = (stride_xy, stride_xy, stride_z)
   starts = list(itertools.product(*(window_starts(s, p, st)
-                                    for s, p, st in zip(padded.shape[:3], patch, strides))))
-
-  # Upstream averages plain counts: every window weighs 1.
-  return _blend_windows(prob_fn, padded, starts, patch, np.ones(patch, np.float32), batch_size,
-                        num_classes, pad_width, spatial, "sliding_window_parity")
+                                    for s, p, st in zip(shape, patch, strides))))
+  return starts, np.ones(tuple(patch), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,12 +202,116 @@ def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequ
   """
   padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, batch_size,
                                                     "sliding_window_gaussian")
-  starts = list(itertools.product(*(
-      window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(padded.shape[:3], patch))))
-  weight = gaussian_importance_map(patch, sigma_scale)
-
+  starts, weight = gaussian_grid(padded.shape[:3], patch, overlap, sigma_scale)
   return _blend_windows(prob_fn, padded, starts, patch, weight, batch_size, num_classes,
                         pad_width, spatial, "sliding_window_gaussian")
+
+
+def gaussian_grid(shape: Sequence[int], patch: Sequence[int], overlap: float, sigma_scale: float):
+  """(window starts, weights [pd, ph, pw]) of the clean-mode window over a padded volume of
+  `shape`: MONAI's scan interval and gaussian importance map."""
+  starts = list(itertools.product(*(
+      window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(shape, patch))))
+  return starts, gaussian_importance_map(patch, sigma_scale)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On device: the same windows and accumulation as one jitted program.
+# ---------------------------------------------------------------------------------------------------------
+
+# Volumes are zero-padded at the far end up to a multiple of this and the window list up to a power of
+# two of batches, so that cases of similar size share one compiled program (no window reaches the
+# padding; the padded window slots are skipped).
+SHAPE_BUCKET = 32
+
+
+class DeviceWindows:
+  """Whole-volume prediction on the device: `predict(state, windows [N, pd, ph, pw, Cin])` ->
+  probabilities [N, pd, ph, pw, num_classes] (e.g. `method.predict`) over the windows of a grid.
+
+  The windows are cut from the volume on the device, sent through `predict` in batches of
+  `batch_size` (rounded up to a multiple of the mesh's devices, the batch sharded over all of
+  them; a window's probabilities do not depend on its batch mates, eval-mode BN) and accumulated as
+  `_blend_windows` does: weight * probabilities and the weights, window after window in grid order
+  (the float32 sums round as the host loop's), then normalised. Compiled once per bucketed volume
+  shape.
+  """
+
+  def __init__(self, predict, num_classes: int, batch_size: int, mesh: Mesh | None = None):
+    if batch_size <= 0:
+      raise ValueError(f"DeviceWindows: batch_size must be > 0, got {batch_size}")
+    self.num_classes = num_classes
+    self.mesh = mesh
+    n = 1 if mesh is None else mesh.devices.size
+    self.batch_size = -(-batch_size // n) * n
+    windows = None if mesh is None else NamedSharding(mesh, P(mesh.axis_names))
+    self._blend = jax.jit(functools.partial(_device_blend, predict, windows, num_classes,
+                                            self.batch_size), static_argnames=("patch",))
+
+  def put(self, tree):
+    """`tree` on the mesh, replicated (on the first local device without a mesh)."""
+    if self.mesh is None:
+      return jax.device_put(tree, jax.local_devices()[0])
+    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+  def __call__(self, state, image: np.ndarray, patch_size: Sequence[int],
+               grid) -> tuple[np.ndarray, np.ndarray]:
+    """(label int64 [D, H, W], score float32 [D, H, W, num_classes]) of `image` [D, H, W(, Cin)].
+
+    `state` as `put` places it; `grid(padded_shape, patch)` -> (starts, weight), e.g.
+    `functools.partial(parity_grid, stride_xy=18, stride_z=4)`.
+    """
+    padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, self.batch_size,
+                                                      "DeviceWindows")
+    starts, weight = grid(padded.shape[:3], patch)
+    bucket = tuple(-(-s // SHAPE_BUCKET) * SHAPE_BUCKET for s in padded.shape[:3])
+    padded = np.pad(padded, [(0, b - s) for b, s in zip(bucket, padded.shape[:3])] + [(0, 0)])
+    n_batches = -(-len(starts) // self.batch_size)
+    slots = self.batch_size * (1 << max(n_batches - 1, 0).bit_length())
+    table = np.zeros((slots, 3), np.int32)
+    table[:len(starts)] = starts
+    score = self._blend(state, *self.put((padded, table, np.int32(len(starts)), weight)),
+                        patch=patch)
+    score = np.asarray(score)
+    label = np.argmax(score, axis=-1).astype(np.int64)
+    crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
+    return label[crop], np.ascontiguousarray(score[crop])
+
+
+def _device_blend(predict, windows_sharding, num_classes: int, batch_size: int, state, padded,
+                  starts, n_windows, weight, patch: tuple[int, ...]):
+  """`DeviceWindows`'s program: normalised scores [D', H', W', num_classes] of the bucketed volume
+  (zero where no window reaches)."""
+  cin = padded.shape[-1]
+  score = jnp.zeros(padded.shape[:3] + (num_classes,), jnp.float32)
+  norm = jnp.zeros(padded.shape[:3], jnp.float32)
+
+  def cut(start):
+    return jax.lax.dynamic_slice(padded, (*start, 0), (*patch, cin))
+
+  def one_batch(b, carry):
+    index = b * batch_size + jnp.arange(batch_size)
+    batch_starts = starts[index]
+    windows = jax.vmap(cut)(batch_starts)
+    if windows_sharding is not None:
+      windows = jax.lax.with_sharding_constraint(windows, windows_sharding)
+    probs = predict(state, windows).astype(jnp.float32)
+
+    def add(i, carry):
+      score, norm = carry
+      start, valid = batch_starts[i], index[i] < n_windows
+      region = jax.lax.dynamic_slice(score, (*start, 0), (*patch, num_classes))
+      region = jnp.where(valid, region + probs[i] * weight[..., None], region)
+      counts = jax.lax.dynamic_slice(norm, tuple(start), patch)
+      counts = jnp.where(valid, counts + weight, counts)
+      return (jax.lax.dynamic_update_slice(score, region, (*start, 0)),
+              jax.lax.dynamic_update_slice(norm, counts, tuple(start)))
+
+    return jax.lax.fori_loop(0, batch_size, add, carry)
+
+  n_batches = (n_windows + batch_size - 1) // batch_size
+  score, norm = jax.lax.fori_loop(0, n_batches, one_batch, (score, norm))
+  return jnp.where(norm[..., None] > 0, score / jnp.where(norm > 0, norm, 1.0)[..., None], 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------

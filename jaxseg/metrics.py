@@ -8,12 +8,12 @@ border, and distances are Euclidean distance transforms in the given voxel spaci
 The UA-MT evaluation (`yulequan/UA-MT: code/test_util.py::calculate_metric_percase`) reports
 [dc, jc, hd95, asd] in voxel units (no spacing); `asd` is medpy's *directed* distance result -> reference.
 """
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-Spacing = Optional[Union[float, Sequence[float]]]
+Spacing = float | Sequence[float] | None
 
 
 class EmptyMaskError(ValueError, RuntimeError):
@@ -65,7 +65,7 @@ def jc(result: np.ndarray, reference: np.ndarray) -> float:
   return float(intersection) / float(union)
 
 
-def _spacing(voxelspacing: Spacing, ndim: int) -> Optional[np.ndarray]:
+def _spacing(voxelspacing: Spacing, ndim: int) -> np.ndarray | None:
   if voxelspacing is None:
     return None
   spacing = np.asarray(voxelspacing, dtype=np.float64)
@@ -162,7 +162,8 @@ def parity_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Clean mode (DESIGN.md "Evaluation modes"): distances in mm, NaN instead of a made-up score for empty masks.
+# Clean mode (docs/design.md "Evaluation modes"): distances in mm, NaN instead of a made-up score for
+# empty masks.
 #
 # Conventions follow MONAI's metrics (`monai.metrics.compute_hausdorff_distance(percentile=95)`,
 # `compute_average_surface_distance(symmetric=True)`, `DiceMetric(ignore_empty=True)`): surfaces are the
@@ -173,39 +174,6 @@ def parity_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing 
 #     empty prediction of a non-empty reference scores 0;
 #   * hd95 / assd: NaN when either mask is empty (no surface to measure from).
 # ---------------------------------------------------------------------------------------------------------
-
-def largest_connected_component(mask: np.ndarray, connectivity: Optional[int] = None) -> np.ndarray:
-  """The largest connected component of a binary mask (scipy.ndimage.label).
-
-  Args:
-    mask: binary [D, H, W] (any rank).
-    connectivity: neighbourhood rank for `generate_binary_structure`; None = full (26 in 3D), as MONAI's
-      `KeepLargestConnectedComponent` default.
-
-  Returns:
-    bool array of `mask`'s shape; an empty mask stays empty. Ties between equal sizes keep the component
-    whose label scipy numbers first (the first in C order).
-  """
-  mask = np.asarray(mask).astype(bool)
-  structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
-  labels, n = ndimage.label(mask, structure=structure)
-  if n <= 1:
-    return mask
-  sizes = np.bincount(labels.ravel())[1:]
-  return labels == (int(np.argmax(sizes)) + 1)
-
-
-def largest_component_per_class(label_map: np.ndarray, num_classes: int) -> np.ndarray:
-  """Keep only the largest connected component of every foreground class c >= 1; the rest becomes 0.
-
-  label_map: int [D, H, W]. Returns an array of the same shape and dtype.
-  """
-  label_map = np.asarray(label_map)
-  out = np.zeros_like(label_map)
-  for c in range(1, num_classes):
-    out[largest_connected_component(label_map == c)] = c
-  return out
-
 
 def directed_hd95(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None) -> float:
   """95th percentile (linear interpolation) of the distances result surface -> reference surface."""

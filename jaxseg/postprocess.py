@@ -1,26 +1,37 @@
-"""Largest connected component in pure JAX (jit-able, no host callback), for pseudo-labels.
+"""Largest-connected-component post-processing: in the jitted step (pseudo-labels) and on the host
+(evaluation).
 
 Upstream keeps, per sample, the largest component of a binary mask with
 `skimage.measure.label(mask)` (default connectivity = full: 26-neighbourhood in 3D, 8 in 2D) and
 `labels == argmax(bincount(labels.flat)[1:]) + 1`:
   * BCP `LargestCC_pancreas` / `get_cut_mask(nms=1)` (DeepMed-Lab-ECNU/BCP code/LA_BCP_train.py),
     CML's copy (SongwuJob/CML code/CML_LA_train.py);
-  * BCP `get_ACDC_2DLargestCC` (code/ACDC_BCP_train.py): the same per class 1..C-1 of a 2D argmax map.
+  * BCP `get_ACDC_2DLargestCC` (code/ACDC_BCP_train.py): the same per class 1..C-1 of a 2D argmax map;
+  * the test scripts' `--nms 1` (DTC, BCP, CML, DyCON), on each predicted volume.
 An all-background sample is returned unchanged (empty). Ties in size go to the lowest skimage label,
 i.e. the component whose first voxel in raster (C) order comes first.
 
-Method: every foreground voxel starts with its own flat raster index as label; each round takes the
-minimum label over the full 3^n neighbourhood (background = +inf; a separable box minimum, since
-the cube is a product of 1-D windows) and then jumps pointers (label <- label of the voxel the label
-names), in a `lax.while_loop` until nothing changes. A voxel's label is always the index of a voxel
-of its own component and only decreases, so at the fixed point every component carries its lowest
-raster index: ordering components by label is skimage's ordering. Sizes are a segment sum.
+Two implementations with the same result (tests/test_postprocess.py checks they agree):
+  * `largest_component`, `largest_component_per_class`: pure JAX on a batch [B, *spatial], for the
+    jitted training step (BCP, CML pseudo-labels; `cut_mask_pseudo_labels`). Every foreground voxel
+    starts with its own flat raster index as label; each round takes the minimum label over the
+    full 3^n neighbourhood (background = +inf; a separable box minimum, since the cube is a product
+    of 1-D windows) and then jumps pointers (label <- label of the voxel the label names), in a
+    `lax.while_loop` until nothing changes. A voxel's label is always the index of a voxel of its
+    own component and only decreases, so at the fixed point every component carries its lowest
+    raster index: ordering components by label is skimage's ordering. Sizes are a segment sum.
+  * `largest_component_np`, `largest_component_per_class_np`: scipy.ndimage.label on one volume
+    [D, H, W], for evaluation. Whole test volumes differ in shape from case to case (one XLA compile
+    each for the JAX version) and a long thin component costs the JAX version one loop round per
+    few voxels of its length; scipy labels in a single pass.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from scipy import ndimage
 
 Array = jax.Array
 
@@ -131,3 +142,37 @@ def cut_mask_pseudo_labels(logits: Array, threshold: float = 0.5) -> Array:
   if logits.ndim == 4:
     return largest_component_per_class(jnp.argmax(probs, axis=-1), logits.shape[-1])
   raise ValueError(f"pseudo-labels: expected logits [B, D, H, W, C] or [B, H, W, C], got {logits.shape}")
+
+
+def largest_component_np(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+  """The largest connected component of one binary mask (any rank), on the host.
+
+  Args:
+    mask: binary [D, H, W] (any rank).
+    connectivity: neighbourhood rank for `scipy.ndimage.generate_binary_structure`; None = full (26
+      in 3D, skimage's and MONAI's `KeepLargestConnectedComponent` default).
+
+  Returns:
+    bool array of `mask`'s shape; an empty mask stays empty; ties keep the component scipy numbers
+    first (the first in raster order), as `largest_component`.
+  """
+  mask = np.asarray(mask).astype(bool)
+  structure = ndimage.generate_binary_structure(mask.ndim, connectivity or mask.ndim)
+  labels, n = ndimage.label(mask, structure=structure)
+  if n <= 1:
+    return mask
+  sizes = np.bincount(labels.ravel())[1:]
+  return labels == (int(np.argmax(sizes)) + 1)
+
+
+def largest_component_per_class_np(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+  """`largest_component_per_class` of one volume on the host: each class c in 1..num_classes-1
+  keeps only its largest full-connectivity component, the rest becomes 0.
+
+  label_map: int [D, H, W]. Returns an array of the same shape and dtype.
+  """
+  label_map = np.asarray(label_map)
+  out = np.zeros_like(label_map)
+  for c in range(1, num_classes):
+    out[largest_component_np(label_map == c)] = c
+  return out

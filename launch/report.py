@@ -5,7 +5,7 @@ r"""Tables, paired tests and figures from a sweep's runs.
 Reads every run of `<root>/sweep.json` (launch/sweep.py), or every `config.json` below `root` when there
 is no manifest, and each run's per-case results `<run>/<eval>/cases.csv` (+ `summary.json` for the mode).
 `--eval` picks which evaluation: `eval/val` (the training-time one, default), `eval/val/clean`,
-`eval/test/clean_best_val`, ... (jaxseg/evaluate.py documents the layout). Writes to `--out`:
+`eval/test/clean_best_val`, ... (jaxseg/evaluation.py documents the layout). Writes to `--out`:
 
   * results.md / results.csv / results.tex: per method (the sweep's config name) and labeled count,
     mean ± std OVER SEEDS of each run's mean over cases (NaN cases ignored, as the summaries do); std is
@@ -282,7 +282,8 @@ def _load_case(run: RunResult, case: str) -> tuple[np.ndarray, np.ndarray, np.nd
     pred = f["pred"]
   config = ml_collections.ConfigDict(json.loads((run.workdir / "config.json").read_text()))
   root = builder.resolve_root(config, run.workdir)
-  example = build_source(config.data.name, root, [case], config.data.num_classes)[0]
+  example = build_source(config.data.name, root, [case], config.data.num_classes,
+                         data_config=config.data)[0]
   return np.asarray(example["image"], np.float32), np.asarray(example["label"]), pred
 
 

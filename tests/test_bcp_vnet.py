@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/bcp_vnet.py: parity with DeepMed-Lab-ECNU/BCP code/networks/VNet.py
-(fixture BCP_VNet.npz, shared/parity/NETWORKS.md) for every output the fixture holds (eval logits
+(fixture BCP_VNet.npz, docs/parity.md) for every output the fixture holds (eval logits
 and pooled bottleneck, train outputs, BN running stats, float64 and float32 gradients), the torch
 importer with and without the unused heads, and the two dropout sites."""
 import functools
@@ -11,9 +11,17 @@ import pytest
 
 from jaxseg import models
 from jaxseg.models import torch_import
-from tests.conftest import (assert_grads64_match, assert_key_map_covers, assert_outputs_match,
-                            assert_train_step_matches, channel_dropout_masks, fixture_outputs, leaf,
-                            loss_and_grads, lossw_loss, network_fixture, x64_loss_and_grads)
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_key_map_covers
+from tests.conftest import assert_train_step_matches
+from tests.conftest import channel_dropout_masks
+from tests.conftest import fixture_outputs
+from tests.conftest import leaf
+from tests.conftest import loss_and_grads
+from tests.conftest import lossw_loss
+from tests.conftest import network_fixture
+from tests.conftest import x64_loss_and_grads
 
 FIXTURE = 'BCP_VNet.npz'
 
@@ -27,7 +35,7 @@ def _load(parity):
 
 
 def _train_forward(model, variables, x):
-  # The fixture's train pass runs with every dropout p = 0 (NETWORKS.md section 1, step 5).
+  # The fixture's train pass runs with every dropout p = 0 (docs/parity.md).
   return model.apply(variables, x, train=True, turnoff_drop=True, return_pooled=True,
                      mutable=['batch_stats'])
 
@@ -35,9 +43,9 @@ def _train_forward(model, variables, x):
 def test_eval_outputs_match_upstream(parity):
   pf, kwargs, variables, x = _load(parity)
   model = models.get('bcp_vnet', **kwargs)
-  got = jax.jit(functools.partial(model.apply, train=False, return_pooled=True))(variables, x)
+  eval_forward = lambda m, v, x: m.apply(v, x, train=False, return_pooled=True)
+  got = assert_forward_matches(pf, 'out', model, eval_forward, variables, x)
   assert len(got) == 2  # logits, pooled x5
-  assert_outputs_match(pf, 'out', got)
   # Without return_pooled the call returns the logits alone (what the methods use).
   logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
   np.testing.assert_array_equal(logits, got[0])

@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/cml_vnet.py: parity with SongwuJob/CML code/networks/VNet.py (fixture
-CML_VNet.npz, shared/parity/NETWORKS.md) for every output the fixture holds (eval, train, BN
+CML_VNet.npz, docs/parity.md) for every output the fixture holds (eval, train, BN
 running stats, float64 and float32 gradients), and the torch importer's key map."""
 import functools
 import math
@@ -11,9 +11,15 @@ import pytest
 
 from jaxseg import models
 from jaxseg.models import torch_import
-from tests.conftest import (assert_grads64_match, assert_key_map_covers, assert_outputs_match,
-                            assert_train_step_matches, channel_dropout_masks, fixture_outputs,
-                            lossw_loss, network_fixture, x64_loss_and_grads)
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_key_map_covers
+from tests.conftest import assert_train_step_matches
+from tests.conftest import channel_dropout_masks
+from tests.conftest import fixture_outputs
+from tests.conftest import lossw_loss
+from tests.conftest import network_fixture
+from tests.conftest import x64_loss_and_grads
 
 FIXTURE = 'CML_VNet.npz'
 
@@ -23,16 +29,17 @@ def _load(parity):
 
 
 def _train_forward(model, variables, x):
-  # The fixture's train pass runs with every dropout p set to 0 (NETWORKS.md section 1, step 5): here
+  # The fixture's train pass runs with every dropout p set to 0 (docs/parity.md): here
   # has_dropout=False, i.e. the same forward with batch-statistics BN.
   return model.apply(variables, x, train=True, mutable=['batch_stats'])
 
 
 def test_eval_outputs_match_upstream(parity):
   pf, kwargs, variables, x = _load(parity)
-  got = jax.jit(functools.partial(models.get('cml_vnet', **kwargs).apply, train=False))(variables, x)
+  eval_forward = lambda m, v, x: m.apply(v, x, train=False)
+  got = assert_forward_matches(pf, 'out', models.get('cml_vnet', **kwargs), eval_forward, variables,
+                               x)
   assert len(got) == 4  # seg1, seg2, embedding1, embedding2
-  assert_outputs_match(pf, 'out', got)
 
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
@@ -50,7 +57,7 @@ def test_gradients_match_upstream_float64(parity):
                                        x, lossw)
   np.testing.assert_allclose(loss64, float(pf['loss64']), rtol=1e-10)
   # float64 only: a float32 gradient can match torch's only to grad_fp32_noise_rel (up to 7e-3 in
-  # this fixture, NETWORKS.md), and each extra compile of this two-branch network costs CI seconds.
+  # this fixture, docs/parity.md), and each extra compile of this two-branch network costs CI seconds.
   # A faithful float64 port reaches ~1e-11 relative to max|grad64| (1.5e-13 here).
   assert_grads64_match(pf, torch_import.key_map('cml_vnet', **kwargs), grads64, 1e-9)
 

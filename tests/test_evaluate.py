@@ -1,4 +1,5 @@
-"""Evaluation: a known predictor on known volumes gives known metrics; files and table."""
+"""jaxseg/evaluation.py and the command jaxseg/evaluate.py: a known predictor on known volumes gives
+known metrics; files, table, and the command's refusals."""
 import csv
 import json
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxseg import evaluate
+from jaxseg import evaluation
 from jaxseg import metrics
 from tests.conftest import tiny_config
 
@@ -33,11 +35,11 @@ def test_parity_evaluation_scores_known_cases(tmp_path):
   shifted = np.roll(gt, 2, axis=0).astype(np.float32)  # 6 of 8 slabs overlap
   empty = np.zeros(shape, np.float32)
   source = _source([perfect, shifted, empty], [gt, gt, gt])
-  summary = evaluate.evaluate(_Oracle(), {}, source, config, out_dir=tmp_path, split="val",
+  summary = evaluation.evaluate(_Oracle(), {}, source, config, out_dir=tmp_path, split="val",
                               checkpoint_step=7, stream=None)
   rows = list(csv.DictReader(open(tmp_path / "cases.csv")))
   assert [r["case"] for r in rows] == ["c0", "c1", "c2"]
-  got = np.array([[float(r[k]) for k in evaluate.METRIC_NAMES] for r in rows])
+  got = np.array([[float(r[k]) for k in evaluation.METRIC_NAMES] for r in rows])
   np.testing.assert_allclose(got[0], [1.0, 1.0, 0.0, 0.0])
   np.testing.assert_allclose(got[1, :2], [0.75, 0.6])  # dice 2*384/1024, jaccard 384/640
   np.testing.assert_allclose(got[2], [0.0, 0.0, 0.0, 0.0])  # upstream: empty prediction -> zeros
@@ -45,7 +47,7 @@ def test_parity_evaluation_scores_known_cases(tmp_path):
   np.testing.assert_allclose(summary["dice"], got[:, 0].mean())
   np.testing.assert_allclose(summary["dice_std"], got[:, 0].std())
   assert json.loads((tmp_path / "summary.json").read_text())["dice"] == pytest.approx(summary["dice"])
-  table = evaluate.format_table(summary)
+  table = evaluation.format_table(summary)
   assert "parity" in table and f"{100 * summary['dice']:.2f}" in table
 
 
@@ -55,7 +57,7 @@ def test_multiclass_rows_have_per_class_and_mean():
   gt[4:] = 2
   pred = gt.copy()
   pred[4:6] = 1  # half of class 2 predicted as class 1
-  row = evaluate._case_metrics(pred, gt, num_classes=3)
+  row = evaluation._case_metrics(pred, gt, num_classes=3)
   np.testing.assert_allclose(row["dice_class2"], 2 * 128 / (256 + 128))
   np.testing.assert_allclose(row["dice_class1"], 2 * 256 / (256 + 384))
   np.testing.assert_allclose(row["dice"], (row["dice_class1"] + row["dice_class2"]) / 2)
@@ -70,10 +72,10 @@ def test_clean_evaluation_scores_known_cases_in_mm(tmp_path):
   shifted = np.roll(gt, 2, axis=0).astype(np.float32)
   empty = np.zeros(shape, np.float32)
   source = _source([gt.astype(np.float32), shifted, empty, shifted], [gt, gt, gt, np.zeros_like(gt)])
-  summary = evaluate.evaluate(_Oracle(), {}, source, config, out_dir=tmp_path, split="val",
+  summary = evaluation.evaluate(_Oracle(), {}, source, config, out_dir=tmp_path, split="val",
                               checkpoint_step=3, stream=None, save_predictions=True)
   rows = list(csv.DictReader(open(tmp_path / "cases.csv")))
-  got = np.array([[float(r[k]) for k in evaluate.METRIC_NAMES] for r in rows])
+  got = np.array([[float(r[k]) for k in evaluation.METRIC_NAMES] for r in rows])
   spacing = tuple(config.data.spacing)
   assert spacing == (0.625, 0.625, 0.625)
   np.testing.assert_allclose(got[0], [1.0, 1.0, 0.0, 0.0])
@@ -87,7 +89,7 @@ def test_clean_evaluation_scores_known_cases_in_mm(tmp_path):
   np.testing.assert_allclose(summary["dice"], np.nanmean(got[:, 0]))
   np.testing.assert_allclose(summary["hd95"], np.nanmean(got[:, 2]))
   np.testing.assert_allclose(summary["asd_std"], np.nanstd(got[:, 3]))
-  table = evaluate.format_table(summary)
+  table = evaluation.format_table(summary)
   assert "clean" in table and "95HD (mm)" in table and "ASSD (mm)" in table and "(2 NaN)" in table
   with np.load(tmp_path / "predictions" / "c1.npz") as f:
     np.testing.assert_array_equal(f["pred"], (shifted > 0.5).astype(np.uint8))
@@ -111,13 +113,13 @@ def test_parity_and_clean_evaluation_of_a_checkpoint(trained_run):
   assert len(list((workdir / "eval" / "val" / "predictions").glob("*.npz"))) == trained["n_cases"]
   selection = json.loads((workdir / "checkpoints_best" / "selection.json").read_text())
   assert selection["split"] == "val" and selection["step"] in (1, 2)
-  parity, parity_dir = evaluate.run(workdir, mode="parity", stream=None)
+  parity, parity_dir = evaluation.evaluate_workdir(workdir, mode="parity", stream=None)
   assert parity_dir == workdir / "eval" / "val" / "parity"
-  for k in evaluate.METRIC_NAMES:  # the restored final checkpoint reproduces the training-time result
+  for k in evaluation.METRIC_NAMES:  # the restored final checkpoint reproduces the training-time result
     assert parity[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-9), k
   assert parity["checkpoint_step"] == 2 and parity["checkpoint"] == "final"
-  clean, clean_dir = evaluate.run(workdir, mode="clean", checkpoint="best_val", largest_cc=True,
-                                  save_predictions=True, stream=None)
+  clean, clean_dir = evaluation.evaluate_workdir(workdir, mode="clean", checkpoint="best_val",
+                                                 largest_cc=True, save_predictions=True, stream=None)
   assert clean_dir == workdir / "eval" / "val" / "clean_lcc_best_val"
   assert clean["mode"] == "clean" and clean["largest_cc"] and clean["checkpoint"] == "best_val"
   assert clean["checkpoint_step"] == selection["step"] and clean["n_cases"] == parity["n_cases"]
@@ -164,11 +166,11 @@ def test_2d_patch_size_evaluates_slice_wise_with_per_class_metrics():
   pred_image = gt.astype(np.float32)
   pred_image[:, 15:19, 1:11] = 2.0  # class 3 predicted as 2
   fn = lambda w: np.asarray(_ClassOfValue().predict(None, jnp.asarray(w)))  # noqa: E731
-  got = evaluate.predict_case(fn, pred_image, config)
+  got = evaluation.predict_case(fn, pred_image, config)
   want, _ = inference.predict_volume_slicewise(fn, pred_image, (16, 16), 4,
                                                batch_size=config.eval.batch_size)
   np.testing.assert_array_equal(got, want)
-  summary = evaluate.evaluate(_ClassOfValue(), {}, _source([pred_image], [gt]), config, stream=None)
+  summary = evaluation.evaluate(_ClassOfValue(), {}, _source([pred_image], [gt]), config, stream=None)
   assert summary["inference"].startswith("slice-wise") and summary["n_cases"] == 1
   assert summary["dice_class3"] == 0.0  # class 3 never predicted: upstream zeros
   assert summary["dice_class1"] > 0.5 and 0.0 < summary["dice_class2"] < 1.0

@@ -175,20 +175,3 @@ def test_clean_single_voxels_and_empty_masks():
   assert np.isnan(metrics.clean_case_metrics(empty, empty)).all()
   missed = metrics.clean_case_metrics(empty, gt)
   assert missed[0] == 0.0 and missed[1] == 0.0 and np.isnan(missed[2:]).all()
-
-
-def test_largest_connected_component():
-  mask = np.zeros((10, 10, 10), bool)
-  mask[0:2, 0:2, 0:2] = True          # 8 voxels
-  mask[5:8, 5:8, 5:8] = True          # 27 voxels
-  mask[8, 8, 8] = True                # touches the 27 only diagonally: joined under full connectivity
-  kept = metrics.largest_connected_component(mask)
-  assert kept.sum() == 28 and not kept[0, 0, 0]
-  assert metrics.largest_connected_component(mask, connectivity=1).sum() == 27
-  labels = np.zeros((10, 10, 10), np.int64)
-  labels[mask] = 1
-  labels[0, 5:9, 0] = 2
-  labels[0, 0, 9] = 2
-  out = metrics.largest_component_per_class(labels, 3)
-  assert (out == 1).sum() == 28 and (out == 2).sum() == 4 and out[0, 0, 9] == 0
-  assert not metrics.largest_connected_component(np.zeros((3, 3, 3))).any()

@@ -1,15 +1,16 @@
-"""Tests for jaxseg/components.py: in-graph largest connected component against
+"""Tests for jaxseg/postprocess.py: the in-graph largest connected component against
 scipy.ndimage.label (full structure) + argmax of bincount (skimage order), on random masks, ties,
-snakes and empty samples, and against BCP's get_cut_mask / get_ACDC_masks (bcp.npz, cml.npz)."""
+snakes and empty samples, and against BCP's get_cut_mask / get_ACDC_masks (bcp.npz, cml.npz); the
+host version used by evaluation, and the two versions against each other."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from jaxseg import components
+from jaxseg import postprocess
 
-_largest = jax.jit(components.largest_component)
+_largest = jax.jit(postprocess.largest_component)
 
 
 def _reference(mask: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_component_labels_are_first_raster_index():
   mask = np.zeros((1, 4, 5), bool)
   mask[0, 1, 1:3] = True
   mask[0, 3, 4] = True
-  labels = np.asarray(components.component_labels(mask))[0]
+  labels = np.asarray(postprocess.component_labels(mask))[0]
   assert labels[1, 1] == labels[1, 2] == 1 * 5 + 1
   assert labels[3, 4] == 3 * 5 + 4
   assert labels[0, 0] == 20  # background = number of voxels
@@ -88,7 +89,7 @@ def test_per_class_variant_random():
   rng = np.random.default_rng(1)
   label_map = rng.integers(0, 4, (3, 20, 20))
   label_map[2] = 0  # a sample with no foreground
-  got = np.asarray(jax.jit(components.largest_component_per_class, static_argnums=1)(label_map, 4))
+  got = np.asarray(jax.jit(postprocess.largest_component_per_class, static_argnums=1)(label_map, 4))
   want = np.zeros_like(label_map)
   for c in range(1, 4):
     want += c * _reference(label_map == c)
@@ -116,5 +117,39 @@ def test_matches_get_acdc_masks(parity, fixture, function):
     logits = jnp.moveaxis(jnp.asarray(case["input/logits"]), 1, -1)
     argmax = jnp.argmax(jax.nn.softmax(logits, axis=-1), axis=-1)
     np.testing.assert_array_equal(np.asarray(argmax), case["output/nms0"], err_msg=name)
-    got = components.largest_component_per_class(argmax, logits.shape[-1])
+    got = postprocess.largest_component_per_class(argmax, logits.shape[-1])
     np.testing.assert_array_equal(np.asarray(got, np.float32), case["output/nms1"], err_msg=name)
+
+
+def test_host_largest_component():
+  mask = np.zeros((10, 10, 10), bool)
+  mask[0:2, 0:2, 0:2] = True          # 8 voxels
+  mask[5:8, 5:8, 5:8] = True          # 27 voxels
+  mask[8, 8, 8] = True                # touches the 27 only diagonally: joined under full connectivity
+  kept = postprocess.largest_component_np(mask)
+  assert kept.sum() == 28 and not kept[0, 0, 0]
+  assert postprocess.largest_component_np(mask, connectivity=1).sum() == 27
+  labels = np.zeros((10, 10, 10), np.int64)
+  labels[mask] = 1
+  labels[0, 5:9, 0] = 2
+  labels[0, 0, 9] = 2
+  out = postprocess.largest_component_per_class_np(labels, 3)
+  assert (out == 1).sum() == 28 and (out == 2).sum() == 4 and out[0, 0, 9] == 0
+  assert out.dtype == labels.dtype
+  assert not postprocess.largest_component_np(np.zeros((3, 3, 3))).any()
+
+
+@pytest.mark.parametrize("shape", [(9, 11, 7), (13, 17)])
+def test_host_and_in_graph_versions_agree(shape):
+  """Same components, same tie rule: one volume through scipy, the same volume as a batch of one
+  through the jitted version, on sparse to dense label maps with 2 and 4 classes."""
+  rng = np.random.default_rng(2)
+  per_class = jax.jit(postprocess.largest_component_per_class, static_argnums=1)
+  for num_classes in (2, 4):
+    for p_background in (0.3, 0.6, 0.9, 1.0):
+      label_map = np.where(rng.random(shape) < p_background, 0,
+                           rng.integers(1, num_classes, shape))
+      host = postprocess.largest_component_per_class_np(label_map, num_classes)
+      graph = np.asarray(per_class(label_map[None], num_classes))[0]
+      np.testing.assert_array_equal(host, graph, err_msg=f"{num_classes} classes, {p_background}")
+      assert host.any() == (p_background < 1.0)

@@ -16,7 +16,7 @@ from launch import sweep
 @pytest.fixture(scope="module")
 def sweep_root(tmp_path_factory):
   root = tmp_path_factory.mktemp("sweep")
-  args = ["--configs", "configs/smoke.py:method=supervised,configs/smoke.py:method=mean_teacher",
+  args = ["--configs", "configs/la_vnet.py:smoke=1,labeled=4,configs/la_mt.py:smoke=1,labeled=4",
           "--labeled", "4", "--seeds", "0,1", "--root", str(root), "--runner", "inprocess",
           "--set", "total_steps=2", "--set", f"data.root={root / 'data'}",
           "--set", "eval.save_predictions=True"]

@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/resvnet.py: parity with WYC-321/MCF code/networks/ResNet34.py `Resnet34`
-(fixture MCF_ResVNet.npz, shared/parity/NETWORKS.md), its torch key map, width scaling, dropout
+(fixture MCF_ResVNet.npz, docs/parity.md), its torch key map, width scaling, dropout
 placement and MCF's kaiming-normal re-initialisation."""
 import functools
 import math
@@ -14,8 +14,13 @@ import pytest
 from jaxseg import models
 from jaxseg.models import resvnet
 from jaxseg.models import torch_import
-from tests.conftest import (assert_grads64_match, assert_outputs_match, assert_train_step_matches,
-                            fixture_outputs, lossw_loss, x64_loss_and_grads)
+from jaxseg.models import torch_keys
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_train_step_matches
+from tests.conftest import fixture_outputs
+from tests.conftest import lossw_loss
+from tests.conftest import x64_loss_and_grads
 
 FIXTURE = 'MCF_ResVNet.npz'
 
@@ -67,28 +72,30 @@ def test_key_map_covers_the_fixture_state_dict(parity):
       'batch_stats', ('resnet_encoder', 'layer2_0', 'downsample_bn', 'var'), None)
   assert keys['resnet_encoder.layer3.5.conv2.weight'].path == (
       'resnet_encoder', 'layer3_5', 'conv2', 'kernel')
-  assert keys['block_six_up.conv.0.weight'].perm == torch_import.conv_transpose_perm(3)
+  assert keys['block_six_up.conv.0.weight'].perm == torch_keys.conv_transpose_perm(3)
   # Wrong width: every mis-shaped key is reported.
   with pytest.raises(ValueError, match='mis-shaped'):
     torch_import.import_state_dict('resvnet', sd, **{**kwargs, 'n_filters': 2 * kwargs['n_filters']})
 
 
+def _eval_forward(model, variables, x):
+  return model.apply(variables, x, train=False)
+
+
 def test_eval_outputs_match_upstream(parity):
   pf, _, model, variables, x = _load(parity)
-  got = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-  assert_outputs_match(pf, 'out', got)  # Resnet34 returns one tensor: the logits.
+  assert_forward_matches(pf, 'out', model, _eval_forward, variables, x)  # one output: the logits
 
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, model, variables, x = _load(parity)
   keys = torch_import.key_map('resvnet', **kwargs)
-  # Batch-statistics BN amplifies float32 rounding (NETWORKS.md: <= 2e-5 relative to the scale).
   assert_train_step_matches(pf, model, keys, variables, x, _train_forward)
 
 
 def test_gradients_match_upstream_float64(parity):
   """float64 only: torch's own float32 gradients sit grad_fp32_noise_rel (up to 7e-3 in the held-out
-  set) from grad64, so the tight check is ours in float64 against grad64 (NETWORKS.md §1); the
+  set) from grad64, so the tight check is ours in float64 against grad64 (docs/parity.md); the
   float32 forward is checked above and a float32 gradient compile of ResNet-34 costs ~10 s of CPU."""
   pf, kwargs, _, variables, x = _load(parity)
   keys = torch_import.key_map('resvnet', **kwargs)

@@ -23,7 +23,7 @@ def _synthetic(model_name, seed=0, **kwargs):
 
 
 def _expected_layout(name, arr, path):
-  """Independent statement of the layout rules (NETWORKS.md section 2)."""
+  """Independent statement of the layout rules (docs/parity.md "Layout conventions")."""
   if path[-1] != 'kernel':
     return arr
   if path[-3].endswith('_up'):

@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/unet2d.py: parity with BCP `UNet_2d` (BCP_UNet2d.npz) and CML `UNet`
-(CML_UNet2d.npz) from shared/parity/NETWORKS.md, the torch importer, and structural checks."""
+(CML_UNet2d.npz) (docs/parity.md), the torch importer, and structural checks."""
 import functools
 
 import jax
@@ -9,8 +9,14 @@ import pytest
 
 from jaxseg import models
 from jaxseg.models import torch_import
-from tests.conftest import (assert_grads64_match, assert_outputs_match, assert_train_step_matches,
-                            fixture_outputs, lossw_loss, network_fixture, x64_loss_and_grads)
+from jaxseg.models import unet2d
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_train_step_matches
+from tests.conftest import fixture_outputs
+from tests.conftest import lossw_loss
+from tests.conftest import network_fixture
+from tests.conftest import x64_loss_and_grads
 
 # (fixture, jaxseg model name) pairs; every test loops over what each file holds.
 FIXTURES = (('BCP_UNet2d.npz', 'unet2d'), ('CML_UNet2d.npz', 'cml_unet2d'))
@@ -29,21 +35,23 @@ def _load(parity, fixture, name):
   return network_fixture(parity, fixture, name, _kwargs)
 
 
+def _eval_forward(model, variables, x):
+  return model.apply(variables, x, train=False)
+
+
 def _train_forward(model, variables, x):
   return model.apply(variables, x, train=True, turnoff_drop=True, mutable=['batch_stats'])
 
 
 def _bcp_head(key):
   """BCP's unused heads: not built here (upstream never runs them either)."""
-  return bool(torch_import.UNET2D_IGNORED_KEYS.fullmatch(key))
+  return bool(unet2d.TORCH_IGNORED_KEYS.fullmatch(key))
 
 
 @pytest.mark.parametrize('fixture,name', FIXTURES)
 def test_eval_outputs_match_upstream(parity, fixture, name):
   pf, kw, variables, x = _load(parity, fixture, name)
-  model = models.get(name, **kw)
-  got = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-  assert_outputs_match(pf, 'out', got)
+  assert_forward_matches(pf, 'out', models.get(name, **kw), _eval_forward, variables, x)
 
 
 @pytest.mark.parametrize('fixture,name', FIXTURES)
@@ -76,7 +84,7 @@ def test_importer_ignores_only_the_listed_bcp_heads(parity):
   pf = parity('BCP_UNet2d.npz')
   kw = _kwargs(pf)
   sd = dict(pf.group('param'))
-  heads = [k for k in sd if torch_import.UNET2D_IGNORED_KEYS.fullmatch(k)]
+  heads = [k for k in sd if unet2d.TORCH_IGNORED_KEYS.fullmatch(k)]
   assert heads, 'the fixture should hold the unused heads'
   without = {k: v for k, v in sd.items() if k not in heads}
   a = torch_import.import_state_dict('unet2d', sd, **kw)

@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/unet3d.py: parity with KU-CVML/DyCON code/networks/UNet3D_contrastive.py
-(fixture DyCON_UNet3D.npz, shared/parity/NETWORKS.md), the two upsamplings against numpy
+(fixture DyCON_UNet3D.npz, docs/parity.md), the two upsamplings against numpy
 references, and structural checks (init, dropout, input validation, torch import)."""
 import functools
 import math
@@ -14,9 +14,13 @@ from jaxseg import models
 from jaxseg.models import torch_import
 from jaxseg.models import unet3d
 from jaxseg.models.resize import resize_linear_align_corners
-from tests.conftest import (TRAIN_ATOL_SCALE, assert_grads64_match, assert_outputs_match,
-                            assert_train_step_matches, fixture_outputs, lossw_loss, network_fixture,
-                            x64_loss_and_grads)
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_train_step_matches
+from tests.conftest import fixture_outputs
+from tests.conftest import lossw_loss
+from tests.conftest import network_fixture
+from tests.conftest import x64_loss_and_grads
 
 FIXTURE = 'DyCON_UNet3D.npz'
 MODEL = 'unet3d_dycon'
@@ -35,16 +39,18 @@ def _load(parity):
 
 
 def _train_forward(model, variables, x):
-  # The fixture's gradient step runs with every dropout at p=0 (NETWORKS.md section 1, step 5).
+  # The fixture's gradient step runs with every dropout at p=0 (docs/parity.md).
   return model.apply(variables, x, train=True, turnoff_drop=True, return_all=True,
                      mutable=['batch_stats'])
 
 
+def _eval_forward(model, variables, x):
+  return model.apply(variables, x, train=False, return_all=True)
+
+
 def test_eval_outputs_match_upstream(parity):
   pf, _, model, variables, x = _load(parity)
-  got = jax.jit(functools.partial(model.apply, train=False, return_all=True))(variables, x)
-  # NETWORKS.md: float32 vs float64 outputs differ by <= 2e-5 relative to their scale.
-  assert_outputs_match(pf, 'out', got, TRAIN_ATOL_SCALE)
+  got = assert_forward_matches(pf, 'out', model, _eval_forward, variables, x)
   # The default call returns the segmentation logits only (out_seg, upstream's second output).
   logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
   np.testing.assert_array_equal(logits, got[1])
@@ -64,7 +70,7 @@ def test_gradients_match_upstream_float64(parity):
   # (jax.image.resize computes its weights in float32, which moved this sum by 2e-9; the decoder's
   # matrix upsampling is exact in float64.)
   np.testing.assert_allclose(loss64, float(pf['loss64']), rtol=1e-10)
-  # Only the float64 path (NETWORKS.md: torch's own float32 gradients sit grad_fp32_noise_rel away
+  # Only the float64 path (docs/parity.md: torch's own float32 gradients sit grad_fp32_noise_rel away
   # from grad64; a float32 comparison would add a compile for a looser check of the same math).
   # Conv biases in front of InstanceNorm / train-mode BN are cancelled by the mean: zero in float64.
   assert_grads64_match(pf, torch_import.key_map(MODEL, **kwargs), grads64, 1e-6)
@@ -107,7 +113,7 @@ def _small(**kw):
   return models.get(MODEL, **{**dict(n_filters=2, proj_hidden=8, proj_features=4), **kw})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _small_init():
   """(model, input [2, 16, 32, 16, 1], variables): one init compile shared by the tests below."""
   model = _small()

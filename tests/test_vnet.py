@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/vnet.py: parity with yulequan/UA-MT code/networks/vnet.py (fixture
-UA-MT_VNet.npz, shared/parity/NETWORKS.md) plus structural checks (param count, dropout, norms)."""
+UA-MT_VNet.npz, docs/parity.md) plus structural checks (param count, dropout, norms)."""
 import functools
 import math
 
@@ -13,9 +13,15 @@ import pytest
 from jaxseg import models
 from jaxseg.models import torch_import
 from jaxseg.models.vnet import ConvBlock
-from tests.conftest import (assert_grads64_match, assert_outputs_match, assert_train_step_matches,
-                            channel_dropout_masks, fixture_outputs, loss_and_grads, lossw_loss,
-                            network_fixture, x64_loss_and_grads)
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_train_step_matches
+from tests.conftest import channel_dropout_masks
+from tests.conftest import fixture_outputs
+from tests.conftest import loss_and_grads
+from tests.conftest import lossw_loss
+from tests.conftest import network_fixture
+from tests.conftest import x64_loss_and_grads
 
 FIXTURE = 'UA-MT_VNet.npz'
 
@@ -30,15 +36,17 @@ def _train_forward(model, variables, x):
   return model.apply(variables, x, train=True, turnoff_drop=True, mutable=['batch_stats'])
 
 
+def _eval_forward(model, variables, x):
+  return model.apply(variables, x, train=False)
+
+
 def test_eval_outputs_match_upstream(parity):
   pf, _, model, variables, x = _load(parity)
-  got = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-  assert_outputs_match(pf, 'out', got)  # VNet returns one tensor: the logits.
+  assert_forward_matches(pf, 'out', model, _eval_forward, variables, x)  # one output: the logits
 
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, model, variables, x = _load(parity)
-  # (a few elements of this fixture sit 1.5e-5 off, just outside a flat atol of 1e-5)
   assert_train_step_matches(pf, model, torch_import.key_map('vnet', **kwargs), variables, x,
                             _train_forward)
 
@@ -54,7 +62,7 @@ def test_gradients_match_upstream_float64_and_float32(parity):
 
 
 def test_param_count_full_size():
-  """vnet.md section 4: n_filters=16, n_classes=2, batchnorm -> 9,448,866 trainable params."""
+  """docs/methods/vnet.md §4: n_filters=16, n_classes=2, batchnorm -> 9,448,866 trainable params."""
   x = jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32)
 
   def count(**kw):
@@ -95,7 +103,7 @@ def test_input_validation():
     models.get('vnet3000')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _small_vars(normalization='batchnorm', n_filters=4):
   """Random variables for `_small(...)` drawn with numpy into the shapes of `init` (no compile:
   a real init costs seconds of XLA:CPU compile per network variant; init itself is tested in

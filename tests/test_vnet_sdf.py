@@ -1,5 +1,5 @@
 """Tests for jaxseg/models/vnet_sdf.py: parity with HiLab-git/DTC code/networks/vnet_sdf.py
-(fixture DTC_VNetSDF.npz, shared/parity/NETWORKS.md) and structural checks."""
+(fixture DTC_VNetSDF.npz, docs/parity.md) and structural checks."""
 import functools
 import math
 
@@ -10,9 +10,14 @@ import pytest
 
 from jaxseg import models
 from jaxseg.models import torch_import
-from tests.conftest import (assert_grads64_match, assert_outputs_match, assert_train_step_matches,
-                            fixture_outputs, loss_and_grads, lossw_loss, network_fixture,
-                            x64_loss_and_grads)
+from tests.conftest import assert_forward_matches
+from tests.conftest import assert_grads64_match
+from tests.conftest import assert_train_step_matches
+from tests.conftest import fixture_outputs
+from tests.conftest import loss_and_grads
+from tests.conftest import lossw_loss
+from tests.conftest import network_fixture
+from tests.conftest import x64_loss_and_grads
 
 FIXTURE = 'DTC_VNetSDF.npz'
 MODEL = 'vnet_sdf'
@@ -29,10 +34,13 @@ def _train_forward(model, variables, x):
   return model.apply(variables, x, train=True, turnoff_drop=True, mutable=['batch_stats'])
 
 
+def _eval_forward(model, variables, x):
+  return model.apply(variables, x, train=False)
+
+
 def test_eval_outputs_match_upstream(parity):
   pf, _, model, variables, x = _load(parity)
-  got = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-  assert_outputs_match(pf, 'out', got)  # out_tanh, out_seg
+  assert_forward_matches(pf, 'out', model, _eval_forward, variables, x)  # out_tanh, out_seg
 
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
@@ -53,7 +61,7 @@ def test_gradients_match_upstream_float64_and_float32(parity):
 
 
 def test_param_count_and_tree_full_size():
-  """dtc.md section 1: n_filters=16, n_classes=1 -> 9,448,866 params (as the 2-class VNet)."""
+  """docs/methods/dtc.md §1: n_filters=16, n_classes=1 -> 9,448,866 params (as the 2-class VNet)."""
   model = models.get(MODEL, n_channels=1, n_classes=1, n_filters=16)
   shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
                           jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))

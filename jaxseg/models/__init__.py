@@ -6,9 +6,11 @@ import flax.linen as nn
 from jaxseg.models.bcp_vnet import BCPVNet
 from jaxseg.models.cml_vnet import CMLVNet
 from jaxseg.models.resvnet import ResVNet
-from jaxseg.models.unet2d import CMLUNet2d, UNet2d
+from jaxseg.models.unet2d import CMLUNet2d
+from jaxseg.models.unet2d import UNet2d
 from jaxseg.models.unet3d import UNet3D
 from jaxseg.models.vnet import VNet
+from jaxseg.models.vnet_milletari import VNetMilletari
 from jaxseg.models.vnet_sdf import VNetSDF
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -20,6 +22,7 @@ MODELS: dict[str, type[nn.Module]] = {
     'unet3d_dycon': UNet3D,
     'unet2d': UNet2d,
     'cml_unet2d': CMLUNet2d,
+    'vnet_milletari': VNetMilletari,
 }
 
 

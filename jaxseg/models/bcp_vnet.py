@@ -1,7 +1,7 @@
 """BCP's VNet: the UA-MT VNet split into Encoder / Decoder submodules, plus a pooled bottleneck.
 
 Port of `DeepMed-Lab-ECNU/BCP: code/networks/VNet.py` `VNet` (commit 7879f98; parity fixture
-shared/parity BCP_VNet.npz, NETWORKS.md). Spec bcp.md §1a. The convolutional topology is the UA-MT
+BCP_VNet.npz, docs/parity.md). Spec docs/methods/bcp.md §1a. The convolutional topology is the UA-MT
 VNet's (`jaxseg.models.vnet.Encoder` / `Decoder`): ConvBlock stages 1,2,3,3,3 / 3,3,2,1, k2 s2
 down / transposed-up convs, additive skips, BN + ReLU, 1x1x1 out conv. Differences from `VNet`:
   * parameters live under `encoder/` and `decoder/` (torch `encoder.block_one...`,
@@ -13,7 +13,7 @@ down / transposed-up convs, additive skips, BN + ReLU, 1x1x1 out conv. Differenc
   * the unused heads (`projection_head`, `prediction_head`, `contrastive_class_selector_{c}`,
     `contrastive_class_selector_memory{c}`: Linear 16->32 / 32->32 (-> 1), BatchNorm1d, ReLU or
     LeakyReLU(0.2)) get parameters only with `with_heads=True` (checkpoint round trips); no forward
-    runs them, as upstream. Without them torch_import drops those keys.
+    runs them, as upstream. Without them the torch import drops those keys.
 
 Parameter tree: encoder/block_X/{convK,bnK}, encoder/block_X_dw/{conv0,bn0}, decoder/block_X_up/...,
 decoder/block_nine, decoder/out_conv; heads: <head>/{fc0, bn, fc1}.
@@ -27,7 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models import layers
-from jaxseg.models.vnet import Decoder, Encoder, check_input, part_kwargs
+from jaxseg.models import torch_keys
+from jaxseg.models import unet2d
+from jaxseg.models import vnet
+from jaxseg.models.vnet import Decoder
+from jaxseg.models.vnet import Encoder
+from jaxseg.models.vnet import check_input
+from jaxseg.models.vnet import part_kwargs
 
 Array = jax.Array
 
@@ -110,3 +116,34 @@ class BCPVNet(nn.Module):
                        f'(input sides >= 48), got bottleneck {x5.shape[1:4]} for input {x.shape}')
     pooled = nn.max_pool(x5, (3, 3, 3), strides=(2, 2, 2), padding='VALID')
     return logits, pooled.astype(jnp.promote_types(pooled.dtype, jnp.float32))
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+
+def torch_key_map(normalization: str = 'batchnorm', with_heads: bool = False, **unused
+                  ) -> torch_keys.KeyMap:
+  """BCP's VNet (DeepMed-Lab-ECNU/BCP code/networks/VNet.py): `encoder.block_one..block_five`,
+  `decoder.block_five_up..block_nine`, `decoder.out_conv` (VNet block layout); with_heads adds the
+  unused Linear/BatchNorm1d heads (`<head>.0` Linear -> fc0, `.1` BN -> bn, `.3` Linear -> fc1).
+  Without them the heads' keys are dropped on import (`TORCH_MAP.ignored`)."""
+  del unused
+  encoder_blocks = {name for name, _, _ in vnet.VNET_BLOCKS[:vnet.N_ENCODER_BLOCKS]}
+  out = {}
+  for part in ('encoder', 'decoder'):
+    entries = vnet.vnet_block_entries(normalization, prefix=f'{part}.', path=(part,))
+    out.update({k: e for k, e in entries.items()
+                if (e.path[1] in encoder_blocks) == (part == 'encoder')})
+  out.update(torch_keys.conv_entries('decoder.out_conv', ('decoder', 'out_conv'),
+                                     torch_keys.conv_perm(3)))
+  if with_heads:
+    for head in head_names():
+      out.update(torch_keys.conv_entries(f'{head}.0', (head, 'fc0'), torch_keys.LINEAR_PERM))
+      out.update(torch_keys.norm_entries('batchnorm', f'{head}.1', (head, 'bn')))
+      out.update(torch_keys.conv_entries(f'{head}.3', (head, 'fc1'), torch_keys.LINEAR_PERM))
+  return out
+
+
+# The heads carry the same names as BCP's UNet_2d heads.
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.volume_example_shape,
+                                unet2d.TORCH_IGNORED_KEYS)

@@ -1,7 +1,7 @@
 """CML's two-branch VNet for LA (model name 'cml_vnet').
 
 Port of `SongwuJob/CML: code/networks/VNet.py` `VNet` (commit 1229a71), built by
-`net_factory(net_type="VNet")` in `code/CML_LA_train.py`. Spec: shared/spec/methods/cml.md section 1a.
+`net_factory(net_type="VNet")` in `code/CML_LA_train.py`. Spec: docs/methods/cml.md section 1a.
 
 Two independent UA-MT VNet encoders and two decoders (`jaxseg.models.vnet.Encoder` / `Decoder`) that
 differ only in their upsampling:
@@ -15,7 +15,7 @@ Each encoder has its own Dropout3d(0.5) on the bottleneck x5, each decoder its o
 `[B, D, H, W, n_classes]` of encoder1->decoder1 and encoder2->decoder2, and each encoder's bottleneck
 x5 after its dropout, `[B, D/16, H/16, W/16, 16f]` (upstream `embedding1/2`; not a projection).
 
-Parameter tree (torch name -> flax path, see `jaxseg.models.torch_import`):
+Parameter tree (torch name -> flax path, `torch_key_map` below):
   encoderK.block_X.conv.{3k} / .{3k+1}   -> encoderK/block_X/conv{k} / bn{k}
   decoder1.block_X_up.conv.0 / .1        -> decoder1/block_X_up/conv0 / bn0   (transposed conv)
   decoder2.block_X_up.conv.1 / .2        -> decoder2/block_X_up/conv0 / bn0   (3x3x3 conv)
@@ -30,7 +30,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.vnet import Decoder, Encoder, check_input, part_kwargs
+from jaxseg.models import torch_keys
+from jaxseg.models import vnet
+from jaxseg.models.vnet import Decoder
+from jaxseg.models.vnet import Encoder
+from jaxseg.models.vnet import check_input
+from jaxseg.models.vnet import part_kwargs
 
 Array = jax.Array
 
@@ -63,3 +68,41 @@ class CMLVNet(nn.Module):
     seg1 = Decoder(n_classes=self.n_classes, up_type=0, name='decoder1', **kw)(features1, train)
     seg2 = Decoder(n_classes=self.n_classes, up_type=1, name='decoder2', **kw)(features2, train)
     return seg1, seg2, features1[-1], features2[-1]
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+
+def torch_key_map(normalization: str = 'batchnorm', **unused) -> torch_keys.KeyMap:
+  """CML's two-branch VNet (SongwuJob/CML code/networks/VNet.py): encoder1/2 hold the VNet blocks
+  one..five, decoder1/2 the blocks five_up..nine and out_conv. decoder1 upsamples with a transposed
+  conv at `.conv.0`; decoder2's up blocks are [Upsample, Conv3d, norm, ReLU], so their conv is
+  `.conv.1` and their norm `.conv.2` (flax: block_X_up/conv0, bn0 in both decoders)."""
+  del unused
+  stride = 2 if normalization == 'none' else 3
+  conv = torch_keys.conv_perm(3)
+  out = {}
+  for k in (1, 2):
+    for name, _, stages in vnet.VNET_BLOCKS[:vnet.N_ENCODER_BLOCKS]:
+      for i in range(stages):
+        t, path = f'encoder{k}.{name}.conv', (f'encoder{k}', name)
+        out.update(torch_keys.conv_entries(f'{t}.{stride * i}', path + (f'conv{i}',), conv))
+        out.update(torch_keys.norm_entries(normalization, f'{t}.{stride * i + 1}',
+                                           path + (f'bn{i}',)))
+    for name, kind, stages in vnet.VNET_BLOCKS[vnet.N_ENCODER_BLOCKS:]:
+      t, path = f'decoder{k}.{name}.conv', (f'decoder{k}', name)
+      if kind == 'up':
+        first = 0 if k == 1 else 1  # decoder2: index 0 is the parameter-free Upsample
+        perm = torch_keys.conv_transpose_perm(3) if k == 1 else conv
+        out.update(torch_keys.conv_entries(f'{t}.{first}', path + ('conv0',), perm))
+        out.update(torch_keys.norm_entries(normalization, f'{t}.{first + 1}', path + ('bn0',)))
+        continue
+      for i in range(stages):
+        out.update(torch_keys.conv_entries(f'{t}.{stride * i}', path + (f'conv{i}',), conv))
+        out.update(torch_keys.norm_entries(normalization, f'{t}.{stride * i + 1}',
+                                           path + (f'bn{i}',)))
+    out.update(torch_keys.conv_entries(f'decoder{k}.out_conv', (f'decoder{k}', 'out_conv'), conv))
+  return out
+
+
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.volume_example_shape)

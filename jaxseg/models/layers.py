@@ -4,7 +4,7 @@ Activations are `[B, *spatial, C]` (3D: `[B, D, H, W, C]`). Every layer keeps it
 `param_dtype` (float32 by default) and computes in `dtype` (None: promote from inputs and params),
 so bf16 compute is a constructor option.
 
-Parity notes (PyTorch semantics reproduced here, see shared/parity/NETWORKS.md section 2):
+Parity notes (PyTorch semantics reproduced here, see docs/parity.md "Layout conventions"):
 * `BatchNorm` is torch `BatchNorm3d` (eps 1e-5, momentum 0.1, running_var updated with the
   *unbiased* batch variance).
 * `GroupNorm` is torch `nn.GroupNorm(num_groups=16, ...)`, `InstanceNorm` is torch
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

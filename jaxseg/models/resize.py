@@ -9,7 +9,7 @@ coordinate o * (n_in - 1) / (n_out - 1), so the corner samples coincide. This mo
 Each axis is resized by a small dense interpolation matrix (at most two non-zeros per row), so the
 forward is a matmul and its gradient a transposed matmul: no gather/scatter.
 """
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -1,8 +1,8 @@
 """ResVNet: MCF's second network, a 3D ResNet-34 encoder with the UA-MT VNet decoder.
 
 Port of `WYC-321/MCF: code/networks/ResNet34.py` `Resnet34` with its encoder from
-`code/networks/resnet.py` `resnet34()` (commit ad20659). Spec: shared/spec/methods/mcf.md §1b,
-fixture shared/parity/MCF_ResVNet.npz (NETWORKS.md).
+`code/networks/resnet.py` `resnet34()` (commit ad20659). Spec: docs/methods/mcf.md §1b,
+fixture MCF_ResVNet.npz (docs/parity.md).
 
 Encoder (base width b = n_filters; upstream hard-codes 16 = the default n_filters, which the
 decoder's additive skips require anyway):
@@ -17,9 +17,9 @@ channel-wise dropout on x9 only (no dropout on the bottleneck, unlike VNet).
 
 The encoder always uses BatchNorm (resnet.py hard-codes BatchNorm3d); `normalization` only
 selects the decoder's norm, as upstream. Every k3 convolution pads 1 symmetrically (also at
-stride 2, where flax 'SAME' would pad (0, 1) and give other numbers: NETWORKS.md §2).
+stride 2, where flax 'SAME' would pad (0, 1) and give other numbers: docs/parity.md "Layout conventions").
 
-Parameter tree (torch name -> flax path, see `jaxseg.models.torch_import`):
+Parameter tree (torch name -> flax path, `torch_key_map` at the end of this file):
   resnet_encoder.conv1 / .bn1                 -> resnet_encoder/conv1, resnet_encoder/bn1
   resnet_encoder.layer{i}.{j}.conv{k} / .bn{k} -> resnet_encoder/layer{i}_{j}/conv{k}, bn{k}
   resnet_encoder.layer{i}.0.downsample.0 / .1  -> resnet_encoder/layer{i}_0/downsample_conv, _bn
@@ -32,7 +32,8 @@ the same in MCF's vnet.py): `kaiming_normal_conv_kernels` does that on any VNet-
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -40,7 +41,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models import layers
-from jaxseg.models.vnet import ConvBlock, ResampleBlock
+from jaxseg.models import torch_keys
+from jaxseg.models import vnet
+from jaxseg.models.vnet import ConvBlock
+from jaxseg.models.vnet import ResampleBlock
 
 Array = jax.Array
 
@@ -209,3 +213,41 @@ def kaiming_normal_conv_kernels(params: Any, rng: jax.Array) -> Any:
     flat[path] = piece.reshape(leaf.shape).astype(leaf.dtype)
     offset += leaf.size
   return flax.traverse_util.unflatten_dict(flat)
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+
+def torch_key_map(normalization: str = 'batchnorm', depths=None, **unused) -> torch_keys.KeyMap:
+  """MCF's Resnet34 (WYC-321/MCF code/networks/ResNet34.py, encoder code/networks/resnet.py):
+  `resnet_encoder.*` (bias-free convs, BatchNorm whatever `normalization`) -> flax
+  resnet_encoder/{conv1, bn1, layer{i}_{j}/{conv1, bn1, conv2, bn2, downsample_conv,
+  downsample_bn}}; torch `layer{i}.{j}.downsample.0/.1` is the first block's shortcut. The decoder
+  keeps the VNet names (block_five_up .. block_nine, out_conv)."""
+  del unused
+  enc = 'resnet_encoder'
+  perm = torch_keys.conv_perm(3)
+
+  def conv(torch_prefix, path):
+    return {f'{torch_prefix}.weight': torch_keys.Entry('params', path + ('kernel',), perm)}
+
+  out = conv(f'{enc}.conv1', (enc, 'conv1'))
+  out.update(torch_keys.norm_entries('batchnorm', f'{enc}.bn1', (enc, 'bn1')))
+  for i, depth in enumerate(depths or RESNET34_DEPTHS, start=1):
+    for j in range(depth):
+      t, path = f'{enc}.layer{i}.{j}', (enc, f'layer{i}_{j}')
+      for k in (1, 2):
+        out.update(conv(f'{t}.conv{k}', path + (f'conv{k}',)))
+        out.update(torch_keys.norm_entries('batchnorm', f'{t}.bn{k}', path + (f'bn{k}',)))
+      if j == 0:
+        out.update(conv(f'{t}.downsample.0', path + ('downsample_conv',)))
+        out.update(torch_keys.norm_entries('batchnorm', f'{t}.downsample.1',
+                                           path + ('downsample_bn',)))
+  decoder = set(DECODER_BLOCKS)
+  out.update({k: e for k, e in vnet.vnet_block_entries(normalization).items()
+              if k.split('.')[0] in decoder})
+  out.update(torch_keys.conv_entries('out_conv', ('out_conv',), perm))
+  return out
+
+
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.volume_example_shape)

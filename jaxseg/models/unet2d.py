@@ -1,6 +1,6 @@
 """The SSL4MIS / PyMIC 2D UNet of the ACDC semi-supervised literature (BCP, CML, SSL4MIS baselines).
 
-Ports (fresh code; numbers checked against shared/parity BCP_UNet2d.npz and CML_UNet2d.npz):
+Ports (fresh code; numbers checked against the fixtures BCP_UNet2d.npz and CML_UNet2d.npz, docs/parity.md):
 * `UNet2d` ('unet2d'): `DeepMed-Lab-ECNU/BCP: code/networks/unet.py` `UNet_2d` (what `BCP_net`
   builds; the same blocks as `HiLab-git/SSL4MIS: code/networks/unet.py` `UNet`). Returns logits.
 * `CMLUNet2d` ('cml_unet2d'): `SongwuJob/CML: code/networks/unet.py` `UNet`, with its upstream
@@ -17,7 +17,7 @@ Blocks (channels-last, f = feature_chns):
     -> ConvBlock(c_lo, 0.0).
   Decoder: up1..up4 -> out_conv Conv 3x3 (pad 1) to n_classes.
 
-Parameter tree (torch name -> flax path; `jaxseg.models.torch_import` maps them):
+Parameter tree (torch name -> flax path; `torch_key_map` at the end of this file maps them):
   <enc>.in_conv.conv_conv.{0,1,4,5}          -> <enc>/in_conv/{conv0,bn0,conv1,bn1}
   <enc>.downK.maxpool_conv.1.conv_conv.*     -> <enc>/downK/...
   <dec>.upK.conv1x1 | .up | .conv.conv_conv.* -> <dec>/upK/{conv1x1 | up | conv/...}
@@ -25,7 +25,9 @@ Parameter tree (torch name -> flax path; `jaxseg.models.torch_import` maps them)
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import re
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 
 from jaxseg.models import layers
 from jaxseg.models import resize
+from jaxseg.models import torch_keys
 
 Array = jax.Array
 
@@ -148,7 +151,7 @@ class UNet2d(nn.Module):
   """BCP `UNet_2d` / SSL4MIS `UNet`: `x [B, H, W, n_channels]` -> logits `[B, H, W, n_classes]`.
 
   H, W divisible by 16. The unused BCP heads (projection/prediction/class selectors) are not built:
-  no loss uses them (torch_import accepts and ignores their keys).
+  no loss uses them (the torch import accepts and ignores their keys: `TORCH_IGNORED_KEYS`).
 
   Attributes:
     n_channels: input channels (upstream in_chns).
@@ -232,3 +235,70 @@ class CMLUNet2d(nn.Module):
       seg1, _ = decoder1(feats1, train)
       seg2, _ = decoder2(feats2, train)
     return seg1, seg2, feats1[4], feats2[4]
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+# Keys of BCP's UNet_2d heads that no loss uses (DeepMed-Lab-ECNU/BCP code/networks/unet.py:
+# projection_head, prediction_head, contrastive_class_selector_{c}, ..._memory{c}, each a
+# Sequential of Linear / BatchNorm1d). jaxseg's UNet2d does not build them: the importer accepts and
+# ignores exactly these keys (anything else unexpected is still an error).
+TORCH_IGNORED_KEYS = re.compile(
+    r'(projection_head|prediction_head|contrastive_class_selector_(memory)?\d+)\.\d+\.'
+    r'(weight|bias|running_mean|running_var|num_batches_tracked)')
+
+
+def _conv_block_entries(torch_prefix: str, path: tuple[str, ...]) -> torch_keys.KeyMap:
+  """SSL4MIS ConvBlock: Sequential [Conv, BN, LeakyReLU, Dropout, Conv, BN, LeakyReLU]."""
+  out = {}
+  for k, (conv_i, bn_i) in enumerate(((0, 1), (4, 5))):
+    out.update(torch_keys.conv_entries(f'{torch_prefix}.conv_conv.{conv_i}', path + (f'conv{k}',),
+                                       torch_keys.conv_perm(2)))
+    out.update(torch_keys.norm_entries('batchnorm', f'{torch_prefix}.conv_conv.{bn_i}',
+                                       path + (f'bn{k}',)))
+  return out
+
+
+def _encoder_entries(prefix: str) -> torch_keys.KeyMap:
+  out = _conv_block_entries(f'{prefix}.in_conv', (prefix, 'in_conv'))
+  for k in range(1, 5):
+    out.update(_conv_block_entries(f'{prefix}.down{k}.maxpool_conv.1', (prefix, f'down{k}')))
+  return out
+
+
+def _decoder_entries(prefix: str, up_type: int) -> torch_keys.KeyMap:
+  out = {}
+  for k in range(1, 5):
+    t, path = f'{prefix}.up{k}', (prefix, f'up{k}')
+    if up_type == 1:
+      out.update(torch_keys.conv_entries(f'{t}.conv1x1', path + ('conv1x1',),
+                                         torch_keys.conv_perm(2)))
+    else:
+      out.update(torch_keys.conv_entries(f'{t}.up', path + ('up',),
+                                         torch_keys.conv_transpose_perm(2)))
+    out.update(_conv_block_entries(f'{t}.conv', path + ('conv',)))
+  out.update(torch_keys.conv_entries(f'{prefix}.out_conv', (prefix, 'out_conv'),
+                                     torch_keys.conv_perm(2)))
+  return out
+
+
+def torch_key_map(up_type: int = 1, **unused) -> torch_keys.KeyMap:
+  """BCP UNet_2d / SSL4MIS UNet (`UNet2d`): `encoder.*`, `decoder.*`."""
+  del unused
+  return {**_encoder_entries('encoder'), **_decoder_entries('decoder', up_type)}
+
+
+def cml_torch_key_map(shared_branches: bool = True, **unused) -> torch_keys.KeyMap:
+  """CML's ACDC UNet (SongwuJob/CML code/networks/unet.py, `CMLUNet2d`): one `encoder`, `decoder1`
+  (bilinear), `decoder2` (transposed conv, never run upstream but in its state_dict); `encoder2`
+  only for the heterogeneous shared_branches=False variant (no upstream checkpoint has it)."""
+  del unused
+  out = {**_encoder_entries('encoder'), **_decoder_entries('decoder1', 1),
+         **_decoder_entries('decoder2', 0)}
+  if not shared_branches:
+    out.update(_encoder_entries('encoder2'))
+  return out
+
+
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.image_example_shape, TORCH_IGNORED_KEYS)
+CML_TORCH_MAP = torch_keys.TorchMap(cml_torch_key_map, torch_keys.image_example_shape)

@@ -3,8 +3,8 @@
 Port of `KU-CVML/DyCON: code/networks/UNet3D_contrastive.py` `UNet3D` with the blocks `UnetConv3`
 and `UnetUp3_CT` of `code/networks/utils.py` (commit 69c1384), built by
 `net_factory_3d(net_type="unet_3D", in_chns=1, class_num=2, scaler=2)` in
-`code/train_DyCON_BraTS19.py` / `train_DyCON_Pancreas.py`. Spec: shared/spec/methods/dycon.md
-section 1; fixture shared/parity/DyCON_UNet3D.npz (NETWORKS.md). This is the SSL4MIS `unet_3D`, not
+`code/train_DyCON_BraTS19.py` / `train_DyCON_Pancreas.py`. Spec: docs/methods/dycon.md
+section 1; fixture DyCON_UNet3D.npz (docs/parity.md). This is the SSL4MIS `unet_3D`, not
 the UA-MT VNet.
 
 Structure, f = filters (64, 128, 256, 512, 1024) // feature_scale ((16, .., 256) upstream):
@@ -24,7 +24,7 @@ Init (torch_init=True): kaiming-normal (fan_in, gain sqrt 2) conv weights as ups
 `weights_init_kaiming`; conv biases torch's default U(+-1/sqrt(fan_in)). One deviation: upstream
 draws BatchNorm gamma from N(1, 0.02); `layers.BatchNorm` starts it at 1.
 
-Parameter tree (torch name -> flax path, see `jaxseg.models.torch_import`):
+Parameter tree (torch name -> flax path, `torch_key_map` at the end of this file):
   convK.convS.0           -> convK/convS           (K in 1..4, S in 1..2), center.convS.0 -> center/convS
   up_concatK.conv.convS.0 -> up_concatK/conv/convS
   final, out_conv2        -> final, out_conv2
@@ -33,15 +33,17 @@ Parameter tree (torch name -> flax path, see `jaxseg.models.torch_import`):
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 from jaxseg.models import layers
+from jaxseg.models import torch_keys
 from jaxseg.models.resize import resize_linear_align_corners
 
 Array = jax.Array
@@ -178,7 +180,7 @@ class UNet3D(nn.Module):
     feature_scale: filters are (64, 128, 256, 512, 1024) // feature_scale (4 upstream; the parity
       fixture uses 16).
     n_filters: if > 0, the first stage's width f instead (filters f * (1, 2, 4, 8, 16)), the knob
-      the other networks share (configs/smoke.py sets it); n_filters 16 == feature_scale 4.
+      the other networks share (config_lib.smoke sets it); n_filters 16 == feature_scale 4.
     scale_factor: upsampling of the bottleneck before the projection head (upstream
       `feature_scaler`, 2): features come out at `scale_factor / 16` of the input resolution.
     proj_hidden, proj_features: widths of the projection head (512 and 256 upstream).
@@ -252,3 +254,38 @@ class UNet3D(nn.Module):
     features = ProjectionHead(self.scale_factor, self.proj_hidden, self.proj_features,
                               name='projection', **common)(center, train).astype(out_dtype)
     return sdf, logits, features
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+
+def torch_key_map(**unused) -> torch_keys.KeyMap:
+  """DyCON's UNet3D (KU-CVML/DyCON code/networks/UNet3D_contrastive.py + utils.py): each
+  UnetConv3 holds `convS.0` (Conv3d) of its two Sequential stages (InstanceNorm has no params);
+  `projection` is Sequential [Conv3d, BatchNorm3d, ReLU, Conv3d, BatchNorm3d] (flax conv0, bn1,
+  conv3, bn4)."""
+  del unused
+  perm = torch_keys.conv_perm(3)
+  out = {}
+  blocks = [(b, (b,)) for b in ('conv1', 'conv2', 'conv3', 'conv4', 'center')]
+  blocks += [(f'up_concat{k}.conv', (f'up_concat{k}', 'conv')) for k in (4, 3, 2, 1)]
+  for torch_prefix, path in blocks:
+    for s in ('conv1', 'conv2'):
+      out.update(torch_keys.conv_entries(f'{torch_prefix}.{s}.0', path + (s,), perm))
+  for head in ('final', 'out_conv2'):
+    out.update(torch_keys.conv_entries(head, (head,), perm))
+  for i, kind in ((0, 'conv'), (1, 'bn'), (3, 'conv'), (4, 'bn')):
+    path = ('projection', f'{kind}{i}')
+    if kind == 'conv':
+      out.update(torch_keys.conv_entries(f'projection.{i}', path, perm))
+    else:
+      out.update(torch_keys.norm_entries('batchnorm', f'projection.{i}', path))
+  return out
+
+
+def _torch_example_shape(in_channels: int = 1, **unused) -> tuple[int, ...]:
+  del unused
+  return (1, 16, 16, 16, in_channels)
+
+
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, _torch_example_shape)

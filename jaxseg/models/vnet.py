@@ -2,10 +2,10 @@
 
 Port of `yulequan/UA-MT: code/networks/vnet.py` `VNet` (commit 88ed29a; byte-identical copies in
 HiLab-git/DTC and HiLab-git/SSL4MIS; UPC-Pytorch adds `dropout_rate`). Spec:
-shared/spec/methods/vnet.md. A plain encoder/decoder with additive skips, not Milletari's residual
+docs/methods/vnet.md. A plain encoder/decoder with additive skips, not Milletari's residual
 V-Net.
 
-Parameter tree (torch name -> flax path, see `jaxseg.models.torch_import`):
+Parameter tree (torch name -> flax path, `torch_key_map` at the end of this file):
   block_X.conv.{s*k}    -> block_X/conv{k}   (s = 3 with a norm layer, 2 with normalization='none')
   block_X.conv.{s*k+1}  -> block_X/bn{k}     (whatever the norm kind)
   block_X_dw.conv.0 / block_X_up.conv.0 -> block_X_dw/conv0, block_X_up/conv0; .conv.1 -> bn0
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models import layers
+from jaxseg.models import torch_keys
 from jaxseg.models.resize import upsample2x_linear_align_corners
 
 Array = jax.Array
@@ -246,3 +247,50 @@ class VNet(nn.Module):
     if return_features:
       return logits, {'x5': feats[4], 'x8': x8, 'x9': x9}
     return logits
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+# (name, kind, stages) of the UA-MT VNet, in forward order (yulequan/UA-MT code/networks/vnet.py).
+VNET_BLOCKS = (
+    ('block_one', 'conv', 1), ('block_one_dw', 'down', 1),
+    ('block_two', 'conv', 2), ('block_two_dw', 'down', 1),
+    ('block_three', 'conv', 3), ('block_three_dw', 'down', 1),
+    ('block_four', 'conv', 3), ('block_four_dw', 'down', 1),
+    ('block_five', 'conv', 3), ('block_five_up', 'up', 1),
+    ('block_six', 'conv', 3), ('block_six_up', 'up', 1),
+    ('block_seven', 'conv', 3), ('block_seven_up', 'up', 1),
+    ('block_eight', 'conv', 2), ('block_eight_up', 'up', 1),
+    ('block_nine', 'conv', 1),
+)
+N_ENCODER_BLOCKS = 9  # block_one .. block_five in VNET_BLOCKS
+
+
+def vnet_block_entries(normalization: str = 'batchnorm', prefix: str = '',
+                       path: tuple[str, ...] = ()) -> torch_keys.KeyMap:
+  """Key map of the 17 VNet blocks (not out_conv), for networks that reuse them.
+
+  Upstream blocks are `nn.Sequential`s of [conv, norm, ReLU] per stage (or [conv, ReLU] with
+  normalization='none'), so stage k's conv is `.conv.{s*k}` and its norm `.conv.{s*k+1}`.
+  """
+  stride = 2 if normalization == 'none' else 3
+  out = {}
+  for name, kind, stages in VNET_BLOCKS:
+    perm = torch_keys.conv_transpose_perm(3) if kind == 'up' else torch_keys.conv_perm(3)
+    for k in range(stages):
+      t = f'{prefix}{name}.conv'
+      out.update(torch_keys.conv_entries(f'{t}.{stride * k}', path + (name, f'conv{k}'), perm))
+      out.update(torch_keys.norm_entries(normalization, f'{t}.{stride * k + 1}',
+                                         path + (name, f'bn{k}')))
+  return out
+
+
+def torch_key_map(normalization: str = 'batchnorm', **unused) -> torch_keys.KeyMap:
+  """UA-MT's VNet: the 17 blocks and out_conv, flax paths block_X/conv{k}, block_X/bn{k}."""
+  del unused
+  out = vnet_block_entries(normalization)
+  out.update(torch_keys.conv_entries('out_conv', ('out_conv',), torch_keys.conv_perm(3)))
+  return out
+
+
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.volume_example_shape)

@@ -2,7 +2,7 @@
 
 Port of `HiLab-git/DTC: code/networks/vnet_sdf.py` `VNet` (commit 2525b9c), built by
 `code/train_la_dtc.py` as VNet(n_channels=1, n_classes=1, normalization='batchnorm',
-has_dropout=True). Spec: shared/spec/methods/dtc.md section 1.
+has_dropout=True). Spec: docs/methods/dtc.md section 1.
 
 The trunk is the UA-MT VNet (`jaxseg.models.vnet.VNet`, same blocks, same single Dropout3d on x5
 and x9). Both heads are 1x1x1 convolutions (with bias) on the same x9 (after the decoder dropout):
@@ -10,7 +10,7 @@ and x9). Both heads are 1x1x1 convolutions (with bias) on the same x9 (after the
   * `out_conv2` -> out_seg `[B, D, H, W, n_classes]`: segmentation logits (DTC applies a sigmoid).
 Note upstream's naming: `out_conv` is the SDF head and `out_conv2` the segmentation head. The
 trunk's own output conv *is* `out_conv`, so the parameter tree has exactly upstream's names
-(block_X/conv{k}, block_X/bn{k}, out_conv, out_conv2), see `jaxseg.models.torch_import`.
+(block_X/conv{k}, block_X/bn{k}, out_conv, out_conv2), see `torch_key_map` below.
 
 Call: `apply(variables, x, train=False, turnoff_drop=False)` returns the tuple
 `(out_tanh, out_seg)`, SDF first, as upstream's forward. Both come back in at least float32.
@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models import layers
+from jaxseg.models import torch_keys
+from jaxseg.models import vnet
 from jaxseg.models.vnet import VNet
 
 Array = jax.Array
@@ -64,3 +66,18 @@ class VNetSDF(nn.Module):
     out_seg = self.out_conv2(features['x9'])
     out_seg = out_seg.astype(jnp.promote_types(out_seg.dtype, jnp.float32))
     return jnp.tanh(sdf_logits), out_seg
+
+
+# --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
+
+
+def torch_key_map(normalization: str = 'batchnorm', **unused) -> torch_keys.KeyMap:
+  """DTC's VNetSDF (HiLab-git/DTC code/networks/vnet_sdf.py): the VNet key map (its out_conv is
+  the tanh SDF head) plus out_conv2, the segmentation head; flax paths have the same names."""
+  del unused
+  out = vnet.torch_key_map(normalization)
+  out.update(torch_keys.conv_entries('out_conv2', ('out_conv2',), torch_keys.conv_perm(3)))
+  return out
+
+
+TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.volume_example_shape)
