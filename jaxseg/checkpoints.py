@@ -1,6 +1,6 @@
 """Which checkpoint an evaluation uses, and how a run keeps its best-on-validation state.
 
-Checkpoint policy (DESIGN.md "Evaluation modes"):
+Checkpoint policy (docs/design.md "Evaluation modes"):
   * `final` (the default): the latest step in `<workdir>/checkpoints` (orbax items 'state' + 'data').
   * `best_val`: `<workdir>/checkpoints_best`, one orbax checkpoint (item 'state') kept by
     `best_fn` = the mean validation Dice of the periodic validation in jaxseg/train.py. The file

@@ -12,7 +12,7 @@ import time
 
 from tensorboardX import SummaryWriter
 
-from jaxseg.io_utils import atomic_open
+from jaxseg import io_utils
 
 
 class MetricWriter:
@@ -36,14 +36,19 @@ class MetricWriter:
           kept.append(line)
       except json.JSONDecodeError:  # a line cut by a kill
         continue
-    with atomic_open(self.path) as f:
+    with io_utils.atomic_open(self.path) as f:
       f.write("".join(l + "\n" for l in kept))
 
   def write(self, step: int, scalars: dict) -> None:
-    record = {"step": int(step), "time": time.time()}
+    # No wall-clock time in the record: the same command twice writes the same bytes (TensorBoard
+    # events keep the time).
+    record = {"step": int(step)}
     record.update({k: float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:  # a line cut here is dropped on resume (_truncate_after)
+      raise io_utils.storage_error(self.path, e) from e
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))

@@ -3,7 +3,9 @@ import h5py
 import numpy as np
 import pytest
 
-from jaxseg.data.h5io import DataError, load_case, write_case
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import load_case
+from jaxseg.data.h5io import write_case
 
 
 def _raw_h5(path, **arrays):
@@ -113,3 +115,28 @@ def test_bad_files_name_the_file(tmp_path, kind, pattern):
     load_case(path, num_classes=2)
   assert str(path) in str(e.value)
   assert isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_damaged_file_names_the_file(tmp_path, damage):
+  """A case cut by a full disk or a kill, or with bytes overwritten inside its compressed data."""
+  path = tmp_path / "case.h5"
+  write_case(path, np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32),
+             np.zeros((40, 40, 40), np.uint8))
+  data = bytearray(path.read_bytes())
+  if damage == "truncate":
+    data = data[:len(data) // 2]
+  else:
+    data[len(data) // 2:len(data) // 2 + 2048] = bytes(2048)
+  path.write_bytes(bytes(data))
+  with pytest.raises(DataError, match="truncated or corrupt") as e:
+    load_case(path, num_classes=2)
+  assert str(path) in str(e.value)
+
+
+def test_non_numeric_image_names_the_file(tmp_path):
+  path = tmp_path / "case.h5"
+  _, label = _good()
+  _raw_h5(path, image=np.full(label.shape, b"x", dtype="S1"), label=label)
+  with pytest.raises(DataError, match=r"case.h5: image dtype \|S1 is not a real number type"):
+    load_case(path, num_classes=2)

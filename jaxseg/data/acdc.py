@@ -71,8 +71,8 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
   return registry.locate_root(
       config_root, "ACDC", [TRAIN_LIST, VAL_LIST],
       f"It holds {TRAIN_LIST}, {VAL_LIST}, data/slices/<slice>.h5 and data/<volume>.h5 (the "
-      "SSL4MIS preprocessed ACDC: github.com/HiLab-git/SSL4MIS, data/ACDC); developers of this "
-      "project have a subset at ../shared/data/ACDC. For a run without real data set data.synthetic.")
+      "SSL4MIS preprocessed ACDC: github.com/HiLab-git/SSL4MIS, data/ACDC). For a run without "
+      "real data set data.synthetic.")
 
 
 def labeled_slice_count(slice_ids: Sequence[str], n_patients: int) -> int:

@@ -1,6 +1,6 @@
 """BraTS 2019 (whole-tumour, single modality) in the SSL4MIS h5 layout, as DyCON trains on it.
 
-Layout (spec dycon.md section 5; `KU-CVML/DyCON: code/dataloaders/brats19.py`, HiLab-git/SSL4MIS's
+Layout (docs/methods/dycon.md §5; `KU-CVML/DyCON: code/dataloaders/brats19.py`, HiLab-git/SSL4MIS's
 preprocessed BraTS2019):
 
   <root>/train.txt, val.txt, test.txt   one case id per line; a line may carry a ",..." suffix,

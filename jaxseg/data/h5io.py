@@ -11,10 +11,13 @@ import tempfile
 import h5py
 import numpy as np
 
+from jaxseg import io_utils
+from jaxseg.errors import UserError
+
 PathLike = str | os.PathLike
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """A data file, list or folder is missing or malformed; the message names the file."""
 
 
@@ -30,8 +33,9 @@ def load_case(path: PathLike, num_classes: int, ndim: int = 3) -> tuple[np.ndarr
     (image float32 [D, H, W], label uint8 [D, H, W]) for ndim=3.
 
   Raises:
-    DataError: naming ``path`` for a missing file, missing key, shape mismatch, wrong ndim,
-      non-finite intensities, non-integer label dtype or out-of-range labels.
+    DataError: naming ``path`` for a missing, truncated or corrupt file, missing key, shape
+      mismatch, wrong ndim, non-numeric image or non-integer label dtype, non-finite intensities
+      or out-of-range labels.
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -43,13 +47,18 @@ def load_case(path: PathLike, num_classes: int, ndim: int = 3) -> tuple[np.ndarr
         raise DataError(f"{path}: missing key(s) {missing}; keys found: {sorted(f.keys())}")
       image = f["image"][()]
       label = f["label"][()]
-  except OSError as e:
-    raise DataError(f"{path}: cannot read as HDF5 ({e})") from e
+  except DataError:
+    raise
+  except Exception as e:  # h5py reports truncation and corrupt chunks as OSError, KeyError, ...
+    raise DataError(f"{path}: cannot read as HDF5, the file is truncated or corrupt "
+                    f"({type(e).__name__}: {e})") from e
 
   if image.shape != label.shape:
     raise DataError(f"{path}: image shape {image.shape} != label shape {label.shape}")
   if image.ndim != ndim:
     raise DataError(f"{path}: expected a {ndim}-D image, got shape {image.shape}")
+  if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
+    raise DataError(f"{path}: image dtype {image.dtype} is not a real number type")
   if not np.issubdtype(label.dtype, np.integer):
     raise DataError(f"{path}: label dtype {label.dtype} is not an integer type")
   image = np.asarray(image, np.float32)
@@ -86,7 +95,7 @@ def write_case(path: PathLike, image: np.ndarray, label: np.ndarray) -> None:
                        compression_opts=4)
       f.create_dataset("label", data=label.astype(np.uint8), compression="gzip",
                        compression_opts=4)
-    os.replace(tmp, path)
+    io_utils.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -8,10 +8,11 @@ at most); returned arrays are read-only views of the cache. Grain-compatible (``
 """
 import os
 import pathlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from jaxseg.data.h5io import DataError
 from jaxseg.data.h5io import load_case
 
 
@@ -48,8 +49,7 @@ class H5Source:
       raise IndexError(f"case index {index} out of range for {len(self)} cases")
     index %= len(self)
     if index not in self._cache:
-      image, label = load_case(self.path_of(self.root, self.case_ids[index]), self.num_classes,
-                               ndim=self.ndim)
+      image, label = load_case(self.path(index), self.num_classes, ndim=self.ndim)
       if self.transpose is not None:
         image = np.ascontiguousarray(np.transpose(image, self.transpose))
         label = np.ascontiguousarray(np.transpose(label, self.transpose))
@@ -58,6 +58,29 @@ class H5Source:
       self._cache[index] = (image, label)
     image, label = self._cache[index]
     return {"image": image, "label": label, "case": self.case_ids[index]}
+
+  def path(self, index: int) -> pathlib.Path:
+    """The h5 file of case `index`."""
+    return self.path_of(self.root, self.case_ids[index])
+
+  def check_all(self, labeled: Iterable[int] = ()) -> None:
+    """Reads and validates every case now, so bad data stops a run before its first step rather
+    than at whichever step first samples it (the cases stay cached for training).
+
+    Args:
+      labeled: indices of cases whose label is used as ground truth (labeled training cases,
+        validation cases): a volume among them must hold some foreground, or its Dice and its
+        supervised loss mean nothing. 2D slices are exempt (most ACDC slices hold no heart).
+
+    Raises:
+      DataError: naming the case file and the problem.
+    """
+    labeled = set(labeled)
+    for index in range(len(self)):
+      label = self[index]["label"]
+      if index in labeled and self.ndim == 3 and not label.any():
+        raise DataError(f"{self.path(index)}: the label is empty (no foreground voxel) but the case "
+                        "is used as labeled ground truth; fix the file or drop the case from the list")
 
   def __repr__(self) -> str:
     kind = "slices" if self.ndim == 2 else "volumes"

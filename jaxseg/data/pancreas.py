@@ -8,7 +8,7 @@ Layout (upstream ``HiLab-git/DTC: code/dataloaders/pancreas.py`` class ``Pancrea
 
 DTC ships no Pancreas preprocessing; the maintainer describes it as "center crop and zero mean unit
 variance normalization" (HiLab-git/DTC issue #3). The paper setting is 82 volumes, 62 train / 20 test,
-12 labeled (spec dtc.md section 5, unverified). As for LA, validation is OUR carve-out: the last
+12 labeled (docs/methods/dtc.md §5, unverified). As for LA, validation is OUR carve-out: the last
 ``data.n_val`` names of train.list; the labeled names are the first ``data.labeled`` of the rest.
 """
 import json

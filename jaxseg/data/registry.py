@@ -62,6 +62,9 @@ class DatasetSpec:
       the same layout (tests, runs without a download); None where there is none.
     test_list: the list file of the held-out test split under the root (`evaluate --split test`).
     read_list: `(path) -> ids` for this dataset's list files (BraTS lines carry a ',...' suffix).
+    configure: `(config.data) -> DatasetSpec` bound to data-config settings the sources need
+      (h5folder's `data.case_pattern`); None where the layout is fixed. `get_dataset(name,
+      config.data)` applies it.
   """
   find_root: Callable[[str | None], pathlib.Path]
   make_splits: Callable[[pathlib.Path, ml_collections.ConfigDict], Splits]
@@ -70,3 +73,4 @@ class DatasetSpec:
   synthesize: Callable[[pathlib.Path, ml_collections.ConfigDict], pathlib.Path] | None = None
   test_list: str = "test.list"
   read_list: Callable[[pathlib.Path], list[str]] = splits_lib.read_list
+  configure: Callable[[ml_collections.ConfigDict], "DatasetSpec"] | None = None
