@@ -124,23 +124,14 @@ def test_real_acdc_subset():
 
 def tiny_acdc_config(method: str = "supervised", steps: int = 2) -> ml_collections.ConfigDict:
   """The supervised UNet2d on the synthetic ACDC layout: 32x32 slices, width 4, 2 steps."""
-  c = config_lib.la_recipe(method, labeled=2, seed=0)
-  del c.mt
-  c.total_steps = steps
-  c.batch_size = c.labeled_batch_size = 2
-  c.model.name = "unet2d"
-  c.model.kwargs = ml_collections.ConfigDict(dict(n_channels=1, n_classes=4,
-                                                  feature_chns=(4, 8, 16, 32, 64)))
-  c.data.name = "acdc"
-  c.data.root = ""
-  c.data.synthetic = ml_collections.ConfigDict(SYNTH)
-  c.data.num_classes = 4
-  c.data.patch_size = (32, 32)
-  c.data.augment = "acdc_random_generator"
-  c.data.spacing = None  # ACDC h5 files carry no spacing
-  c.eval.every_steps = 0
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 2
+  c = config_lib.run(method, seed=0, total_steps=steps, batch_size=2, labeled_batch_size=2,
+                     log_every_steps=1, checkpoint_every_steps=2)
+  c.model = ml_collections.ConfigDict(dict(name="unet2d", kwargs=dict(
+      n_channels=1, n_classes=4, feature_chns=(4, 8, 16, 32, 64))))
+  c.data = config_lib.acdc_data(2, patch_size=(32, 32), synthetic=ml_collections.ConfigDict(SYNTH),
+                                spacing=None)  # ACDC h5 files carry no spacing
+  c.optimizer = config_lib.sgd()
+  c.eval = config_lib.parity_eval(every_steps=0)
   return c
 
 
