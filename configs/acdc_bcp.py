@@ -42,6 +42,7 @@ state (the best-on-val state is also kept, see jaxseg/checkpoints.py). The devel
 first 14 training patients' slices (enough for labeled = 3 or 7; the unlabeled pool is smaller than
 upstream's) and the 20 val volumes.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -49,12 +50,14 @@ from jaxseg import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=3, seed=1337, smoke=False)
-  c = config_lib.run("bcp", seed=a.seed, total_steps=10000 + 30000, batch_size=24,
-                     labeled_batch_size=12)
+  c = config_lib.run(
+    "bcp", seed=a.seed, total_steps=10000 + 30000, batch_size=24, labeled_batch_size=12
+  )
   c.model = config_lib.unet2d_model()
   c.data = config_lib.acdc_data(a.labeled)
   c.optimizer = config_lib.sgd("constant")
-  c.bcp = ml_collections.ConfigDict(dict(
+  c.bcp = ml_collections.ConfigDict(
+    dict(
       pretrain_steps=10000,  # upstream --pre_iterations; then --max_iterations 30000
       pretrain_lr_schedule="constant",
       mask_ratio=2 / 3,  # generate_mask: int(S * 2/3), corner from the real shape
@@ -66,7 +69,8 @@ def get_config(arg=None):
       ema_batch_stats=True,  # update_model_ema blends the whole state_dict
       reset_optimizer=False,  # self_train: load_net_opt (momentum kept)
       acdc_dice_mask="head",  # 'head' (a925e30 fix) | 'legacy' (paper: background unmasked)
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval(batch_size=16)  # slices per forward; argmax, no largest_cc
   if a.smoke:
     config_lib.smoke(c)

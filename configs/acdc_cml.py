@@ -38,6 +38,7 @@ is also kept, see jaxseg/checkpoints.py). The developer data holds the first 14 
 slices (enough for labeled = 3 or 7; the unlabeled pool is smaller than upstream's) and the 20 val
 volumes.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -45,17 +46,22 @@ from jaxseg import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=7, seed=1337, smoke=False)
-  c = config_lib.run("cml", seed=a.seed, total_steps=10000 + 30000, batch_size=24,
-                     labeled_batch_size=12)
+  c = config_lib.run(
+    "cml", seed=a.seed, total_steps=10000 + 30000, batch_size=24, labeled_batch_size=12
+  )
   # Upstream's single encoder + decoder1 twice (docstring).
   c.model = config_lib.unet2d_model("cml_unet2d", shared_branches=True)
   c.data = config_lib.acdc_data(a.labeled)
   c.optimizer = config_lib.sgd("constant")
-  c.cml = ml_collections.ConfigDict(dict(
+  c.cml = ml_collections.ConfigDict(
+    dict(
       pretrain_steps=10000,  # upstream --pre_iterations; then --train_iterations 30000
-      l_weight=1.0, u_weight=0.5, dis_weight=0.1,
+      l_weight=1.0,
+      u_weight=0.5,
+      dis_weight=0.1,
       mask_ratio=1 / 2,
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval(batch_size=16)  # slices per forward; argmax, no largest_cc
   if a.smoke:
     config_lib.smoke(c)

@@ -40,17 +40,25 @@ on 25 volumes), so it runs every 2000 steps, not 200. Orientation: evaluation vo
 so the upstream test protocol feeds the network volumes in the other orientation: that mismatch is
 not reproduced by data.name='brats' (jaxseg.data.brats.UPSTREAM_TEST_DATASET reproduces it).
 """
+
 from jaxseg import config_lib
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=25, seed=1337, smoke=False)
-  c = config_lib.run("dycon", seed=a.seed, total_steps=20000, batch_size=8, labeled_batch_size=4,
-                     checkpoint_every_steps=1000)
+  c = config_lib.run(
+    "dycon",
+    seed=a.seed,
+    total_steps=20000,
+    batch_size=8,
+    labeled_batch_size=4,
+    checkpoint_every_steps=1000,
+  )
   c.model = config_lib.unet3d_dycon_model()
   c.data = config_lib.brats_data(a.labeled)
   c.optimizer = config_lib.sgd("constant", clip_grad_norm=1.0)
   c.dycon = config_lib.dycon_block()
-  c.eval = config_lib.parity_eval(stride_xy=16, stride_z=4, every_steps=2000,
-                                  largest_cc=True)  # test_BraTS19.py --nms 1
+  c.eval = config_lib.parity_eval(
+    stride_xy=16, stride_z=4, every_steps=2000, largest_cc=True
+  )  # test_BraTS19.py --nms 1
   return config_lib.smoke(c) if a.smoke else c

@@ -14,6 +14,7 @@ Arguments: `labeled` (default 6 of the 20 training phantoms), `seed` (0), `steps
 Target: no published number (the seed table has none for synthetic data): Dice >= 0.80 on the
 synthetic validation split in under 10 minutes on 2 CPU cores.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -21,8 +22,14 @@ from jaxseg import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=6, seed=0, steps=400, smoke=False)
-  c = config_lib.run("mean_teacher", seed=a.seed, total_steps=a.steps, batch_size=4,
-                     labeled_batch_size=2, checkpoint_every_steps=100)
+  c = config_lib.run(
+    "mean_teacher",
+    seed=a.seed,
+    total_steps=a.steps,
+    batch_size=4,
+    labeled_batch_size=2,
+    checkpoint_every_steps=100,
+  )
   c.model = config_lib.vnet_model(n_filters=8)
   c.data = config_lib.la_data(a.labeled, name="synthetic", patch_size=(32, 32, 32))
   c.data.synthetic = ml_collections.ConfigDict(dict(n_cases=24, shape=(48, 48, 32), seed=0))

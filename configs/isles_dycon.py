@@ -43,13 +43,20 @@ best_val` the best-on-validation state); ids listed without an h5 file stop the 
 named (upstream skips them silently); the h5 label key is `label`, not DyCON's `mask`. Three cases
 have an empty lesion mask (0150, 0151 in train.list, 0170 in val.list).
 """
+
 from jaxseg import config_lib
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=10, seed=1337, smoke=False)
-  c = config_lib.run("dycon", seed=a.seed, total_steps=20000, batch_size=8, labeled_batch_size=4,
-                     checkpoint_every_steps=1000)
+  c = config_lib.run(
+    "dycon",
+    seed=a.seed,
+    total_steps=20000,
+    batch_size=8,
+    labeled_batch_size=4,
+    checkpoint_every_steps=1000,
+  )
   c.model = config_lib.unet3d_dycon_model()
   c.data = config_lib.isles_data(a.labeled)
   c.optimizer = config_lib.sgd("constant", clip_grad_norm=1.0)

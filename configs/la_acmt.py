@@ -39,6 +39,7 @@ checkpoint on test.txt every 50 steps after 500 (we evaluate the final student),
 shipped to developers has 32 of the 80 training cases, so the unlabeled pool is smaller than
 upstream's, and validation is the last 4 ids of train.list.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -50,19 +51,30 @@ def get_config(arg=None):
   c.model = config_lib.vnet_model()
   c.data = config_lib.la_data(a.labeled)
   c.optimizer = config_lib.sgd("poly", poly_power=0.9)
-  c.acmt = ml_collections.ConfigDict(dict(
+  c.acmt = ml_collections.ConfigDict(
+    dict(
       strategy=a.strategy,  # 'ent' | 'mu' | 'perr' | 'serr'
-      ema_decay=0.99, consistency=0.1, consistency_rampup=40.0, iters_per_epoch=150,
-      noise_std=0.1, noise_clip=0.2,
+      ema_decay=0.99,
+      consistency=0.1,
+      consistency_rampup=40.0,
+      iters_per_epoch=150,
+      noise_std=0.1,
+      noise_clip=0.2,
       threshold_rampup=0,  # Ent / MU threshold ramp length; 0 = total_steps (upstream max_iterations)
-      ent_threshold=0.75, ent_threshold_max=0.95,
-      mu_passes=8, mu_threshold=0.75, mu_threshold_span=0.15,
-      perr_passes=10, perr_uncertainty_th=0.1, perr_temperature=2.0,
+      ent_threshold=0.75,
+      ent_threshold_max=0.95,
+      mu_passes=8,
+      mu_threshold=0.75,
+      mu_threshold_span=0.15,
+      perr_passes=10,
+      perr_uncertainty_th=0.1,
+      perr_temperature=2.0,
       # MU / P-Err forwards per vmapped group; 0 = auto: all in one vmap on GPU/TPU, one at a time
       # (lax.map) on CPU, where XLA cannot allocate the batched forward at 112x112x80.
       pass_chunk=0,
       perr_entropy_broadcast_quirk=True,
       serr_filter_by="both",
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval()
   return config_lib.smoke(c) if a.smoke else c

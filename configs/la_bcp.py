@@ -37,6 +37,7 @@ starts from the LAST pre-training state and the final state is evaluated on the 
 (the last 4 ids of train.list). The data shipped to developers has 32 of the 80 training cases, so
 the unlabeled pool is smaller than upstream's.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -44,15 +45,17 @@ from jaxseg import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=8, seed=1337, smoke=False)
-  c = config_lib.run("bcp", seed=a.seed, total_steps=2000 + 15000, batch_size=8,
-                     labeled_batch_size=4)
+  c = config_lib.run(
+    "bcp", seed=a.seed, total_steps=2000 + 15000, batch_size=8, labeled_batch_size=4
+  )
   # The projection / prediction / class-selector heads never enter a loss (docs/methods/bcp.md
   # §1a); they are built only for checkpoint import (torch_import drops their keys here).
   c.model = config_lib.vnet_model("bcp_vnet", with_heads=False)
   c.data = config_lib.la_data(a.labeled)
   # Self-train schedule; its count restarts with the fresh optimizer at the self-train entry.
   c.optimizer = config_lib.sgd()
-  c.bcp = ml_collections.ConfigDict(dict(
+  c.bcp = ml_collections.ConfigDict(
+    dict(
       pretrain_steps=2000,  # upstream --pre_max_iteration; then --self_max_iteration 15000
       pretrain_lr_schedule="constant",
       mask_ratio=2 / 3,  # --mask_ratio: box side / patch side, per axis
@@ -63,7 +66,8 @@ def get_config(arg=None):
       ema_decay=0.99,  # update_ema_variables(model, ema_model, 0.99): constant, params only
       ema_batch_stats=False,
       reset_optimizer=True,  # self_train builds a new SGD (load_net, not load_net_opt)
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval(largest_cc=True)  # test_LA.py --nms 1
   if a.smoke:
     config_lib.smoke(c)

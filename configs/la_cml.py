@@ -35,6 +35,7 @@ starts from the last pre-training state and the final state is evaluated on the 
 (the last 4 ids of train.list). The data shipped to developers has 32 of the 80 training cases, so
 the unlabeled pool is smaller than upstream's.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -42,17 +43,22 @@ from jaxseg import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=16, seed=1337, smoke=False)
-  c = config_lib.run("cml", seed=a.seed, total_steps=2000 + 15000, batch_size=8,
-                     labeled_batch_size=4)
+  c = config_lib.run(
+    "cml", seed=a.seed, total_steps=2000 + 15000, batch_size=8, labeled_batch_size=4
+  )
   c.model = config_lib.vnet_model("cml_vnet")
   c.data = config_lib.la_data(a.labeled)
   # 'step' counts MAIN-phase steps (jaxseg/methods/cml.py lr_schedule); pretrain is constant.
   c.optimizer = config_lib.sgd()
-  c.cml = ml_collections.ConfigDict(dict(
+  c.cml = ml_collections.ConfigDict(
+    dict(
       pretrain_steps=2000,  # upstream --pre_max_iteration; then --train_max_iteration 15000
-      l_weight=1.0, u_weight=1.0, dis_weight=0.2,
+      l_weight=1.0,
+      u_weight=1.0,
+      dis_weight=0.2,
       mask_ratio=2 / 3,  # CutMix box side / patch side, per axis
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval(largest_cc=True)  # test_LA.py --nms 1
   if a.smoke:
     config_lib.smoke(c)

@@ -29,6 +29,7 @@ evaluates the final step and never selects on the test set. The data shipped to 
 of the 80 training cases, so the unlabeled pool is smaller than upstream's, and validation is the
 last 4 ids of train.list (the test split is held out).
 """
+
 from jaxseg import config_lib
 
 

@@ -31,6 +31,7 @@ What is taken from where:
 Sampler epochs (UnCL beta, FeCL thresholds) are labeled // 4 iterations long here (2 at 8 labels), so
 the FeCL thresholds saturate after 3000 iterations and beta reaches 0.5 at the end of the run.
 """
+
 from jaxseg import config_lib
 
 

@@ -31,6 +31,7 @@ the final iteration's weights and picks no checkpoint on the test list; jaxseg l
 final state, on its validation split. The data shipped to developers has 32 of the 80 training cases,
 so the unlabeled pool is smaller than upstream's.
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -44,12 +45,16 @@ def get_config(arg=None):
   # train_MCF.py decays after the update of iteration t % 2500 == 0, t != 0 (before iter_num += 1):
   # counts 0..2500 at 0.01, 2501..5000 at 1e-3, 5001..5999 at 1e-4.
   c.optimizer = config_lib.sgd(lr_step_begin=1)
-  c.mcf = ml_collections.ConfigDict(dict(
+  c.mcf = ml_collections.ConfigDict(
+    dict(
       second_model="resvnet",  # built with the same model.kwargs as the VNet branch
       init="kaiming_normal",  # 'kaiming_normal' (upstream __init_weight) | 'torch' (torch defaults)
-      consistency=0.1, consistency_rampup=40.0, iters_per_epoch=150,
+      consistency=0.1,
+      consistency_rampup=40.0,
+      iters_per_epoch=150,
       temperature=0.1,  # pseudo-label sharpening T
       cdr_weight=0.5,  # weight of the contrastive difference review in the supervised loss
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval()
   return config_lib.smoke(c) if a.smoke else c

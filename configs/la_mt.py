@@ -22,13 +22,15 @@ The data shipped to developers has 32 of the 80 training cases, so the unlabeled
 smaller than upstream's, and validation is the last 4 ids of train.list (the test split is held
 out).
 """
+
 from jaxseg import config_lib
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=16, seed=1337, smoke=False)
-  c = config_lib.run("mean_teacher", seed=a.seed, total_steps=6000, batch_size=4,
-                     labeled_batch_size=2)
+  c = config_lib.run(
+    "mean_teacher", seed=a.seed, total_steps=6000, batch_size=4, labeled_batch_size=2
+  )
   c.model = config_lib.vnet_model()
   c.data = config_lib.la_data(a.labeled)
   c.optimizer = config_lib.sgd()

@@ -29,6 +29,7 @@ student, parity sliding window 18/18/4, medpy metrics in voxels.
 The data shipped to developers has 32 of the 80 training cases, so the unlabeled pool is smaller
 than upstream's, and validation is the last 4 ids of train.list (the test split is held out).
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -40,15 +41,21 @@ def get_config(arg=None):
   c.model = config_lib.vnet_model()
   c.data = config_lib.la_data(a.labeled)
   c.optimizer = config_lib.sgd()
-  c.uamt = ml_collections.ConfigDict(dict(
-      ema_decay=0.99, consistency=0.1, consistency_rampup=40.0, iters_per_epoch=150,
-      noise_std=0.1, noise_clip=0.2,
+  c.uamt = ml_collections.ConfigDict(
+    dict(
+      ema_decay=0.99,
+      consistency=0.1,
+      consistency_rampup=40.0,
+      iters_per_epoch=150,
+      noise_std=0.1,
+      noise_clip=0.2,
       consistency_type="mse",  # 'mse' | 'kl'
       consistency_on="unlabeled",  # 'unlabeled' (..._certainty_unlabel.py) | 'all' (..._certainty.py)
       mc_passes=8,  # T, hard-coded upstream; run as T / 2 forwards of the sub-batch repeated twice
       # MC forwards per vmapped group; 0 = auto: all T / 2 in one vmap on GPU/TPU, one at a time
       # (lax.map) on CPU, where XLA cannot allocate the 16-volume batched forward at 112x112x80.
       mc_chunk=0,
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval()
   return config_lib.smoke(c) if a.smoke else c

@@ -28,6 +28,7 @@ consistency 1.0 * sigmoid_rampup(step // 150, 40). Upstream hard-codes 16 labels
 Evaluation: the last-step student, parity sliding window 18/18/4, medpy metrics in voxels (upstream's
 test prints ASD before HD95; jaxseg reports named columns).
 """
+
 import ml_collections
 
 from jaxseg import config_lib
@@ -39,13 +40,19 @@ def get_config(arg=None):
   c.model = config_lib.vnet_model(dropout_rate=0.9)
   c.data = config_lib.la_data(a.labeled)
   c.optimizer = config_lib.sgd()
-  c.upc = ml_collections.ConfigDict(dict(
-      ema_decay=0.9999, consistency=1.0, consistency_rampup=40.0, iters_per_epoch=150,
-      noise_std=0.2, noise_clip=0.4,  # upstream --ratio 0.2, clamp +-2 ratio
+  c.upc = ml_collections.ConfigDict(
+    dict(
+      ema_decay=0.9999,
+      consistency=1.0,
+      consistency_rampup=40.0,
+      iters_per_epoch=150,
+      noise_std=0.2,
+      noise_clip=0.4,  # upstream --ratio 0.2, clamp +-2 ratio
       pseudo=True,  # store_true with default True upstream: always on
       pseudo_rect=False,
       threshold=0.9,
       temperature=1.0,  # upstream --T
-  ))
+    )
+  )
   c.eval = config_lib.parity_eval()
   return config_lib.smoke(c) if a.smoke else c

@@ -19,13 +19,15 @@ batch 4 all labeled from the first `labeled` cases of train.list, loss 0.5 (CE +
 iteration-6000 snapshot, i.e. the same model as our final state). Validation here is the last 4
 ids of train.list (the test split is held out).
 """
+
 from jaxseg import config_lib
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=16, seed=1337, smoke=False)
-  c = config_lib.run("supervised", seed=a.seed, total_steps=6000, batch_size=4,
-                     labeled_batch_size=4)  # all four volumes are labeled
+  c = config_lib.run(
+    "supervised", seed=a.seed, total_steps=6000, batch_size=4, labeled_batch_size=4
+  )  # all four volumes are labeled
   c.model = config_lib.vnet_model()
   c.data = config_lib.la_data(a.labeled)
   c.optimizer = config_lib.sgd()

@@ -24,6 +24,7 @@ test or preprocessing script, so this recipe is assembled from the paper:
     [unverified]; sigmoid > 0.5 and the largest connected component, as DTC's LA test.
 Validation is the last 4 names of train.list (our carve-out; the test list is held out).
 """
+
 from jaxseg import config_lib
 
 
@@ -33,9 +34,13 @@ def get_config(arg=None):
   c.model = config_lib.vnet_model("vnet_sdf", n_classes=1)
   # Spacing varies per CT volume and is not stored in the h5; follow-up works resample to 1 mm
   # [unverified]. Only clean-mode distances use it.
-  c.data = config_lib.la_data(a.labeled, name="pancreas", patch_size=(96, 96, 96),
-                              augment="crop",  # no rot/flip on Pancreas (DTC issue #10)
-                              spacing=(1.0, 1.0, 1.0))
+  c.data = config_lib.la_data(
+    a.labeled,
+    name="pancreas",
+    patch_size=(96, 96, 96),
+    augment="crop",  # no rot/flip on Pancreas (DTC issue #10)
+    spacing=(1.0, 1.0, 1.0),
+  )
   c.optimizer = config_lib.sgd()
   c.dtc = config_lib.dtc_block()
   c.eval = config_lib.parity_eval(stride_xy=16, stride_z=16, largest_cc=True)

@@ -25,6 +25,7 @@ run_Panc.sh keeps the BraTS ones is [unverified]. Evaluation: sliding window at 
 [unverified: the test_Pancreas.py strides are not known], largest connected component, medpy metrics
 in voxels.
 """
+
 from jaxseg import config_lib
 
 
@@ -33,9 +34,14 @@ def get_config(arg=None):
   c = config_lib.run("dycon", seed=a.seed, total_steps=20000, batch_size=8, labeled_batch_size=4)
   c.model = config_lib.unet3d_dycon_model()
   # Spacing varies per CT volume and is not stored in the h5; only clean-mode distances use it.
-  c.data = config_lib.la_data(a.labeled, name="pancreas", n_val=6, patch_size=(112, 112, 96),
-                              augment="crop_rot_flip",  # dataloaders/pancreas.py: crop, rot/flip
-                              spacing=(1.0, 1.0, 1.0))
+  c.data = config_lib.la_data(
+    a.labeled,
+    name="pancreas",
+    n_val=6,
+    patch_size=(112, 112, 96),
+    augment="crop_rot_flip",  # dataloaders/pancreas.py: crop, rot/flip
+    spacing=(1.0, 1.0, 1.0),
+  )
   c.optimizer = config_lib.sgd("constant", clip_grad_norm=1.0)
   c.dycon = config_lib.dycon_block()
   c.eval = config_lib.parity_eval(stride_xy=16, stride_z=16, largest_cc=True)

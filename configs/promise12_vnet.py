@@ -36,6 +36,7 @@ at the two lr steps. vnet.pytorch itself has no PROMISE12 code (it trains LUNA16
 NLL loss, batch 10, Adam). The batch-statistics BatchNorm also normalises each evaluation window
 batch by its own statistics, as upstream does at test.
 """
+
 from jaxseg import config_lib
 
 SPACING = (1.0, 1.0, 1.5)  # mm of the prepared (x, y, z) voxels: the release's dstRes
@@ -44,18 +45,42 @@ VOLUME = (128, 128, 64)  # the release's VolSize: every prepared volume has this
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, labeled=45, seed=0, smoke=False)
-  c = config_lib.run("supervised", seed=a.seed, total_steps=100000, batch_size=2,
-                     labeled_batch_size=2, checkpoint_every_steps=5000)
+  c = config_lib.run(
+    "supervised",
+    seed=a.seed,
+    total_steps=100000,
+    batch_size=2,
+    labeled_batch_size=2,
+    checkpoint_every_steps=5000,
+  )
   c.loss = "vnet_caffe_dice"
-  c.model = config_lib.ConfigDict(dict(name="vnet_milletari", kwargs=config_lib.ConfigDict(dict(
-      n_filters=16, n_classes=2, dropout_rate=0.5, literal_batch_repeat=False))))
-  c.data = config_lib.ConfigDict(dict(
-      name="promise12", root="", list_file="train.list", labeled=a.labeled, n_val=5,
-      num_classes=2, patch_size=VOLUME, augment="crop", worker_count=0, spacing=SPACING))
+  c.model = config_lib.ConfigDict(
+    dict(
+      name="vnet_milletari",
+      kwargs=config_lib.ConfigDict(
+        dict(n_filters=16, n_classes=2, dropout_rate=0.5, literal_batch_repeat=False)
+      ),
+    )
+  )
+  c.data = config_lib.ConfigDict(
+    dict(
+      name="promise12",
+      root="",
+      list_file="train.list",
+      labeled=a.labeled,
+      n_val=5,
+      num_classes=2,
+      patch_size=VOLUME,
+      augment="crop",
+      worker_count=0,
+      spacing=SPACING,
+    )
+  )
   c.optimizer = config_lib.sgd(lr=1e-4, momentum=0.99, weight_decay=5e-4, lr_step_every=20000)
   # One window per volume; each case is normalised by its own batch statistics.
-  c.eval = config_lib.parity_eval(stride_xy=VOLUME[0], stride_z=VOLUME[2], batch_size=1,
-                                  every_steps=10000)
+  c.eval = config_lib.parity_eval(
+    stride_xy=VOLUME[0], stride_z=VOLUME[2], batch_size=1, every_steps=10000
+  )
   if not a.smoke:
     return c
   config_lib.smoke(c)

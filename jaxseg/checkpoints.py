@@ -8,6 +8,7 @@ Checkpoint policy (docs/design.md "Evaluation modes"):
 The test split never chooses anything: only the validation split feeds `save_best`, and
 `resolve_choice` refuses any choice named after another split.
 """
+
 import json
 import math
 import pathlib
@@ -35,9 +36,10 @@ def resolve_choice(choice: str) -> str:
     return choice
   if choice.startswith("best_"):
     raise CheckpointError(
-        f"--checkpoint {choice}: checkpoints are only ever selected on the validation split "
-        "(best_val); selecting by test (or any other split's) metrics is refused, because it would "
-        "report an optimistically biased test score")
+      f"--checkpoint {choice}: checkpoints are only ever selected on the validation split "
+      "(best_val); selecting by test (or any other split's) metrics is refused, because it would "
+      "report an optimistically biased test score"
+    )
   raise CheckpointError(f"--checkpoint {choice!r}: must be one of {list(CHOICES)}")
 
 
@@ -50,10 +52,15 @@ def _score(metrics) -> float:
 def best_manager(workdir, create: bool = True) -> ocp.CheckpointManager:
   """The best-on-validation manager at `<workdir>/checkpoints_best` (keeps one checkpoint)."""
   return ocp.CheckpointManager(
-      pathlib.Path(workdir).resolve() / BEST_DIR,
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=_score, best_mode="max", keep_checkpoints_without_metrics=False,
-          create=create))
+    pathlib.Path(workdir).resolve() / BEST_DIR,
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=1,
+      best_fn=_score,
+      best_mode="max",
+      keep_checkpoints_without_metrics=False,
+      create=create,
+    ),
+  )
 
 
 def best_score(manager: ocp.CheckpointManager) -> float:
@@ -65,23 +72,42 @@ def best_score(manager: ocp.CheckpointManager) -> float:
   return _score(metrics) if metrics else -math.inf
 
 
-def save_best(manager: ocp.CheckpointManager, step: int, state, val_dice: float, split: str,
-              mode: str, n_cases: int) -> bool:
+def save_best(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state,
+  val_dice: float,
+  split: str,
+  mode: str,
+  n_cases: int,
+) -> bool:
   """Saves `state` as the best checkpoint if `val_dice` beats the kept one. Returns whether it did.
 
   Only the training loop's validation calls this; `split` must be 'val'.
   """
   if split != "val":
-    raise CheckpointError(f"save_best: checkpoints are selected on the validation split only, got "
-                          f"split={split!r}")
+    raise CheckpointError(
+      f"save_best: checkpoints are selected on the validation split only, got split={split!r}"
+    )
   if not _score({BEST_METRIC: val_dice}) > best_score(manager):
     return False
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-               metrics={BEST_METRIC: float(val_dice)})
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+    metrics={BEST_METRIC: float(val_dice)},
+  )
   manager.wait_until_finished()
-  io_utils.write_json(pathlib.Path(manager.directory) / SELECTION_FILE, {
-      "split": split, "metric": "dice", "mode": mode, "n_cases": n_cases, "step": int(step),
-      "value": float(val_dice)})
+  io_utils.write_json(
+    pathlib.Path(manager.directory) / SELECTION_FILE,
+    {
+      "split": split,
+      "metric": "dice",
+      "mode": mode,
+      "n_cases": n_cases,
+      "step": int(step),
+      "value": float(val_dice),
+    },
+  )
   return True
 
 
@@ -98,8 +124,11 @@ def restore(workdir, choice: str, abstract_state) -> tuple[object, int]:
   workdir = pathlib.Path(workdir).resolve()
   folder = workdir / (FINAL_DIR if choice == "final" else BEST_DIR)
   if not folder.is_dir():
-    hint = ("the run saved no best-on-validation checkpoint: train with config.eval.every_steps > 0"
-            if choice == "best_val" else "has this run trained yet?")
+    hint = (
+      "the run saved no best-on-validation checkpoint: train with config.eval.every_steps > 0"
+      if choice == "best_val"
+      else "has this run trained yet?"
+    )
     raise CheckpointError(f"{folder}: no checkpoint folder ({hint})")
   if choice == "final":
     manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False))
@@ -109,12 +138,16 @@ def restore(workdir, choice: str, abstract_state) -> tuple[object, int]:
     step = manager.best_step()
     selection = read_selection(workdir)
     if selection.get("split") != "val":
-      raise CheckpointError(f"{folder / SELECTION_FILE}: the checkpoint was not selected on the "
-                            f"validation split ({selection}); refusing to use it")
+      raise CheckpointError(
+        f"{folder / SELECTION_FILE}: the checkpoint was not selected on the "
+        f"validation split ({selection}); refusing to use it"
+      )
   if step is None:
     raise CheckpointError(f"{folder}: holds no complete checkpoint")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+  )
   manager.close()
   return restored["state"], int(step)
 
@@ -125,4 +158,3 @@ def read_selection(workdir) -> dict:
     return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path}: cannot read the best-checkpoint record ({e})") from e
-

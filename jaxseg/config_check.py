@@ -3,6 +3,7 @@
 Kept apart from jaxseg/config_lib.py so that configs stay pure data: checking a method name needs
 the method registry (and with it flax, optax and every model), which a config never imports.
 """
+
 import ml_collections
 
 from jaxseg import errors
@@ -20,37 +21,59 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not cond:
       raise errors.ConfigError(f"invalid config: {msg}")
 
-  need(config.method in methods.METHODS,
-       f"method={config.method!r} is not one of {sorted(methods.METHODS)}")
+  need(
+    config.method in methods.METHODS,
+    f"method={config.method!r} is not one of {sorted(methods.METHODS)}",
+  )
   need(config.total_steps >= 1, f"total_steps={config.total_steps} must be >= 1")
-  need(0 < config.labeled_batch_size <= config.batch_size,
-       f"labeled_batch_size={config.labeled_batch_size} must be in 1..batch_size={config.batch_size}")
+  need(
+    0 < config.labeled_batch_size <= config.batch_size,
+    f"labeled_batch_size={config.labeled_batch_size} must be in 1..batch_size={config.batch_size}",
+  )
   if methods.METHODS[config.method].samples_unlabeled:
-    need(config.labeled_batch_size < config.batch_size,
-         f"method {config.method} needs unlabeled samples: labeled_batch_size="
-         f"{config.labeled_batch_size} must be < batch_size={config.batch_size}")
+    need(
+      config.labeled_batch_size < config.batch_size,
+      f"method {config.method} needs unlabeled samples: labeled_batch_size="
+      f"{config.labeled_batch_size} must be < batch_size={config.batch_size}",
+    )
   else:
-    need(config.labeled_batch_size == config.batch_size,
-         f"method {config.method} trains on labeled data only: labeled_batch_size="
-         f"{config.labeled_batch_size} must equal batch_size={config.batch_size}")
+    need(
+      config.labeled_batch_size == config.batch_size,
+      f"method {config.method} trains on labeled data only: labeled_batch_size="
+      f"{config.labeled_batch_size} must equal batch_size={config.batch_size}",
+    )
   # ACDC counts labeled PATIENTS (their slices fill the batch); the sampler checks the slice count.
-  need(config.data.name == "acdc" or config.data.labeled >= config.labeled_batch_size,
-       f"data.labeled={config.data.labeled} is smaller than labeled_batch_size={config.labeled_batch_size}")
+  need(
+    config.data.name == "acdc" or config.data.labeled >= config.labeled_batch_size,
+    f"data.labeled={config.data.labeled} is smaller than labeled_batch_size={config.labeled_batch_size}",
+  )
   from jaxseg import models  # imported by the method registry above already
-  need(config.model.name in models.MODELS,
-       f"model.name={config.model.name!r} is not one of {sorted(models.MODELS)}")
+
+  need(
+    config.model.name in models.MODELS,
+    f"model.name={config.model.name!r} is not one of {sorted(models.MODELS)}",
+  )
   n_classes = config.model.kwargs.get("n_classes")
   # A single-logit sigmoid head (DTC) serves a binary task.
-  need(n_classes == config.data.num_classes or (n_classes == 1 and config.data.num_classes == 2),
-       f"model.kwargs.n_classes={n_classes} differs from data.num_classes={config.data.num_classes}")
+  need(
+    n_classes == config.data.num_classes or (n_classes == 1 and config.data.num_classes == 2),
+    f"model.kwargs.n_classes={n_classes} differs from data.num_classes={config.data.num_classes}",
+  )
   for p in config.data.patch_size:
-    need(p % 16 == 0, f"data.patch_size={tuple(config.data.patch_size)}: every side must be divisible "
-                      "by 16 (VNet has four stride-2 downsamplings)")
+    need(
+      p % 16 == 0,
+      f"data.patch_size={tuple(config.data.patch_size)}: every side must be divisible "
+      "by 16 (VNet has four stride-2 downsamplings)",
+    )
   # Grain worker processes stream the same batches (tests/test_pipeline.py) but their iterator
   # state did not survive an orbax save/restore round trip here; threads (worker_count 0, the
   # default) prefetch enough for these crop-and-flip pipelines.
-  need(config.data.get("worker_count", 0) == 0,
-       f"data.worker_count={config.data.get('worker_count')}: only 0 (threaded prefetch) supports "
-       "checkpoint resume; use 0")
-  need(config.eval.mode in ("parity", "clean"),
-       f"eval.mode={config.eval.mode!r}: must be 'parity' or 'clean'")
+  need(
+    config.data.get("worker_count", 0) == 0,
+    f"data.worker_count={config.data.get('worker_count')}: only 0 (threaded prefetch) supports "
+    "checkpoint resume; use 0",
+  )
+  need(
+    config.eval.mode in ("parity", "clean"),
+    f"eval.mode={config.eval.mode!r}: must be 'parity' or 'clean'",
+  )

@@ -8,6 +8,7 @@ changes what its upstream script does differently; `smoke(c)` shrinks any of the
 seconds (`configs/<name>.py:smoke=1`). Validation against the method registry lives in
 jaxseg/config_check.py.
 """
+
 import importlib.util
 import pathlib
 
@@ -46,8 +47,10 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
 
 # --- Blocks. Each returns a fresh ConfigDict; keyword arguments override or add fields.
 
-def run(method: str, seed: int, total_steps: int, batch_size: int, labeled_batch_size: int,
-        **overrides) -> ConfigDict:
+
+def run(
+  method: str, seed: int, total_steps: int, batch_size: int, labeled_batch_size: int, **overrides
+) -> ConfigDict:
   """The top level of a config: method, seed, step count, batch composition (labeled samples
   first), float32 compute, logging every 20 steps, a checkpoint every 500 (the last 2 kept).
 
@@ -55,11 +58,22 @@ def run(method: str, seed: int, total_steps: int, batch_size: int, labeled_batch
   jaxseg/parallel.py), `compile_cache` ('auto': JAX's persistent compilation cache in
   ~/.cache/jaxseg/xla unless $JAX_COMPILATION_CACHE_DIR names one; a folder; '' off) and
   `profile_steps` ('START:END': a jax.profiler trace of those steps in <workdir>/profile)."""
-  c = ConfigDict(dict(
-      method=method, seed=seed, total_steps=total_steps, batch_size=batch_size,
-      labeled_batch_size=labeled_batch_size, compute_dtype="float32", log_every_steps=20,
-      checkpoint_every_steps=500, keep_checkpoints=2, mesh=ConfigDict(dict(shape="auto")),
-      compile_cache="auto", profile_steps=""))
+  c = ConfigDict(
+    dict(
+      method=method,
+      seed=seed,
+      total_steps=total_steps,
+      batch_size=batch_size,
+      labeled_batch_size=labeled_batch_size,
+      compute_dtype="float32",
+      log_every_steps=20,
+      checkpoint_every_steps=500,
+      keep_checkpoints=2,
+      mesh=ConfigDict(dict(shape="auto")),
+      compile_cache="auto",
+      profile_steps="",
+    )
+  )
   c.update(overrides)
   return c
 
@@ -67,8 +81,14 @@ def run(method: str, seed: int, total_steps: int, batch_size: int, labeled_batch
 def vnet_model(name: str = "vnet", **overrides) -> ConfigDict:
   """`config.model` for the UA-MT VNet family (vnet, vnet_sdf, bcp_vnet, cml_vnet): 16 filters,
   batchnorm, dropout 0.5, 2 classes (yulequan/UA-MT code/networks/vnet.py defaults)."""
-  kwargs = dict(n_channels=1, n_classes=2, n_filters=16, normalization="batchnorm",
-                has_dropout=True, dropout_rate=0.5)
+  kwargs = dict(
+    n_channels=1,
+    n_classes=2,
+    n_filters=16,
+    normalization="batchnorm",
+    has_dropout=True,
+    dropout_rate=0.5,
+  )
   kwargs.update(overrides)
   return ConfigDict(dict(name=name, kwargs=ConfigDict(kwargs)))
 
@@ -76,8 +96,12 @@ def vnet_model(name: str = "vnet", **overrides) -> ConfigDict:
 def unet2d_model(name: str = "unet2d", **overrides) -> ConfigDict:
   """`config.model` for the SSL4MIS 2D UNet (unet2d, cml_unet2d): channels 16..256, encoder dropout
   0.05..0.5, 4 classes (HiLab-git/SSL4MIS code/networks/unet.py, as BCP and CML ship it)."""
-  kwargs = dict(n_channels=1, n_classes=4, feature_chns=(16, 32, 64, 128, 256),
-                dropout=(0.05, 0.1, 0.2, 0.3, 0.5))
+  kwargs = dict(
+    n_channels=1,
+    n_classes=4,
+    feature_chns=(16, 32, 64, 128, 256),
+    dropout=(0.05, 0.1, 0.2, 0.3, 0.5),
+  )
   kwargs.update(overrides)
   return ConfigDict(dict(name=name, kwargs=ConfigDict(kwargs)))
 
@@ -87,8 +111,9 @@ def unet3d_dycon_model(**overrides) -> ConfigDict:
   train_DyCON_BraTS19.py builds it): filters 16..256 (feature_scale 4), projection head at 1/8
   resolution (scale_factor 2), dropout 0.3, 2 classes. n_filters 0 keeps feature_scale's widths
   (the knob `smoke` sets)."""
-  kwargs = dict(in_channels=1, n_classes=2, feature_scale=4, n_filters=0, scale_factor=2,
-                dropout_rate=0.3)
+  kwargs = dict(
+    in_channels=1, n_classes=2, feature_scale=4, n_filters=0, scale_factor=2, dropout_rate=0.3
+  )
   kwargs.update(overrides)
   return ConfigDict(dict(name="unet3d_dycon", kwargs=ConfigDict(kwargs)))
 
@@ -98,15 +123,21 @@ def la_data(labeled: int, **overrides) -> ConfigDict:
   last 4 are validation (the LA test split stays held out), 112x112x80 patches, RandomRotFlip then
   RandomCrop, 2 classes, 0.625 mm isotropic (the UA-MT LA volumes). `name='pancreas'` with its own
   patch / augment / spacing reuses it for DTC's Pancreas layout, which splits the same way."""
-  d = ConfigDict(dict(
+  d = ConfigDict(
+    dict(
       name="la",
       root="",  # --config.data.root=... or $JAXSEG_DATA_DIR
-      list_file="train.list", labeled=labeled, n_val=4, num_classes=2, patch_size=(112, 112, 80),
+      list_file="train.list",
+      labeled=labeled,
+      n_val=4,
+      num_classes=2,
+      patch_size=(112, 112, 80),
       augment="rot_flip_crop",
       # Grain worker processes do not survive a checkpoint round trip (jaxseg/config_check.py).
       worker_count=0,
       spacing=(0.625, 0.625, 0.625),  # mm per voxel (D, H, W); clean-mode distances use it
-  ))
+    )
+  )
   d.update(overrides)
   return d
 
@@ -115,9 +146,19 @@ def brats_data(labeled: int, **overrides) -> ConfigDict:
   """`config.data` for BraTS 2019 (SSL4MIS layout): labeled = the first `labeled` ids of
   train.txt, validation = val.txt, 96^3 patches (hard-coded in KU-CVML/DyCON
   train_DyCON_BraTS19.py), RandomCrop then RandomRotFlip, 1 mm isotropic."""
-  d = ConfigDict(dict(
-      name="brats", root="", labeled=labeled, val_list="val.txt", num_classes=2,
-      patch_size=(96, 96, 96), augment="crop_rot_flip", worker_count=0, spacing=(1.0, 1.0, 1.0)))
+  d = ConfigDict(
+    dict(
+      name="brats",
+      root="",
+      labeled=labeled,
+      val_list="val.txt",
+      num_classes=2,
+      patch_size=(96, 96, 96),
+      augment="crop_rot_flip",
+      worker_count=0,
+      spacing=(1.0, 1.0, 1.0),
+    )
+  )
   d.update(overrides)
   return d
 
@@ -127,10 +168,20 @@ def isles_data(labeled: int, **overrides) -> ConfigDict:
   `labeled` ids of train.list (10 = 5 % of 200), validation = val.list; DWI alone, stored as
   prepared (no resampling: spacing varies by case, so clean-mode distances are in voxels); patch
   96x96x64 and RandomRotFlip then RandomCrop (KU-CVML/DyCON code/dataloaders/isles22.py)."""
-  d = ConfigDict(dict(
-      name="isles", root="", labeled=labeled, list_file="train.list", val_list="val.list",
-      num_classes=2, patch_size=(96, 96, 64), augment="rot_flip_crop", worker_count=0,
-      spacing=None))
+  d = ConfigDict(
+    dict(
+      name="isles",
+      root="",
+      labeled=labeled,
+      list_file="train.list",
+      val_list="val.list",
+      num_classes=2,
+      patch_size=(96, 96, 64),
+      augment="rot_flip_crop",
+      worker_count=0,
+      spacing=None,
+    )
+  )
   d.update(overrides)
   return d
 
@@ -139,11 +190,20 @@ def acdc_data(labeled: int, **overrides) -> ConfigDict:
   """`config.data` for ACDC (SSL4MIS layout): `labeled` counts PATIENTS, whose slices of
   train_slices.list are the labeled set (3 -> 68 slices, 7 -> 136); validation = the val.list
   volumes, slice by slice; whole slices zoomed to 256x256 by RandomGenerator; 4 classes."""
-  d = ConfigDict(dict(
-      name="acdc", root="", train_list="train_slices.list", val_list="val.list",
+  d = ConfigDict(
+    dict(
+      name="acdc",
+      root="",
+      train_list="train_slices.list",
+      val_list="val.list",
       labeled=labeled,
       n_val=0,  # validation is val.list (20 volumes), not carved from train
-      num_classes=4, patch_size=(256, 256), augment="acdc_random_generator", worker_count=0))
+      num_classes=4,
+      patch_size=(256, 256),
+      augment="acdc_random_generator",
+      worker_count=0,
+    )
+  )
   d.update(overrides)
   return d
 
@@ -154,8 +214,17 @@ def sgd(lr_schedule: str = "step", **overrides) -> ConfigDict:
   lineage; the fields stay for any schedule, so that `--config.optimizer.lr_schedule=step` works
   from the command line), 'constant', or 'poly' (`poly_power`), as jaxseg/schedules.py. Other
   fields a config may add: `lr_step_begin`, `clip_grad_norm`."""
-  o = ConfigDict(dict(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
-                      lr_schedule=lr_schedule, lr_step_every=2500, lr_step_factor=0.1))
+  o = ConfigDict(
+    dict(
+      name="sgd",
+      lr=0.01,
+      momentum=0.9,
+      weight_decay=1e-4,
+      lr_schedule=lr_schedule,
+      lr_step_every=2500,
+      lr_step_factor=0.1,
+    )
+  )
   o.update(overrides)
   return o
 
@@ -165,9 +234,17 @@ def mean_teacher_block(**overrides) -> ConfigDict:
   code/train_LA_meanteacher_certainty_unlabel.py without the uncertainty mask): EMA 0.99,
   consistency 0.1 * sigmoid_rampup(step // 150, 40) on the unlabeled half, teacher input noise
   clamp(0.1 N, +-0.2)."""
-  b = ConfigDict(dict(
-      ema_decay=0.99, consistency=0.1, consistency_rampup=40.0, iters_per_epoch=150,
-      noise_std=0.1, noise_clip=0.2, consistency_on="unlabeled"))
+  b = ConfigDict(
+    dict(
+      ema_decay=0.99,
+      consistency=0.1,
+      consistency_rampup=40.0,
+      iters_per_epoch=150,
+      noise_std=0.1,
+      noise_clip=0.2,
+      consistency_on="unlabeled",
+    )
+  )
   b.update(overrides)
   return b
 
@@ -176,12 +253,15 @@ def dtc_block(**overrides) -> ConfigDict:
   """`config.dtc`: DTC's loss hyper-parameters (HiLab-git/DTC code/train_la_dtc.py defaults;
   --consistency_weight, --gamma, --D_lr, --ema_decay and --consistency_type are parsed upstream but
   unused)."""
-  b = ConfigDict(dict(
-      beta=0.3,             # --beta: weight of the SDF regression in the supervised loss
-      consistency=1.0,      # --consistency: final weight of the dual-task consistency
-      consistency_rampup=40.0, iters_per_epoch=150,  # sigmoid_rampup(step // 150, 40)
+  b = ConfigDict(
+    dict(
+      beta=0.3,  # --beta: weight of the SDF regression in the supervised loss
+      consistency=1.0,  # --consistency: final weight of the dual-task consistency
+      consistency_rampup=40.0,
+      iters_per_epoch=150,  # sigmoid_rampup(step // 150, 40)
       sdf_to_mask_k=1500.0,  # sigmoid(-k tanh): level set -> soft mask
-  ))
+    )
+  )
   b.update(overrides)
   return b
 
@@ -189,14 +269,24 @@ def dtc_block(**overrides) -> ConfigDict:
 def dycon_block(**overrides) -> ConfigDict:
   """`config.dycon`: the hyper-parameters of KU-CVML/DyCON code/train_DyCON_BraTS19.py with
   run_brats19.sh's arguments."""
-  b = ConfigDict(dict(
+  b = ConfigDict(
+    dict(
       ema_decay=0.99,
-      consistency=0.1, consistency_rampup=200.0, consistency_iters_per_epoch=150,
-      noise_std=0.1, noise_clip=0.2,
-      l_weight=1.0, u_weight=0.5,
-      beta_max=5.0, beta_min=0.5,
+      consistency=0.1,
+      consistency_rampup=200.0,
+      consistency_iters_per_epoch=150,
+      noise_std=0.1,
+      noise_clip=0.2,
+      l_weight=1.0,
+      u_weight=0.5,
+      beta_max=5.0,
+      beta_min=0.5,
       static_beta=0.0,  # > 0: constant UnCL beta (upstream --s_beta); 0: adaptive beta_max -> beta_min
-      temperature=0.6, gamma=2.0, use_focal=True, rampup_epochs=1500.0, lambda_cross=1.0,
+      temperature=0.6,
+      gamma=2.0,
+      use_focal=True,
+      rampup_epochs=1500.0,
+      lambda_cross=1.0,
       use_teacher_loss=True,
       fecl_on="unlabeled",  # 'unlabeled' (HEAD) | 'all' (before 2025-11-01)
       patch_label_rule="trilinear",  # 'trilinear' (HEAD) | 'avgpool' (before 2025-11-01)
@@ -204,7 +294,8 @@ def dycon_block(**overrides) -> ConfigDict:
       use_gambling=False,  # gambling-softmax uncertainty weighting (commented out upstream)
       iters_per_epoch=0,  # sampler epoch length; 0 = data.labeled // labeled_batch_size
       skip_nonfinite=True,  # upstream skips a batch whose loss is NaN / inf
-  ))
+    )
+  )
   b.update(overrides)
   return b
 
@@ -214,13 +305,21 @@ def parity_eval(stride_xy: int = 18, stride_z: int = 4, **overrides) -> ConfigDi
   state on the validation split, sliding window at `stride_xy` / `stride_z` (LA: 18 / 4), medpy
   metrics in voxels; validation every 1000 steps. The clean-mode fields (MONAI overlap and gaussian
   sigma) serve `--config.eval.mode=clean`; `largest_cc` is each method's test rule."""
-  e = ConfigDict(dict(
-      mode="parity", split="val", stride_xy=stride_xy, stride_z=stride_z, batch_size=4,
+  e = ConfigDict(
+    dict(
+      mode="parity",
+      split="val",
+      stride_xy=stride_xy,
+      stride_z=stride_z,
+      batch_size=4,
       every_steps=1000,
       max_cases=0,  # > 0: evaluate only the first N cases (periodic and final; short checks only)
-      overlap=0.5, sigma_scale=0.125, largest_cc=False,
+      overlap=0.5,
+      sigma_scale=0.125,
+      largest_cc=False,
       save_predictions=False,  # save each case's label map (launch/report.py draws them)
-  ))
+    )
+  )
   e.update(overrides)
   return e
 
@@ -238,20 +337,25 @@ def smoke_stand_in(dataset: str, labeled: int) -> tuple[str, dict]:
   dict)."""
   n_cases, volume = max(8, labeled + SMOKE_VAL_CASES + 2), (24, 24, 16)
   stand_ins = {
-      "la": ("synthetic", dict(n_cases=n_cases, shape=volume, seed=0)),
-      "synthetic": ("synthetic", dict(n_cases=n_cases, shape=volume, seed=0)),
-      "pancreas": ("pancreas", dict(n_cases=n_cases, n_test=1, shape=volume, seed=0)),
-      "brats": ("brats", dict(n_cases=n_cases, n_val=SMOKE_VAL_CASES, n_test=1, shape=volume,
-                              seed=0)),
-      # One validation patient: its 2 frames are the 2 validation volumes.
-      "acdc": ("acdc", dict(n_cases=n_cases, n_val=1, shape=(3, 40, 36), seed=0)),
-      "isles": ("isles", dict(n_cases=n_cases, n_val=SMOKE_VAL_CASES, n_test=1, shape=volume,
-                              seed=0)),
-      "promise12": ("promise12", dict(n_cases=n_cases, shape=volume, seed=0)),
+    "la": ("synthetic", dict(n_cases=n_cases, shape=volume, seed=0)),
+    "synthetic": ("synthetic", dict(n_cases=n_cases, shape=volume, seed=0)),
+    "pancreas": ("pancreas", dict(n_cases=n_cases, n_test=1, shape=volume, seed=0)),
+    "brats": (
+      "brats",
+      dict(n_cases=n_cases, n_val=SMOKE_VAL_CASES, n_test=1, shape=volume, seed=0),
+    ),
+    # One validation patient: its 2 frames are the 2 validation volumes.
+    "acdc": ("acdc", dict(n_cases=n_cases, n_val=1, shape=(3, 40, 36), seed=0)),
+    "isles": (
+      "isles",
+      dict(n_cases=n_cases, n_val=SMOKE_VAL_CASES, n_test=1, shape=volume, seed=0),
+    ),
+    "promise12": ("promise12", dict(n_cases=n_cases, shape=volume, seed=0)),
   }
   if dataset not in stand_ins:
-    raise ValueError(f"smoke: data.name={dataset!r} has no synthetic stand-in; known: "
-                     f"{sorted(stand_ins)}")
+    raise ValueError(
+      f"smoke: data.name={dataset!r} has no synthetic stand-in; known: {sorted(stand_ins)}"
+    )
   return stand_ins[dataset]
 
 

@@ -19,6 +19,7 @@ Where results go (never overwriting the training-time result):
     `predictions/<case>.npz` (key `pred`, uint8 label map [D, H, W]) with save_predictions. Re-running
     the same variant replaces it; the summary records every setting.
 """
+
 import functools
 import json
 import math
@@ -65,9 +66,20 @@ def _device_windows(method, num_classes: int, batch_size: int, mesh) -> inferenc
   return per_method[key]
 
 
-def evaluate(method, state, source, config, out_dir=None, split: str = "val",
-             checkpoint_step: int | None = None, max_cases: int = 0, stream=sys.stdout,
-             checkpoint: str = "final", save_predictions: bool | None = None, mesh=None) -> dict:
+def evaluate(
+  method,
+  state,
+  source,
+  config,
+  out_dir=None,
+  split: str = "val",
+  checkpoint_step: int | None = None,
+  max_cases: int = 0,
+  stream=sys.stdout,
+  checkpoint: str = "final",
+  save_predictions: bool | None = None,
+  mesh=None,
+) -> dict:
   """Evaluate `method.predict` under `state` on every case of `source` (a random-access source).
 
   `config.eval.mode` picks the mode (module docstring). Returns the summary dict; when `out_dir` is
@@ -103,15 +115,33 @@ def evaluate(method, state, source, config, out_dir=None, split: str = "val",
     example = source[i]
     label_map = label_map_of(np.asarray(example["image"], np.float32))
     row = {"case": example["case"]}
-    row.update(_case_metrics(label_map, np.asarray(example["label"]), num_classes, mode=mode,
-                             spacing=settings.get("spacing_mm")))
+    row.update(
+      _case_metrics(
+        label_map,
+        np.asarray(example["label"]),
+        num_classes,
+        mode=mode,
+        spacing=settings.get("spacing_mm"),
+      )
+    )
     rows.append(row)
     if save_predictions:
-      _save_prediction(pathlib.Path(out_dir) / PREDICTIONS_DIR / f"{example['case']}.npz", label_map)
+      _save_prediction(
+        pathlib.Path(out_dir) / PREDICTIONS_DIR / f"{example['case']}.npz", label_map
+      )
     if stream is not None:
-      _progress(stream, f"eval {split} ({mode})", i + 1, n, f"{row['case']} dice={row['dice']:.4f}", t0)
-  summary = summarize(rows, mode=mode, split=split, checkpoint=checkpoint,
-                      checkpoint_step=checkpoint_step, method=config.method, **settings)
+      _progress(
+        stream, f"eval {split} ({mode})", i + 1, n, f"{row['case']} dice={row['dice']:.4f}", t0
+      )
+  summary = summarize(
+    rows,
+    mode=mode,
+    split=split,
+    checkpoint=checkpoint,
+    checkpoint_step=checkpoint_step,
+    method=config.method,
+    **settings,
+  )
   if out_dir is not None:
     out_dir = pathlib.Path(out_dir)
     fields = ["case"] + [k for k in rows[0] if k != "case"] if rows else ["case"]
@@ -126,20 +156,32 @@ def mode_settings(config) -> dict:
   """The settings that define the mode's numbers, recorded in the summary."""
   e = config.eval
   if len(config.data.patch_size) == 2 and e.mode == "parity":  # 2D networks (predict_case)
-    return {"units": "voxel", "asd": "directed (prediction -> reference), medpy",
-            "inference": f"slice-wise, nearest zoom to {tuple(config.data.patch_size)} and back",
-            "largest_cc": bool(e.get("largest_cc", False))}
+    return {
+      "units": "voxel",
+      "asd": "directed (prediction -> reference), medpy",
+      "inference": f"slice-wise, nearest zoom to {tuple(config.data.patch_size)} and back",
+      "largest_cc": bool(e.get("largest_cc", False)),
+    }
   if e.mode == "parity":
-    return {"units": "voxel", "asd": "directed (prediction -> reference), medpy",
-            "stride_xy": int(e.stride_xy), "stride_z": int(e.stride_z),
-            "largest_cc": bool(e.get("largest_cc", False))}
+    return {
+      "units": "voxel",
+      "asd": "directed (prediction -> reference), medpy",
+      "stride_xy": int(e.stride_xy),
+      "stride_z": int(e.stride_z),
+      "largest_cc": bool(e.get("largest_cc", False)),
+    }
   if config.data.get("spacing") is None:  # a config saved before data.spacing existed
     units, spacing = "voxel (config has no data.spacing)", None
   else:
     units, spacing = "mm", [float(s) for s in config.data.spacing]
-  return {"units": units, "asd": "symmetric (ASSD, pooled distances)", "spacing_mm": spacing,
-          "overlap": float(e.get("overlap", 0.5)), "sigma_scale": float(e.get("sigma_scale", 0.125)),
-          "largest_cc": bool(e.get("largest_cc", False))}
+  return {
+    "units": units,
+    "asd": "symmetric (ASSD, pooled distances)",
+    "spacing_mm": spacing,
+    "overlap": float(e.get("overlap", 0.5)),
+    "sigma_scale": float(e.get("sigma_scale", 0.125)),
+    "largest_cc": bool(e.get("largest_cc", False)),
+  }
 
 
 def predict_case(prob_fn, image: np.ndarray, config) -> np.ndarray:
@@ -156,28 +198,45 @@ def predict_case(prob_fn, image: np.ndarray, config) -> np.ndarray:
   if len(d.patch_size) == 2:
     # A 2D network (ACDC): slice by slice at the training size, the upstream rule in either mode.
     label_map, _ = inference.predict_volume_slicewise(
-        prob_fn, image, tuple(d.patch_size), d.num_classes, batch_size=e.batch_size)
+      prob_fn, image, tuple(d.patch_size), d.num_classes, batch_size=e.batch_size
+    )
   elif e.mode == "parity":
     label_map, _ = inference.sliding_window_parity(
-        prob_fn, image, tuple(d.patch_size), e.stride_xy, e.stride_z, d.num_classes,
-        batch_size=e.batch_size)
+      prob_fn,
+      image,
+      tuple(d.patch_size),
+      e.stride_xy,
+      e.stride_z,
+      d.num_classes,
+      batch_size=e.batch_size,
+    )
   else:
     label_map, _ = inference.sliding_window_gaussian(
-        prob_fn, image, tuple(d.patch_size), d.num_classes, overlap=float(e.get("overlap", 0.5)),
-        sigma_scale=float(e.get("sigma_scale", 0.125)), batch_size=e.batch_size)
+      prob_fn,
+      image,
+      tuple(d.patch_size),
+      d.num_classes,
+      overlap=float(e.get("overlap", 0.5)),
+      sigma_scale=float(e.get("sigma_scale", 0.125)),
+      batch_size=e.batch_size,
+    )
   return _postprocess(label_map, config)
 
 
-def predict_case_on_device(windows: inference.DeviceWindows, state, image: np.ndarray,
-                           config) -> np.ndarray:
+def predict_case_on_device(
+  windows: inference.DeviceWindows, state, image: np.ndarray, config
+) -> np.ndarray:
   """`predict_case` of a 3D volume [D, H, W] by the on-device sliding window `windows` under
   `state` (placed by `windows.put`)."""
   e, d = config.eval, config.data
   if e.mode == "parity":
     grid = functools.partial(inference.parity_grid, stride_xy=e.stride_xy, stride_z=e.stride_z)
   else:
-    grid = functools.partial(inference.gaussian_grid, overlap=float(e.get("overlap", 0.5)),
-                             sigma_scale=float(e.get("sigma_scale", 0.125)))
+    grid = functools.partial(
+      inference.gaussian_grid,
+      overlap=float(e.get("overlap", 0.5)),
+      sigma_scale=float(e.get("sigma_scale", 0.125)),
+    )
   label_map, _ = windows(state, image, tuple(d.patch_size), grid)
   return _postprocess(label_map, config)
 
@@ -188,8 +247,9 @@ def _postprocess(label_map: np.ndarray, config) -> np.ndarray:
   return label_map
 
 
-def _case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, mode: str = "parity",
-                  spacing=None) -> dict:
+def _case_metrics(
+  pred: np.ndarray, gt: np.ndarray, num_classes: int, mode: str = "parity", spacing=None
+) -> dict:
   """Binary: the foreground's metrics. Multi-class: per class c >= 1 and their mean.
 
   Parity: `metrics.parity_case_metrics` (voxels, plain mean over classes). Clean:
@@ -241,24 +301,31 @@ def format_table(summary: dict) -> str:
   """A Markdown table of the mean +- std of the four metrics, naming the mode, split and checkpoint."""
   clean = summary.get("mode") == "clean"
   units = "mm" if summary.get("units") == "mm" else "vox"
-  header = (f"| method | split | mode | checkpoint | n | Dice (%) | Jaccard (%) | 95HD ({units}) "
-            f"| {'ASSD' if clean else 'ASD'} ({units}) |")
+  header = (
+    f"| method | split | mode | checkpoint | n | Dice (%) | Jaccard (%) | 95HD ({units}) "
+    f"| {'ASSD' if clean else 'ASD'} ({units}) |"
+  )
   rule = "|---|---|---|---|---|---|---|---|---|"
   n_nan = summary.get("n_nan", {})
 
   def cell(k, scale):
     if k not in summary:
       return "-"
-    text = (f"{scale * summary[k]:.2f} ± {scale * summary[k + '_std']:.2f}"
-            if math.isfinite(summary[k]) else "NaN")
+    text = (
+      f"{scale * summary[k]:.2f} ± {scale * summary[k + '_std']:.2f}"
+      if math.isfinite(summary[k])
+      else "NaN"
+    )
     return text + (f" ({n_nan[k]} NaN)" if n_nan.get(k) else "")
 
   ckpt = summary.get("checkpoint", "final")
   if summary.get("checkpoint_step") is not None:
     ckpt = f"{ckpt} (step {summary['checkpoint_step']})"
-  line = (f"| {summary.get('method', '?')} | {summary.get('split', '?')} | {summary.get('mode', '?')} "
-          f"| {ckpt} | {summary['n_cases']} | {cell('dice', 100)} | {cell('jaccard', 100)} "
-          f"| {cell('hd95', 1)} | {cell('asd', 1)} |")
+  line = (
+    f"| {summary.get('method', '?')} | {summary.get('split', '?')} | {summary.get('mode', '?')} "
+    f"| {ckpt} | {summary['n_cases']} | {cell('dice', 100)} | {cell('jaccard', 100)} "
+    f"| {cell('hd95', 1)} | {cell('asd', 1)} |"
+  )
   return "\n".join([header, rule, line])
 
 
@@ -275,8 +342,10 @@ def _progress(stream, what: str, done: int, total: int, note: str, t0: float) ->
   filled = int(round(width * done / max(total, 1)))
   elapsed = time.time() - t0
   eta = elapsed / max(done, 1) * (total - done)
-  text = (f"  {what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {note} "
-          f"({elapsed:.0f}s, ~{eta:.0f}s left)")
+  text = (
+    f"  {what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {note} "
+    f"({elapsed:.0f}s, ~{eta:.0f}s left)"
+  )
   if getattr(stream, "isatty", lambda: False)():
     print("\r" + text, end="\n" if done == total else "", file=stream, flush=True)
   else:
@@ -297,8 +366,9 @@ def variant_name(mode: str, checkpoint: str, largest_cc: bool) -> str:
 def load_run_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: not found; --workdir must be a run directory made by "
-                            "`python -m jaxseg.main`")
+    raise FileNotFoundError(
+      f"{path}: not found; --workdir must be a run directory made by `python -m jaxseg.main`"
+    )
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -308,6 +378,7 @@ def split_source(config, workdir, split: str):
   from jaxseg.data import builder
   from jaxseg.data import get_dataset
   from jaxseg.data import splits as splits_lib
+
   workdir = pathlib.Path(workdir)
   stored = splits_lib.read_splits(workdir / splits_lib.SPLITS_FILE)
   root = builder.resolve_root(config, workdir)
@@ -317,15 +388,18 @@ def split_source(config, workdir, split: str):
     list_path = root / get_dataset(config.data.name, config.data).test_list
     if not list_path.is_file():
       raise FileNotFoundError(
-          f"--split test: {list_path} not found. The test split is the data root's test list "
-          f"(data root {root}); this dataset has none, so evaluate on --split val")
+        f"--split test: {list_path} not found. The test split is the data root's test list "
+        f"(data root {root}); this dataset has none, so evaluate on --split val"
+      )
     ids = get_dataset(config.data.name, config.data).read_list(list_path)
     seen = set(stored["train"]) | set(stored["val"])
     leaked = sorted(set(ids) & seen)
     if leaked:
-      raise ValueError(f"{list_path}: test ids {leaked[:5]} (of {len(leaked)}) are also in the run's "
-                       f"train/val split ({workdir / splits_lib.SPLITS_FILE}); refusing to report "
-                       "them as test results")
+      raise ValueError(
+        f"{list_path}: test ids {leaked[:5]} (of {len(leaked)}) are also in the run's "
+        f"train/val split ({workdir / splits_lib.SPLITS_FILE}); refusing to report "
+        "them as test results"
+      )
   else:
     raise ValueError(f"--split {split!r}: must be 'val' or 'test'")
   if not ids:
@@ -333,11 +407,19 @@ def split_source(config, workdir, split: str):
   return get_dataset(config.data.name, config.data).val_source(root, ids, config.data.num_classes)
 
 
-def evaluate_workdir(workdir, split: str = "val", mode: str | None = None,
-                     checkpoint: str = "final", overlap: float | None = None,
-                     sigma_scale: float | None = None, largest_cc: bool = False,
-                     save_predictions: bool = False, max_cases: int = 0,
-                     batch_size: int | None = None, stream=sys.stdout) -> tuple[dict, pathlib.Path]:
+def evaluate_workdir(
+  workdir,
+  split: str = "val",
+  mode: str | None = None,
+  checkpoint: str = "final",
+  overlap: float | None = None,
+  sigma_scale: float | None = None,
+  largest_cc: bool = False,
+  save_predictions: bool = False,
+  max_cases: int = 0,
+  batch_size: int | None = None,
+  stream=sys.stdout,
+) -> tuple[dict, pathlib.Path]:
   """Evaluates a run's checkpoint (see the module docstring). Returns (summary, output folder)."""
   from jaxseg import checkpoints as checkpoints_lib
   from jaxseg import config_check
@@ -351,8 +433,10 @@ def evaluate_workdir(workdir, split: str = "val", mode: str | None = None,
   if mode not in MODES:
     raise ValueError(f"--mode {mode!r}: must be one of {MODES}")
   if largest_cc and mode != "clean":
-    raise ValueError("largest_cc is a clean-mode option; parity mode applies the method's own rule "
-                     "(the run's config eval.largest_cc)")
+    raise ValueError(
+      "largest_cc is a clean-mode option; parity mode applies the method's own rule "
+      "(the run's config eval.largest_cc)"
+    )
   with config.unlocked():
     config.eval.mode = mode
     if overlap is not None:
@@ -364,23 +448,46 @@ def evaluate_workdir(workdir, split: str = "val", mode: str | None = None,
     if batch_size:
       config.eval.batch_size = batch_size
     if mode == "clean" and config.data.get("spacing") is None:
-      print(f"[jaxseg.evaluate] {workdir / 'config.json'} has no data.spacing: clean-mode distances "
-            "are in voxels", file=stream, flush=True)
+      print(
+        f"[jaxseg.evaluate] {workdir / 'config.json'} has no data.spacing: clean-mode distances "
+        "are in voxels",
+        file=stream,
+        flush=True,
+      )
   config_check.validate(config)
   source = split_source(config, workdir, split)
 
   method = methods.build(config)
-  template = method.init(jax.random.PRNGKey(config.seed),
-                         methods_base.example_batch(config, method.host_targets))
+  template = method.init(
+    jax.random.PRNGKey(config.seed), methods_base.example_batch(config, method.host_targets)
+  )
   state, step = checkpoints_lib.restore(workdir, checkpoint, template)
   if checkpoint == "final" and step < config.total_steps:
-    print(f"[jaxseg.evaluate] note: the run is not finished: latest checkpoint is step {step} of "
-          f"{config.total_steps}", file=stream, flush=True)
+    print(
+      f"[jaxseg.evaluate] note: the run is not finished: latest checkpoint is step {step} of "
+      f"{config.total_steps}",
+      file=stream,
+      flush=True,
+    )
 
   out_dir = workdir / "eval" / split / variant_name(mode, checkpoint, largest_cc)
-  print(f"[jaxseg.evaluate] mode={mode} split={split} ({len(source)} cases) checkpoint={checkpoint} "
-        f"(step {step}) -> {out_dir}", file=stream, flush=True)
-  summary = evaluate(method, state, source, config, out_dir=out_dir, split=split,
-                     checkpoint_step=step, max_cases=max_cases, stream=stream,
-                     checkpoint=checkpoint, save_predictions=save_predictions)
+  print(
+    f"[jaxseg.evaluate] mode={mode} split={split} ({len(source)} cases) checkpoint={checkpoint} "
+    f"(step {step}) -> {out_dir}",
+    file=stream,
+    flush=True,
+  )
+  summary = evaluate(
+    method,
+    state,
+    source,
+    config,
+    out_dir=out_dir,
+    split=split,
+    checkpoint_step=step,
+    max_cases=max_cases,
+    stream=stream,
+    checkpoint=checkpoint,
+    save_predictions=save_predictions,
+  )
   return summary, out_dir

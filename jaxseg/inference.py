@@ -17,6 +17,7 @@ and `patch_size` reads as upstream (112, 112, 80).
 DTC (`HiLab-git/DTC: code/test_util.py`) differs only in the per-window rule (sigmoid of a one-channel seg
 head broadcast over both classes, label = score > 0.5); it is not implemented here.
 """
+
 import functools
 import itertools
 import math
@@ -25,7 +26,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
 
@@ -69,8 +72,18 @@ def _pad_to_patch(image, patch_size, batch_size: int, who: str):
   return padded, patch, spatial, pad_width
 
 
-def _blend_windows(prob_fn, padded: np.ndarray, starts, patch, weight: np.ndarray, batch_size: int,
-                   num_classes: int, pad_width, spatial, who: str):
+def _blend_windows(
+  prob_fn,
+  padded: np.ndarray,
+  starts,
+  patch,
+  weight: np.ndarray,
+  batch_size: int,
+  num_classes: int,
+  pad_width,
+  spatial,
+  who: str,
+):
   """Run `prob_fn` on fixed-size batches of windows (the last one zero-filled, so a jitted prob_fn
   compiles once), accumulate weight * probabilities and the weights in window order (upstream's,
   so float32 sums round the same way), normalise, argmax (ties -> lowest class), crop the padding.
@@ -82,10 +95,10 @@ def _blend_windows(prob_fn, padded: np.ndarray, starts, patch, weight: np.ndarra
   batch = np.zeros((batch_size,) + patch + (padded.shape[3],), dtype=np.float32)
   expected = (batch_size,) + patch + (num_classes,)
   for first in range(0, len(starts), batch_size):
-    chunk = starts[first:first + batch_size]
+    chunk = starts[first : first + batch_size]
     batch[:] = 0.0
     for i, (x, y, z) in enumerate(chunk):
-      batch[i] = padded[x:x + patch[0], y:y + patch[1], z:z + patch[2]]
+      batch[i] = padded[x : x + patch[0], y : y + patch[1], z : z + patch[2]]
     probs = np.asarray(prob_fn(batch), dtype=np.float32)
     if probs.shape != expected:
       raise ValueError(f"{who}: prob_fn returned shape {probs.shape}, expected {expected}")
@@ -99,9 +112,15 @@ def _blend_windows(prob_fn, padded: np.ndarray, starts, patch, weight: np.ndarra
   return label[crop], np.ascontiguousarray(score[crop])
 
 
-def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
-                          stride_xy: int, stride_z: int, num_classes: int,
-                          batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def sliding_window_parity(
+  prob_fn: ProbFn,
+  image: np.ndarray,
+  patch_size: Sequence[int],
+  stride_xy: int,
+  stride_z: int,
+  num_classes: int,
+  batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
   """Whole-volume prediction by averaged overlapping windows (UA-MT `test_util.test_single_case`).
 
   Args:
@@ -119,19 +138,31 @@ def sliding_window_parity(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequen
     label_map: int64 [D, H, W], argmax of the averaged probabilities (ties -> lowest class).
     score_map: float32 [D, H, W, num_classes], probabilities averaged over the windows covering a voxel.
   """
-  padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, batch_size,
-                                                    "sliding_window_parity")
+  padded, patch, spatial, pad_width = _pad_to_patch(
+    image, patch_size, batch_size, "sliding_window_parity"
+  )
   starts, weight = parity_grid(padded.shape[:3], patch, stride_xy, stride_z)
-  return _blend_windows(prob_fn, padded, starts, patch, weight, batch_size,
-                        num_classes, pad_width, spatial, "sliding_window_parity")
+  return _blend_windows(
+    prob_fn,
+    padded,
+    starts,
+    patch,
+    weight,
+    batch_size,
+    num_classes,
+    pad_width,
+    spatial,
+    "sliding_window_parity",
+  )
 
 
 def parity_grid(shape: Sequence[int], patch: Sequence[int], stride_xy: int, stride_z: int):
   """(window starts, weights [pd, ph, pw]) of the parity window over a padded volume of `shape`:
   the strided grid, every window weighing 1 (upstream averages plain counts)."""
   strides = (stride_xy, stride_xy, stride_z)
-  starts = list(itertools.product(*(window_starts(s, p, st)
-                                    for s, p, st in zip(shape, patch, strides))))
+  starts = list(
+    itertools.product(*(window_starts(s, p, st) for s, p, st in zip(shape, patch, strides)))
+  )
   return starts, np.ones(tuple(patch), np.float32)
 
 
@@ -152,8 +183,9 @@ def scan_interval(size: int, patch: int, overlap: float) -> int:
   return max(int(patch * (1.0 - overlap)), 1)
 
 
-def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float | Sequence[float] = 0.125
-                            ) -> np.ndarray:
+def gaussian_importance_map(
+  patch_size: Sequence[int], sigma_scale: float | Sequence[float] = 0.125
+) -> np.ndarray:
   """Window blending weights (MONAI `compute_importance_map(mode='gaussian')`).
 
   A separable, unnormalised gaussian over voxel offsets from the window centre ((p - 1) / 2 along an axis
@@ -170,15 +202,21 @@ def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float | Sequ
   weights = np.ones((), np.float64)
   for axis, (p, s) in enumerate(zip(patch, scales)):
     offsets = np.arange(p, dtype=np.float64) - (p - 1) / 2.0
-    g = np.exp(-offsets ** 2 / (2.0 * (s * p) ** 2))
+    g = np.exp(-(offsets**2) / (2.0 * (s * p) ** 2))
     weights = weights[..., None] * g if axis else g
   weights = weights.astype(np.float32)
   return np.maximum(weights, max(float(weights.min()), 1e-3))
 
 
-def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
-                            num_classes: int, overlap: float = 0.5, sigma_scale: float = 0.125,
-                            batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def sliding_window_gaussian(
+  prob_fn: ProbFn,
+  image: np.ndarray,
+  patch_size: Sequence[int],
+  num_classes: int,
+  overlap: float = 0.5,
+  sigma_scale: float = 0.125,
+  batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
   """Whole-volume prediction by gaussian-weighted overlapping windows (MONAI sliding_window_inference).
 
   Axes shorter than the patch are zero-padded (floor half before, as MONAI); along each axis windows start
@@ -200,18 +238,32 @@ def sliding_window_gaussian(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequ
     label_map: int64 [D, H, W], argmax of the blended probabilities (ties -> lowest class).
     score_map: float32 [D, H, W, num_classes], the blended probabilities.
   """
-  padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, batch_size,
-                                                    "sliding_window_gaussian")
+  padded, patch, spatial, pad_width = _pad_to_patch(
+    image, patch_size, batch_size, "sliding_window_gaussian"
+  )
   starts, weight = gaussian_grid(padded.shape[:3], patch, overlap, sigma_scale)
-  return _blend_windows(prob_fn, padded, starts, patch, weight, batch_size, num_classes,
-                        pad_width, spatial, "sliding_window_gaussian")
+  return _blend_windows(
+    prob_fn,
+    padded,
+    starts,
+    patch,
+    weight,
+    batch_size,
+    num_classes,
+    pad_width,
+    spatial,
+    "sliding_window_gaussian",
+  )
 
 
 def gaussian_grid(shape: Sequence[int], patch: Sequence[int], overlap: float, sigma_scale: float):
   """(window starts, weights [pd, ph, pw]) of the clean-mode window over a padded volume of
   `shape`: MONAI's scan interval and gaussian importance map."""
-  starts = list(itertools.product(*(
-      window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(shape, patch))))
+  starts = list(
+    itertools.product(
+      *(window_starts(s, p, scan_interval(s, p, overlap)) for s, p in zip(shape, patch))
+    )
+  )
   return starts, gaussian_importance_map(patch, sigma_scale)
 
 
@@ -245,8 +297,10 @@ class DeviceWindows:
     n = 1 if mesh is None else mesh.devices.size
     self.batch_size = -(-batch_size // n) * n
     windows = None if mesh is None else NamedSharding(mesh, P(mesh.axis_names))
-    self._blend = jax.jit(functools.partial(_device_blend, predict, windows, num_classes,
-                                            self.batch_size), static_argnames=("patch",))
+    self._blend = jax.jit(
+      functools.partial(_device_blend, predict, windows, num_classes, self.batch_size),
+      static_argnames=("patch",),
+    )
 
   def put(self, tree):
     """`tree` on the mesh, replicated (on the first local device without a mesh)."""
@@ -254,32 +308,45 @@ class DeviceWindows:
       return jax.device_put(tree, jax.local_devices()[0])
     return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
-  def __call__(self, state, image: np.ndarray, patch_size: Sequence[int],
-               grid) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(
+    self, state, image: np.ndarray, patch_size: Sequence[int], grid
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(label int64 [D, H, W], score float32 [D, H, W, num_classes]) of `image` [D, H, W(, Cin)].
 
     `state` as `put` places it; `grid(padded_shape, patch)` -> (starts, weight), e.g.
     `functools.partial(parity_grid, stride_xy=18, stride_z=4)`.
     """
-    padded, patch, spatial, pad_width = _pad_to_patch(image, patch_size, self.batch_size,
-                                                      "DeviceWindows")
+    padded, patch, spatial, pad_width = _pad_to_patch(
+      image, patch_size, self.batch_size, "DeviceWindows"
+    )
     starts, weight = grid(padded.shape[:3], patch)
     bucket = tuple(-(-s // SHAPE_BUCKET) * SHAPE_BUCKET for s in padded.shape[:3])
     padded = np.pad(padded, [(0, b - s) for b, s in zip(bucket, padded.shape[:3])] + [(0, 0)])
     n_batches = -(-len(starts) // self.batch_size)
     slots = self.batch_size * (1 << max(n_batches - 1, 0).bit_length())
     table = np.zeros((slots, 3), np.int32)
-    table[:len(starts)] = starts
-    score = self._blend(state, *self.put((padded, table, np.int32(len(starts)), weight)),
-                        patch=patch)
+    table[: len(starts)] = starts
+    score = self._blend(
+      state, *self.put((padded, table, np.int32(len(starts)), weight)), patch=patch
+    )
     score = np.asarray(score)
     label = np.argmax(score, axis=-1).astype(np.int64)
     crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width[:3], spatial))
     return label[crop], np.ascontiguousarray(score[crop])
 
 
-def _device_blend(predict, windows_sharding, num_classes: int, batch_size: int, state, padded,
-                  starts, n_windows, weight, patch: tuple[int, ...]):
+def _device_blend(
+  predict,
+  windows_sharding,
+  num_classes: int,
+  batch_size: int,
+  state,
+  padded,
+  starts,
+  n_windows,
+  weight,
+  patch: tuple[int, ...],
+):
   """`DeviceWindows`'s program: normalised scores [D', H', W', num_classes] of the bucketed volume
   (zero where no window reaches)."""
   cin = padded.shape[-1]
@@ -304,8 +371,10 @@ def _device_blend(predict, windows_sharding, num_classes: int, batch_size: int, 
       region = jnp.where(valid, region + probs[i] * weight[..., None], region)
       counts = jax.lax.dynamic_slice(norm, tuple(start), patch)
       counts = jnp.where(valid, counts + weight, counts)
-      return (jax.lax.dynamic_update_slice(score, region, (*start, 0)),
-              jax.lax.dynamic_update_slice(norm, counts, tuple(start)))
+      return (
+        jax.lax.dynamic_update_slice(score, region, (*start, 0)),
+        jax.lax.dynamic_update_slice(norm, counts, tuple(start)),
+      )
 
     return jax.lax.fori_loop(0, batch_size, add, carry)
 
@@ -319,8 +388,13 @@ def _device_blend(predict, windows_sharding, num_classes: int, batch_size: int, 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def predict_volume_slicewise(prob_fn: ProbFn, image: np.ndarray, patch_size: Sequence[int],
-                             num_classes: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def predict_volume_slicewise(
+  prob_fn: ProbFn,
+  image: np.ndarray,
+  patch_size: Sequence[int],
+  num_classes: int,
+  batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
   """Whole-volume prediction of a 2D network, one short-axis slice at a time.
 
   SSL4MIS `code/val_2d.py::test_single_volume` (also BCP/CML `test_ACDC.py`): every slice [H, W] is
@@ -348,11 +422,15 @@ def predict_volume_slicewise(prob_fn: ProbFn, image: np.ndarray, patch_size: Seq
   if image.ndim == 3:
     image = image[..., None]
   if image.ndim != 4:
-    raise ValueError(f"predict_volume_slicewise: image must be [D, H, W] or [D, H, W, Cin], got shape "
-                     f"{image.shape}")
+    raise ValueError(
+      f"predict_volume_slicewise: image must be [D, H, W] or [D, H, W, Cin], got shape "
+      f"{image.shape}"
+    )
   patch = tuple(int(p) for p in patch_size)
   if len(patch) != 2:
-    raise ValueError(f"predict_volume_slicewise: patch_size must have 2 entries, got {patch_size!r}")
+    raise ValueError(
+      f"predict_volume_slicewise: patch_size must have 2 entries, got {patch_size!r}"
+    )
   if batch_size <= 0:
     raise ValueError(f"predict_volume_slicewise: batch_size must be > 0, got {batch_size}")
   depth, h, w, cin = image.shape
@@ -369,8 +447,9 @@ def predict_volume_slicewise(prob_fn: ProbFn, image: np.ndarray, patch_size: Seq
       batch[i] = ndimage.zoom(image[z], to_patch, order=0)
     probs = np.asarray(prob_fn(batch), dtype=np.float32)
     if probs.shape != expected:
-      raise ValueError(f"predict_volume_slicewise: prob_fn returned shape {probs.shape}, expected "
-                       f"{expected}")
+      raise ValueError(
+        f"predict_volume_slicewise: prob_fn returned shape {probs.shape}, expected {expected}"
+      )
     for i, z in enumerate(chunk):
       label[z] = ndimage.zoom(np.argmax(probs[i], axis=-1), back, order=0)
       score[z] = ndimage.zoom(probs[i], back + (1.0,), order=0)

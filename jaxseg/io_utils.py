@@ -5,6 +5,7 @@ os.replace, with the mode a plain `open` would give (0666 less the umask, 0644 b
 than mkstemp's 0600, so the rest of a lab group can read results. A failed write (e.g. ENOSPC)
 removes the temporary file, leaves the previous file intact and raises `errors.StorageError`.
 """
+
 import contextlib
 import csv
 import errno
@@ -36,8 +37,12 @@ def publish(tmp, path) -> None:
 
 def storage_error(path, e: OSError) -> StorageError:
   """The user-facing error for a failed write of `path`: what happened and what to do."""
-  hint = ("no space left on the device: free some space, then rerun the same command (a run "
-          "resumes from its last checkpoint)" if e.errno == errno.ENOSPC else e.strerror or str(e))
+  hint = (
+    "no space left on the device: free some space, then rerun the same command (a run "
+    "resumes from its last checkpoint)"
+    if e.errno == errno.ENOSPC
+    else e.strerror or str(e)
+  )
   return StorageError(e.errno, f"{path}: cannot write ({hint}); the previous file is intact")
 
 
@@ -129,8 +134,9 @@ class RunDir:
       holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
       os.close(fd)
       raise RunStateError(
-          f"{self.path}: another jaxseg run (pid {holder}) is using this workdir; wait for it to "
-          "finish, or choose another --workdir") from None
+        f"{self.path}: another jaxseg run (pid {holder}) is using this workdir; wait for it to "
+        "finish, or choose another --workdir"
+      ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     self._fd, self._created, self._before = fd, None if existed else created, before

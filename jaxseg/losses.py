@@ -5,6 +5,7 @@ Upstream: `yulequan/UA-MT: code/utils/losses.py` and the inline losses of
 so logits are [B, D, H, W, C] (or [B, H, W, C]) and integer labels [B, D, H, W]. All functions are pure
 jnp and jit-able.
 """
+
 import math
 
 import chex
@@ -130,8 +131,9 @@ def class_probabilities(logits: Array) -> Array:
   return jax.nn.softmax(logits, axis=-1)
 
 
-def mask_dice_loss(logits: Array, labels: Array, mask: Array | None = None,
-                   smooth: float = 1e-5) -> Array:
+def mask_dice_loss(
+  logits: Array, labels: Array, mask: Array | None = None, smooth: float = 1e-5
+) -> Array:
   """`mask_DiceLoss(nclass)` of BCP and CML (DeepMed-Lab-ECNU/BCP and SongwuJob/CML
   code/utils/losses.py): 1 - mean over (sample, class) of (2 I + s) / (U + s), background included.
 
@@ -194,8 +196,10 @@ def vnet_caffe_dice_loss(logits: Array, labels: Array) -> tuple[Array, Array]:
     (loss, mean hard Dice) scalars.
   """
   if logits.shape[-1] != 2 or logits.shape[:-1] != labels.shape:
-    raise ValueError(f"vnet_caffe_dice_loss: expected logits [B, ..., 2] and labels [B, ...], got "
-                     f"{logits.shape} and {labels.shape}")
+    raise ValueError(
+      f"vnet_caffe_dice_loss: expected logits [B, ..., 2] and labels [B, ...], got "
+      f"{logits.shape} and {labels.shape}"
+    )
   probs = jax.nn.softmax(logits, axis=-1)
   p0 = jax.lax.index_in_dim(probs, 0, axis=-1, keepdims=False)
   p1 = jax.lax.index_in_dim(probs, 1, axis=-1, keepdims=False)
@@ -230,8 +234,10 @@ def masked_consistency(dist_map: Array, mask: Array, num_classes: int) -> Array:
     Scalar.
   """
   if mask.ndim != dist_map.ndim or mask.shape[-1] != 1:
-    raise ValueError(f"masked_consistency: mask must be dist_map's shape with a singleton class axis, "
-                     f"got mask {mask.shape} for dist_map {dist_map.shape}")
+    raise ValueError(
+      f"masked_consistency: mask must be dist_map's shape with a singleton class axis, "
+      f"got mask {mask.shape} for dist_map {dist_map.shape}"
+    )
   mask = mask.astype(dist_map.dtype)
   return jnp.sum(mask * dist_map) / (num_classes * jnp.sum(mask) + 1e-16)
 

@@ -9,6 +9,7 @@ A mistake the user can fix (a bad config file or override, missing or malformed 
 use or holding another run: `jaxseg.errors.UserError`) prints one line, `jaxseg: error: ...`, and
 exits with status 2, leaving no new files; `--debug` or `JAXSEG_DEBUG=1` shows its traceback.
 """
+
 import os
 import pathlib
 import sys
@@ -21,10 +22,13 @@ from ml_collections import config_flags
 from jaxseg import errors
 
 DEBUG_ENV = "JAXSEG_DEBUG"
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/*.py[:arg]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, results).")
-_DEBUG = flags.DEFINE_bool("debug", False, f"Show tracebacks of user errors too (or {DEBUG_ENV}=1).")
+_DEBUG = flags.DEFINE_bool(
+  "debug", False, f"Show tracebacks of user errors too (or {DEBUG_ENV}=1)."
+)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -80,15 +84,20 @@ def _flag_error_message(e: Exception, argv: list[str]) -> str:
     # The config file failed to load or raised: its last line says what went wrong.
     last = [l.strip() for l in text.splitlines() if l.strip()][-1]
     text = f"--config {_config_arg(argv)}: cannot load the config ({last})"
-  return " ".join(text.split()) + " (check --config and the --config.* overrides; --debug shows more)"
+  return (
+    " ".join(text.split()) + " (check --config and the --config.* overrides; --debug shows more)"
+  )
 
 
 def main(argv):
   del argv
   # Orbax reports every checkpoint step at INFO; keep the console to jaxseg's own progress lines.
   logging.set_verbosity(logging.WARNING)
-  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+  workdir = _WORKDIR.value or default_workdir(
+    config_flags.get_config_filename(flags.FLAGS["config"])
+  )
   from jaxseg import train  # after flag parsing: a bad command line fails without importing jax
+
   try:
     train.train_and_evaluate(_CONFIG.value, workdir)
   except errors.UserError as e:

@@ -8,6 +8,7 @@ border, and distances are Euclidean distance transforms in the given voxel spaci
 The UA-MT evaluation (`yulequan/UA-MT: code/test_util.py::calculate_metric_percase`) reports
 [dc, jc, hd95, asd] in voxel units (no spacing); `asd` is medpy's *directed* distance result -> reference.
 """
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,8 +36,9 @@ def _check_pair(result: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, 
   result = _as_bool("result", result)
   reference = _as_bool("reference", reference)
   if result.shape != reference.shape:
-    raise ValueError(f"result and reference must have the same shape, got {result.shape} and "
-                     f"{reference.shape}")
+    raise ValueError(
+      f"result and reference must have the same shape, got {result.shape} and {reference.shape}"
+    )
   return result, reference
 
 
@@ -72,15 +74,17 @@ def _spacing(voxelspacing: Spacing, ndim: int) -> np.ndarray | None:
   if spacing.ndim == 0:
     spacing = np.full(ndim, float(spacing))
   if spacing.shape != (ndim,):
-    raise ValueError(f"voxelspacing must be None, a scalar or one value per axis ({ndim}), got "
-                     f"{voxelspacing!r}")
+    raise ValueError(
+      f"voxelspacing must be None, a scalar or one value per axis ({ndim}), got {voxelspacing!r}"
+    )
   if np.any(spacing <= 0):
     raise ValueError(f"voxelspacing must be positive, got {voxelspacing!r}")
   return spacing
 
 
-def surface_distances(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None,
-                      connectivity: int = 1) -> np.ndarray:
+def surface_distances(
+  result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None, connectivity: int = 1
+) -> np.ndarray:
   """Distances from every surface voxel of `result` to the nearest surface voxel of `reference`.
 
   medpy `binary.__surface_distances`. Returns a 1-D float64 array (one entry per result surface voxel).
@@ -97,35 +101,41 @@ def surface_distances(result: np.ndarray, reference: np.ndarray, voxelspacing: S
     raise EmptyMaskError("The second supplied array does not contain any binary object.")
   footprint = ndimage.generate_binary_structure(result.ndim, connectivity)
   result_border = result ^ ndimage.binary_erosion(result, structure=footprint, iterations=1)
-  reference_border = reference ^ ndimage.binary_erosion(reference, structure=footprint, iterations=1)
+  reference_border = reference ^ ndimage.binary_erosion(
+    reference, structure=footprint, iterations=1
+  )
   dt = ndimage.distance_transform_edt(~reference_border, sampling=spacing)
   return dt[result_border]
 
 
-def hd(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None,
-       connectivity: int = 1) -> float:
+def hd(
+  result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None, connectivity: int = 1
+) -> float:
   """Symmetric Hausdorff distance (max of both directed maxima)."""
   d1 = surface_distances(result, reference, voxelspacing, connectivity)
   d2 = surface_distances(reference, result, voxelspacing, connectivity)
   return float(max(d1.max(), d2.max()))
 
 
-def hd95(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None,
-         connectivity: int = 1) -> float:
+def hd95(
+  result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None, connectivity: int = 1
+) -> float:
   """95th percentile of the pooled directed surface distances of both directions (medpy `hd95`)."""
   d1 = surface_distances(result, reference, voxelspacing, connectivity)
   d2 = surface_distances(reference, result, voxelspacing, connectivity)
   return float(np.percentile(np.hstack((d1, d2)), 95))
 
 
-def asd(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None,
-        connectivity: int = 1) -> float:
+def asd(
+  result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None, connectivity: int = 1
+) -> float:
   """Directed average surface distance, result surface -> reference surface (medpy `asd`)."""
   return float(surface_distances(result, reference, voxelspacing, connectivity).mean())
 
 
-def assd(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None,
-         connectivity: int = 1) -> float:
+def assd(
+  result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None, connectivity: int = 1
+) -> float:
   """Average symmetric surface distance: mean of the POOLED distances of both directions (medpy 0.5.2).
 
   Older medpy averaged the two directed `asd` values instead; the two differ when the surfaces have
@@ -136,8 +146,9 @@ def assd(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None
   return float(np.concatenate((d1, d2)).mean())
 
 
-def calculate_metric_percase(pred: np.ndarray, gt: np.ndarray,
-                             voxelspacing: Spacing = None) -> np.ndarray:
+def calculate_metric_percase(
+  pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing = None
+) -> np.ndarray:
   """[dc, jc, hd95, asd] as float64, `yulequan/UA-MT: code/test_util.py::calculate_metric_percase`.
 
   Upstream passes no spacing (voxel units). Raises EmptyMaskError when either mask is empty.
@@ -147,11 +158,15 @@ def calculate_metric_percase(pred: np.ndarray, gt: np.ndarray,
     gt: binary ground truth [D, H, W].
     voxelspacing: None, a scalar, or one value per axis in (D, H, W) order.
   """
-  return np.array([dc(pred, gt), jc(pred, gt), hd95(pred, gt, voxelspacing),
-                   asd(pred, gt, voxelspacing)], dtype=np.float64)
+  return np.array(
+    [dc(pred, gt), jc(pred, gt), hd95(pred, gt, voxelspacing), asd(pred, gt, voxelspacing)],
+    dtype=np.float64,
+  )
 
 
-def parity_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing = None) -> np.ndarray:
+def parity_case_metrics(
+  pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing = None
+) -> np.ndarray:
   """The UA-MT `test_all_case` convention: (0, 0, 0, 0) for an empty prediction, else per-case metrics.
 
   An empty ground truth with a non-empty prediction still raises EmptyMaskError, as upstream.
@@ -175,12 +190,15 @@ def parity_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing 
 #   * hd95 / assd: NaN when either mask is empty (no surface to measure from).
 # ---------------------------------------------------------------------------------------------------------
 
+
 def directed_hd95(result: np.ndarray, reference: np.ndarray, voxelspacing: Spacing = None) -> float:
   """95th percentile (linear interpolation) of the distances result surface -> reference surface."""
   return float(np.percentile(surface_distances(result, reference, voxelspacing), 95))
 
 
-def clean_case_metrics(pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing = None) -> np.ndarray:
+def clean_case_metrics(
+  pred: np.ndarray, gt: np.ndarray, voxelspacing: Spacing = None
+) -> np.ndarray:
   """[dice, jaccard, hd95, assd] (float64) under the clean-mode conventions above.
 
   Args:

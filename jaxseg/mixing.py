@@ -13,6 +13,7 @@ the box is written by slicing, `mask[w:w+side] = 0`, which clips at the array en
 w >= S (what happens with the hard-coded LA bounds on a smaller patch: the mask stays all ones).
 Only the RNG differs from upstream (jax.random instead of numpy's global RandomState).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,13 +23,15 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+
 def box_size(spatial_shape: Sequence[int], ratio: float) -> tuple[int, ...]:
   """Box side per axis: int(S * ratio), Python float arithmetic as upstream (static ints)."""
   return tuple(int(s * ratio) for s in spatial_shape)
 
 
-def box_mask_at(corner: Array | Sequence[int], size: Sequence[int],
-                spatial_shape: Sequence[int]) -> Array:
+def box_mask_at(
+  corner: Array | Sequence[int], size: Sequence[int], spatial_shape: Sequence[int]
+) -> Array:
   """float32 [*spatial_shape]: 0 on the box [corner, corner + size) (clipped as numpy slicing
   clips), 1 elsewhere.
 
@@ -41,8 +44,10 @@ def box_mask_at(corner: Array | Sequence[int], size: Sequence[int],
   corner = jnp.asarray(corner, jnp.int32)
   nd = len(spatial_shape)
   if corner.shape != (nd,) or len(size) != nd:
-    raise ValueError(f"box_mask_at: corner {corner.shape} and size {tuple(size)} must have one "
-                     f"entry per axis of spatial_shape {tuple(spatial_shape)}")
+    raise ValueError(
+      f"box_mask_at: corner {corner.shape} and size {tuple(size)} must have one "
+      f"entry per axis of spatial_shape {tuple(spatial_shape)}"
+    )
   inside = jnp.ones(tuple(spatial_shape), bool)
   for axis, (s, side) in enumerate(zip(spatial_shape, size)):
     idx = jnp.arange(s)
@@ -60,14 +65,17 @@ def draw_corner(rng: Array, size: Sequence[int], bounds_shape: Sequence[int]) ->
   """
   highs = [b - s for b, s in zip(bounds_shape, size)]
   if any(h < 1 for h in highs):
-    raise ValueError(f"box corner: bounds {tuple(bounds_shape)} minus box size {tuple(size)} must "
-                     "be >= 1 on every axis (numpy randint(0, 0) raises)")
+    raise ValueError(
+      f"box corner: bounds {tuple(bounds_shape)} minus box size {tuple(size)} must "
+      "be >= 1 on every axis (numpy randint(0, 0) raises)"
+    )
   keys = jax.random.split(rng, len(highs))
   return jnp.stack([jax.random.randint(k, (), 0, h, jnp.int32) for k, h in zip(keys, highs)])
 
 
-def box_mask(rng: Array, spatial_shape: Sequence[int], ratio: float,
-             bounds_shape: Sequence[int] | None = None) -> Array:
+def box_mask(
+  rng: Array, spatial_shape: Sequence[int], ratio: float, bounds_shape: Sequence[int] | None = None
+) -> Array:
   """float32 [*spatial_shape]: 1 outside a random box of side int(S * ratio), 0 inside.
 
   Args:
@@ -81,8 +89,10 @@ def box_mask(rng: Array, spatial_shape: Sequence[int], ratio: float,
   size = box_size(spatial_shape, ratio)
   bounds = tuple(spatial_shape) if bounds_shape is None else tuple(bounds_shape)
   if len(bounds) != len(spatial_shape):
-    raise ValueError(f"box_mask: bounds_shape {bounds} must have one entry per axis of "
-                     f"spatial_shape {tuple(spatial_shape)}")
+    raise ValueError(
+      f"box_mask: bounds_shape {bounds} must have one entry per axis of "
+      f"spatial_shape {tuple(spatial_shape)}"
+    )
   return box_mask_at(draw_corner(rng, size, bounds), size, spatial_shape)
 
 
@@ -92,8 +102,10 @@ def _expand(mask: Array, x: Array) -> Array:
     return mask[None]
   if x.ndim == mask.ndim + 2:
     return mask[None, ..., None]
-  raise ValueError(f"mask {mask.shape} does not fit array {x.shape}: expected [B, *spatial] or "
-                   "[B, *spatial, C] with the mask's spatial shape")
+  raise ValueError(
+    f"mask {mask.shape} does not fit array {x.shape}: expected [B, *spatial] or "
+    "[B, *spatial, C] with the mask's spatial shape"
+  )
 
 
 def copy_paste(outside: Array, inside: Array, mask: Array) -> Array:

@@ -15,13 +15,16 @@ at 32^3), XLA's partitioned convolution backward returns weight gradients summed
 shows it). When that test starts failing, XLA is fixed and `batch_sharding` can put the depth on
 "space" (P("data", "space")).
 """
+
 import math
 import os
 
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxseg import errors
 
@@ -35,10 +38,10 @@ class DistributedEnvError(errors.UserError, ValueError):
 
 
 DISTRIBUTED_ENV = {
-    "JAXSEG_COORDINATOR": "coordinator_address",
-    "JAXSEG_NUM_PROCESSES": "num_processes",
-    "JAXSEG_PROCESS_ID": "process_id",
-    "JAXSEG_LOCAL_DEVICE_IDS": "local_device_ids",
+  "JAXSEG_COORDINATOR": "coordinator_address",
+  "JAXSEG_NUM_PROCESSES": "num_processes",
+  "JAXSEG_PROCESS_ID": "process_id",
+  "JAXSEG_LOCAL_DEVICE_IDS": "local_device_ids",
 }
 
 
@@ -76,8 +79,11 @@ def maybe_initialize_distributed() -> None:
   JAXSEG_DISTRIBUTED=1 (jax detects the rest: SLURM, Cloud TPU pods) or any `DISTRIBUTED_ENV`
   variable (those values are passed explicitly)."""
   kwargs = distributed_kwargs()
-  if (kwargs or os.environ.get("JAX_COORDINATOR_ADDRESS")
-      or os.environ.get("JAXSEG_DISTRIBUTED") == "1"):
+  if (
+    kwargs
+    or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    or os.environ.get("JAXSEG_DISTRIBUTED") == "1"
+  ):
     jax.distributed.initialize(**kwargs)
 
 
@@ -98,8 +104,10 @@ def parse_mesh_shape(spec: str) -> dict[str, int]:
   for item in spec.split(","):
     name, sep, size = item.strip().partition(":")
     if not (sep and name in AXES and size.isdigit() and int(size) >= 1):
-      raise MeshError(f"mesh.shape={spec!r}: expected 'auto' or axis:size pairs of the axes "
-                      f"{AXES} (e.g. 'data:4,space:2')")
+      raise MeshError(
+        f"mesh.shape={spec!r}: expected 'auto' or axis:size pairs of the axes "
+        f"{AXES} (e.g. 'data:4,space:2')"
+      )
     shape[name] = int(size)
   return shape
 
@@ -121,15 +129,20 @@ def mesh_for(config, devices=None) -> Mesh:
   """
   devices = jax.devices() if devices is None else list(devices)
   spec = config.mesh.shape
-  shape = (auto_mesh_shape(len(devices), config.batch_size) if spec == "auto"
-           else parse_mesh_shape(spec))
+  shape = (
+    auto_mesh_shape(len(devices), config.batch_size) if spec == "auto" else parse_mesh_shape(spec)
+  )
   shown = describe(shape)
   if math.prod(shape.values()) != len(devices):
-    raise MeshError(f"mesh.shape={spec!r}: {shown} needs {math.prod(shape.values())} devices, "
-                    f"there are {len(devices)}")
+    raise MeshError(
+      f"mesh.shape={spec!r}: {shown} needs {math.prod(shape.values())} devices, "
+      f"there are {len(devices)}"
+    )
   if config.batch_size % shape["data"]:
-    raise MeshError(f"mesh ({shown}): batch_size={config.batch_size} is not divisible by the data "
-                    "axis; set mesh.shape (e.g. 'data:1,space:N')")
+    raise MeshError(
+      f"mesh ({shown}): batch_size={config.batch_size} is not divisible by the data "
+      "axis; set mesh.shape (e.g. 'data:1,space:N')"
+    )
   grid = mesh_utils.create_device_mesh(tuple(shape[a] for a in AXES), devices)
   return Mesh(grid, AXES)
 
@@ -159,5 +172,6 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   On one host the local batch is the global batch; on several, each host feeds its own slice.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

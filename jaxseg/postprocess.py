@@ -25,6 +25,7 @@ Two implementations with the same result (tests/test_postprocess.py checks they 
     each for the JAX version) and a long thin component costs the JAX version one loop round per
     few voxels of its length; scipy labels in a single pass.
 """
+
 from __future__ import annotations
 
 import jax
@@ -45,8 +46,9 @@ def _neighbourhood_min(labels: Array, sentinel: int) -> Array:
     window[axis] = 3
     padding = [(0, 0)] * labels.ndim
     padding[axis] = (1, 1)
-    out = lax.reduce_window(out, jnp.array(sentinel, out.dtype), lax.min, window,
-                            (1,) * labels.ndim, padding)
+    out = lax.reduce_window(
+      out, jnp.array(sentinel, out.dtype), lax.min, window, (1,) * labels.ndim, padding
+    )
   return out
 
 
@@ -141,7 +143,9 @@ def cut_mask_pseudo_labels(logits: Array, threshold: float = 0.5) -> Array:
     return largest_component(foreground).astype(jnp.int32)
   if logits.ndim == 4:
     return largest_component_per_class(jnp.argmax(probs, axis=-1), logits.shape[-1])
-  raise ValueError(f"pseudo-labels: expected logits [B, D, H, W, C] or [B, H, W, C], got {logits.shape}")
+  raise ValueError(
+    f"pseudo-labels: expected logits [B, D, H, W, C] or [B, H, W, C], got {logits.shape}"
+  )
 
 
 def largest_component_np(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:

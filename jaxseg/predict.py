@@ -25,6 +25,7 @@ direction).
 Where the prepared data were cropped around the label (LA's crop box), a new scan has no label to
 crop around: the network sees the whole volume, normalised as the preparation does before cropping.
 """
+
 import argparse
 import dataclasses
 import json
@@ -80,6 +81,7 @@ class Scan:
     spacing: voxel size in mm along (I, J, K).
     write: ``(label uint8 [I, J, K], out_path) -> None``, writes a NIfTI in the scan's geometry.
   """
+
   path: pathlib.Path
   array: np.ndarray
   spacing: tuple[float, ...]
@@ -91,7 +93,7 @@ def scan_name(path: pathlib.Path) -> str | None:
   name = path.name
   for suffix in NIFTI_SUFFIXES + ITK_SUFFIXES:
     if name.lower().endswith(suffix):
-      return name[:-len(suffix)]
+      return name[: -len(suffix)]
   return None
 
 
@@ -100,8 +102,10 @@ def _three_d(path: pathlib.Path, array: np.ndarray) -> np.ndarray:
   while array.ndim > 3 and array.shape[-1] == 1:
     array = array[..., 0]
   if array.ndim != 3:
-    raise PredictError(f"{path}: expected a 3-D scan, got an array of shape {array.shape} "
-                       "(multi-volume and 2-D files are not supported)")
+    raise PredictError(
+      f"{path}: expected a 3-D scan, got an array of shape {array.shape} "
+      "(multi-volume and 2-D files are not supported)"
+    )
   if not np.all(np.isfinite(array)):
     raise PredictError(f"{path}: the scan holds non-finite intensities (NaN or inf)")
   return array
@@ -135,16 +139,21 @@ def read_itk(path: pathlib.Path) -> Scan:
   try:
     import SimpleITK as sitk  # optional: only MetaImage / NRRD input needs it
   except ImportError as e:
-    raise PredictError(f"{path}: reading MetaImage / NRRD needs SimpleITK (pip install SimpleITK), "
-                       "or convert the scan to NIfTI") from e
+    raise PredictError(
+      f"{path}: reading MetaImage / NRRD needs SimpleITK (pip install SimpleITK), "
+      "or convert the scan to NIfTI"
+    ) from e
   try:
     img = sitk.ReadImage(str(path))
   except Exception as e:  # SimpleITK raises RuntimeError with ITK's message
-    raise PredictError(f"{path}: cannot read with SimpleITK ({str(e).strip().splitlines()[-1]})"
-                       ) from e
+    raise PredictError(
+      f"{path}: cannot read with SimpleITK ({str(e).strip().splitlines()[-1]})"
+    ) from e
   if img.GetNumberOfComponentsPerPixel() != 1:
-    raise PredictError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel; "
-                       "expected a scalar 3-D scan")
+    raise PredictError(
+      f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+      "expected a scalar 3-D scan"
+    )
   array = _three_d(path, np.transpose(sitk.GetArrayFromImage(img)))
 
   def write(label: np.ndarray, out: pathlib.Path) -> None:
@@ -164,15 +173,17 @@ def read_scan(path: pathlib.Path) -> Scan:
     return read_nifti(path)
   if lower.endswith(ITK_SUFFIXES):
     return read_itk(path)
-  raise PredictError(f"{path}: not a supported scan format (NIfTI {', '.join(NIFTI_SUFFIXES)}; "
-                     f"with SimpleITK {', '.join(ITK_SUFFIXES)})")
+  raise PredictError(
+    f"{path}: not a supported scan format (NIfTI {', '.join(NIFTI_SUFFIXES)}; "
+    f"with SimpleITK {', '.join(ITK_SUFFIXES)})"
+  )
 
 
 def _atomic_save(out: pathlib.Path, save: Callable[[pathlib.Path], None]) -> None:
   """``save(tmp)`` to a temporary name with the same suffixes in ``out``'s folder, then
   ``os.replace``: a reader never sees half a label map."""
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(f".{out.name[:-len(OUTPUT_SUFFIX)]}.tmp{OUTPUT_SUFFIX}")
+  tmp = out.with_name(f".{out.name[: -len(OUTPUT_SUFFIX)]}.tmp{OUTPUT_SUFFIX}")
   try:
     save(tmp)
     tmp.replace(out)
@@ -190,20 +201,26 @@ def list_scans(input_path: pathlib.Path) -> list[pathlib.Path]:
   input_path = pathlib.Path(input_path)
   if input_path.is_file():
     if scan_name(input_path) is None:
-      raise PredictError(f"{input_path}: not a supported scan format (NIfTI "
-                         f"{', '.join(NIFTI_SUFFIXES)}; with SimpleITK {', '.join(ITK_SUFFIXES)})")
+      raise PredictError(
+        f"{input_path}: not a supported scan format (NIfTI "
+        f"{', '.join(NIFTI_SUFFIXES)}; with SimpleITK {', '.join(ITK_SUFFIXES)})"
+      )
     return [input_path]
   if not input_path.is_dir():
     raise PredictError(f"{input_path}: --input is neither a scan file nor a folder")
   scans = sorted(p for p in input_path.iterdir() if p.is_file() and scan_name(p) is not None)
   if not scans:
-    raise PredictError(f"{input_path}: no scan files (NIfTI {', '.join(NIFTI_SUFFIXES)}; with "
-                       f"SimpleITK {', '.join(ITK_SUFFIXES)}) in this folder")
+    raise PredictError(
+      f"{input_path}: no scan files (NIfTI {', '.join(NIFTI_SUFFIXES)}; with "
+      f"SimpleITK {', '.join(ITK_SUFFIXES)}) in this folder"
+    )
   names = [scan_name(p) for p in scans]
   dup = sorted({n for n in names if names.count(n) > 1})
   if dup:
-    raise PredictError(f"{input_path}: several scans named {dup[:3]} would write the same "
-                       f"<name>{OUTPUT_SUFFIX}; keep one of each")
+    raise PredictError(
+      f"{input_path}: several scans named {dup[:3]} would write the same "
+      f"<name>{OUTPUT_SUFFIX}; keep one of each"
+    )
   return scans
 
 
@@ -221,6 +238,7 @@ class Prepared:
       its volumes.
     restore: label map [D, H, W] of ``image`` -> uint8 label map on the scan's voxel grid.
   """
+
   image: np.ndarray
   restore: Callable[[np.ndarray], np.ndarray]
 
@@ -277,8 +295,9 @@ def acdc_frame(array: np.ndarray, spacing) -> Prepared:
   if hi == lo:
     raise PredictError(f"constant scan ({lo}): min-max normalisation is undefined")
   image = np.transpose((array - lo) / (hi - lo), (2, 1, 0)).astype(np.float32)
-  return Prepared(np.ascontiguousarray(image),
-                  lambda label_map: np.transpose(_as_labels(label_map), (2, 1, 0)))
+  return Prepared(
+    np.ascontiguousarray(image), lambda label_map: np.transpose(_as_labels(label_map), (2, 1, 0))
+  )
 
 
 def pancreas_ct(array: np.ndarray, spacing) -> Prepared:
@@ -286,14 +305,19 @@ def pancreas_ct(array: np.ndarray, spacing) -> Prepared:
   resampling to 1 mm, window [-125, 275] -> [0, 1], z-score over the whole resampled volume (the
   preparation's crop around the pancreas needs the label). The label map returns to the scan's grid
   by nearest neighbour: scan voxel i takes 1 mm voxel round(i * spacing)."""
-  resampled = np.transpose(prepare_pancreas._resample(  # pylint: disable=protected-access
-      np.ascontiguousarray(np.transpose(np.asarray(array, np.float32))), spacing, False))
+  resampled = np.transpose(
+    prepare_pancreas._resample(  # pylint: disable=protected-access
+      np.ascontiguousarray(np.transpose(np.asarray(array, np.float32))), spacing, False
+    )
+  )
   image = prepare_pancreas.window(resampled)
   image = ((image - image.mean()) / image.std()).astype(np.float32)
 
   def restore(label_map: np.ndarray) -> np.ndarray:
-    index = [np.clip(np.rint(np.arange(n) * s).astype(int), 0, m - 1)
-             for n, s, m in zip(array.shape, spacing, label_map.shape)]
+    index = [
+      np.clip(np.rint(np.arange(n) * s).astype(int), 0, m - 1)
+      for n, s, m in zip(array.shape, spacing, label_map.shape)
+    ]
     return _as_labels(label_map)[np.ix_(*index)]
 
   return Prepared(image, restore)
@@ -305,13 +329,15 @@ def promise12_mri(array: np.ndarray, spacing) -> Prepared:
   The label map is pasted into the resampled grid (0 outside the crop) and resampled back onto the
   scan's grid by nearest neighbour (SimpleITK, as the preparation's resampler)."""
   import SimpleITK as sitk  # optional: MetaImage is PROMISE12's format, SimpleITK its reader
+
   img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(np.asarray(array, np.float32))))
   img.SetSpacing([float(s) for s in spacing])
   rescale = sitk.RescaleIntensityImageFilter()
   rescale.SetOutputMinimum(0)
   rescale.SetOutputMaximum(1)
   image, new_size, start = prepare_promise12._resample_crop(  # pylint: disable=protected-access
-      rescale.Execute(img), prepare_promise12.VOL_SIZE)
+    rescale.Execute(img), prepare_promise12.VOL_SIZE
+  )
   pixels = image[image > 0]
   if pixels.size == 0:
     raise PredictError("no voxel > 0 inside the centre crop")
@@ -322,8 +348,9 @@ def promise12_mri(array: np.ndarray, spacing) -> Prepared:
     grid[tuple(slice(b, b + n) for b, n in zip(start, label_map.shape))] = _as_labels(label_map)
     resampled = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(grid)))
     resampled.SetSpacing(prepare_promise12.DST_RES)
-    back = sitk.Resample(resampled, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                         sitk.sitkUInt8)
+    back = sitk.Resample(
+      resampled, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
     return np.transpose(sitk.GetArrayFromImage(back))
 
   return Prepared(image, restore)
@@ -332,24 +359,27 @@ def promise12_mri(array: np.ndarray, spacing) -> Prepared:
 # Dataset name (config.data.name) -> the preparation of a raw scan (array in voxel index order,
 # spacing in mm) for its network.
 SCAN_PREPARATIONS: dict[str, Callable[[np.ndarray, tuple[float, ...]], Prepared]] = {
-    "la": zscore_whole_volume,
-    "synthetic": zscore_whole_volume,
-    "h5folder": zscore_whole_volume,
-    "isles": as_stored,
-    "pancreas": pancreas_ct,
-    "brats": brats_flair,
-    "brats_upstream_test": lambda array, spacing: brats_flair(array, spacing,
-                                                              sagittal_to_axial=False),
-    "acdc": acdc_frame,
-    "promise12": promise12_mri,
+  "la": zscore_whole_volume,
+  "synthetic": zscore_whole_volume,
+  "h5folder": zscore_whole_volume,
+  "isles": as_stored,
+  "pancreas": pancreas_ct,
+  "brats": brats_flair,
+  "brats_upstream_test": lambda array, spacing: brats_flair(
+    array, spacing, sagittal_to_axial=False
+  ),
+  "acdc": acdc_frame,
+  "promise12": promise12_mri,
 }
 
 
 def preparation(dataset: str) -> Callable[[np.ndarray, tuple[float, ...]], Prepared]:
   """``SCAN_PREPARATIONS[dataset]``, with a clear error for a dataset without one."""
   if dataset not in SCAN_PREPARATIONS:
-    raise PredictError(f"data.name={dataset!r}: jaxseg.predict has no scan preparation for this "
-                       f"dataset; known: {sorted(SCAN_PREPARATIONS)}")
+    raise PredictError(
+      f"data.name={dataset!r}: jaxseg.predict has no scan preparation for this "
+      f"dataset; known: {sorted(SCAN_PREPARATIONS)}"
+    )
   return SCAN_PREPARATIONS[dataset]
 
 
@@ -361,6 +391,7 @@ def preparation(dataset: str) -> Callable[[np.ndarray, tuple[float, ...]], Prepa
 @dataclasses.dataclass
 class Predictor:
   """A config and a jitted ``prob_fn(windows [N, *patch, 1]) -> probabilities [N, *patch, C]``."""
+
   config: object
   prob_fn: Callable[[np.ndarray], np.ndarray]
   source: str  # where the weights came from, for the log
@@ -377,8 +408,9 @@ def load_config(workdir: str | None, config_file: str | None):
     if not pathlib.Path(workdir).is_dir():
       raise PredictError(f"{workdir}: --workdir does not exist")
     if not path.is_file():
-      raise PredictError(f"{path}: not found; --workdir must be a run directory made by "
-                         "`python -m jaxseg.main`")
+      raise PredictError(
+        f"{path}: not found; --workdir must be a run directory made by `python -m jaxseg.main`"
+      )
     try:
       return ml_collections.ConfigDict(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
@@ -392,10 +424,16 @@ def load_config(workdir: str | None, config_file: str | None):
     raise PredictError(f"{config_file}: {e}") from e
 
 
-def build_predictor(workdir: str | None = None, config_file: str | None = None,
-                    checkpoint: str = "final", model: str | None = None,
-                    torch_checkpoint: str | None = None, model_kwargs: dict | None = None,
-                    mode: str | None = None, batch_size: int | None = None) -> Predictor:
+def build_predictor(
+  workdir: str | None = None,
+  config_file: str | None = None,
+  checkpoint: str = "final",
+  model: str | None = None,
+  torch_checkpoint: str | None = None,
+  model_kwargs: dict | None = None,
+  mode: str | None = None,
+  batch_size: int | None = None,
+) -> Predictor:
   """The method of the config with the run's checkpoint, or with a torch state_dict.
 
   Args:
@@ -411,10 +449,10 @@ def build_predictor(workdir: str | None = None, config_file: str | None = None,
     PredictError: a missing workdir, config or checkpoint, weights that do not fit the method.
   """
 
-
   if bool(workdir) == bool(config_file):
-    raise PredictError("give exactly one of --workdir (a trained run) and --config (with "
-                       "--torch_checkpoint)")
+    raise PredictError(
+      "give exactly one of --workdir (a trained run) and --config (with --torch_checkpoint)"
+    )
   if config_file and not torch_checkpoint:
     raise PredictError("--config needs --torch_checkpoint: a config file holds no weights")
   if (model or model_kwargs) and not torch_checkpoint:
@@ -450,7 +488,6 @@ def _torch_state(config, abstract, torch_checkpoint: str):
   """A state whose params / batch_stats are the imported torch weights (zeros elsewhere: predict
   reads nothing else)."""
 
-
   path = pathlib.Path(torch_checkpoint)
   if not path.is_file():
     raise PredictError(f"{path}: --torch_checkpoint not found")
@@ -459,17 +496,22 @@ def _torch_state(config, abstract, torch_checkpoint: str):
   except (KeyError, ValueError, TypeError, ImportError) as e:
     raise PredictError(f"{path}: cannot import as model {config.model.name!r} ({e})") from e
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  for name, got, want in (("params", params, abstract.params),
-                          ("batch_stats", batch_stats, abstract.batch_stats)):
+  for name, got, want in (
+    ("params", params, abstract.params),
+    ("batch_stats", batch_stats, abstract.batch_stats),
+  ):
     got_shapes = jax.tree.map(lambda a: tuple(np.shape(a)), got)
     want_shapes = jax.tree.map(lambda a: tuple(a.shape), want)
     if got_shapes != want_shapes:
-      raise PredictError(f"{path}: the imported {name} do not fit method {config.method!r} with "
-                         f"model {config.model.name!r} {dict(config.model.kwargs)} (a method with "
-                         "several networks needs its own checkpoint)")
+      raise PredictError(
+        f"{path}: the imported {name} do not fit method {config.method!r} with "
+        f"model {config.model.name!r} {dict(config.model.kwargs)} (a method with "
+        "several networks needs its own checkpoint)"
+      )
   zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
-  return zeros.replace(params=jax.tree.map(jnp.asarray, params),
-                       batch_stats=jax.tree.map(jnp.asarray, batch_stats))
+  return zeros.replace(
+    params=jax.tree.map(jnp.asarray, params), batch_stats=jax.tree.map(jnp.asarray, batch_stats)
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,8 +519,7 @@ def _torch_state(config, abstract, torch_checkpoint: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def predict_scans(predictor: Predictor, input_path, output_dir, stream=None
-                  ) -> list[pathlib.Path]:
+def predict_scans(predictor: Predictor, input_path, output_dir, stream=None) -> list[pathlib.Path]:
   """Writes ``<output_dir>/<scan>_seg.nii.gz`` for every scan of ``input_path``; one progress line
   per scan on ``stream`` (None: silent). Returns the written paths."""
   prepare = preparation(predictor.config.data.name)
@@ -498,25 +539,34 @@ def predict_scans(predictor: Predictor, input_path, output_dir, stream=None
     written.append(out)
     if stream is not None:
       left = (time.time() - t0) / i * (len(scans) - i)
-      print(f"[jaxseg.predict] {i}/{len(scans)} {path.name} {tuple(label.shape)} -> {out} "
-            f"(foreground voxels {int(np.count_nonzero(label))}; {time.time() - t:.1f}s, "
-            f"~{left:.0f}s left)", file=stream, flush=True)
+      print(
+        f"[jaxseg.predict] {i}/{len(scans)} {path.name} {tuple(label.shape)} -> {out} "
+        f"(foreground voxels {int(np.count_nonzero(label))}; {time.time() - t:.1f}s, "
+        f"~{left:.0f}s left)",
+        file=stream,
+        flush=True,
+      )
   return written
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m jaxseg.predict",
-      description="Segment new scans with a trained run (or an upstream .pth): one NIfTI label "
-                  "map per scan, in the scan's geometry.")
+    prog="python -m jaxseg.predict",
+    description="Segment new scans with a trained run (or an upstream .pth): one NIfTI label "
+    "map per scan, in the scan's geometry.",
+  )
   parser.add_argument("--workdir", help="a run directory made by `python -m jaxseg.main`")
-  parser.add_argument("--config", help="instead of --workdir: a config file path[:args] giving the "
-                      "dataset, method and evaluation settings (with --torch_checkpoint)")
+  parser.add_argument(
+    "--config",
+    help="instead of --workdir: a config file path[:args] giving the "
+    "dataset, method and evaluation settings (with --torch_checkpoint)",
+  )
   parser.add_argument("--input", required=True, help="a scan file or a folder of scans")
   parser.add_argument("--output", required=True, help="folder for <scan>_seg.nii.gz")
   parser.add_argument("--checkpoint", default="final", help="final (default) or best_val")
-  parser.add_argument("--model", help="jaxseg model name of --torch_checkpoint (default: the "
-                      "config's model.name)")
+  parser.add_argument(
+    "--model", help="jaxseg model name of --torch_checkpoint (default: the config's model.name)"
+  )
   parser.add_argument("--torch_checkpoint", help="an upstream PyTorch state_dict (.pth/.pt)")
   parser.add_argument("--model_kwargs", help="JSON object updating the config's model.kwargs")
   parser.add_argument("--mode", choices=["parity", "clean"], help="default: the config's eval.mode")
@@ -529,11 +579,21 @@ def main(argv=None) -> int:
   if kwargs is not None and not isinstance(kwargs, dict):
     parser.error("--model_kwargs must be a JSON object, e.g. '{\"n_filters\": 16}'")
   try:
-    predictor = build_predictor(args.workdir, args.config, args.checkpoint, args.model,
-                                args.torch_checkpoint, kwargs, args.mode, args.batch_size)
-    print(f"[jaxseg.predict] {predictor.config.method} on {predictor.config.data.name} "
-          f"preparation, mode {predictor.config.eval.mode}, weights {predictor.source}",
-          flush=True)
+    predictor = build_predictor(
+      args.workdir,
+      args.config,
+      args.checkpoint,
+      args.model,
+      args.torch_checkpoint,
+      kwargs,
+      args.mode,
+      args.batch_size,
+    )
+    print(
+      f"[jaxseg.predict] {predictor.config.method} on {predictor.config.data.name} "
+      f"preparation, mode {predictor.config.eval.mode}, weights {predictor.source}",
+      flush=True,
+    )
     predict_scans(predictor, args.input, args.output, stream=sys.stdout)
   except errors.UserError as e:  # PredictError, and the data / config errors it meets
     print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)

@@ -5,6 +5,7 @@ DyCON). Each ramp accepts either host values (Python / numpy scalars or arrays, 
 returned as a Python float for scalars, like upstream) or JAX values (possibly traced inside `jit`,
 computed with `jnp.where`, in the default JAX float dtype). Ramp lengths are static Python numbers.
 """
+
 from typing import Any
 
 import jax
@@ -60,8 +61,9 @@ def sigmoid_rampup(current: Scalar, rampup_length: float) -> Scalar:
   return host_result(np.exp(-5.0 * phase * phase))
 
 
-def consistency_weight(step: Scalar, consistency: float, rampup_length: float,
-                       iters_per_epoch: int = 150) -> Scalar:
+def consistency_weight(
+  step: Scalar, consistency: float, rampup_length: float, iters_per_epoch: int = 150
+) -> Scalar:
   """consistency * sigmoid_rampup(step // iters_per_epoch, rampup_length).
 
   UA-MT `train_LA_meanteacher_certainty_unlabel.py::get_current_consistency_weight`, which the loop calls
@@ -116,8 +118,13 @@ def step_lr(base_lr: float, every: int, factor: float, begin: int = 0) -> optax.
   """
   if every <= 0:
     raise ValueError(f"step_lr: every must be > 0, got {every}")
-  return optax.exponential_decay(init_value=base_lr, transition_steps=every, decay_rate=factor,
-                                 transition_begin=begin, staircase=True)
+  return optax.exponential_decay(
+    init_value=base_lr,
+    transition_steps=every,
+    decay_rate=factor,
+    transition_begin=begin,
+    staircase=True,
+  )
 
 
 def poly_lr(base_lr: float, max_steps: int, power: float = 0.9) -> optax.Schedule:
@@ -127,5 +134,6 @@ def poly_lr(base_lr: float, max_steps: int, power: float = 0.9) -> optax.Schedul
   """
   if max_steps <= 0:
     raise ValueError(f"poly_lr: max_steps must be > 0, got {max_steps}")
-  return optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
-                                   transition_steps=max_steps)
+  return optax.polynomial_schedule(
+    init_value=base_lr, end_value=0.0, power=power, transition_steps=max_steps
+  )

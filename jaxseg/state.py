@@ -3,6 +3,7 @@
 No functions live inside it, so it serializes (orbax), compares (tests) and shards (jit) as is.
 The model and the optimizer are static fields of the Method, not of the state.
 """
+
 from typing import Any
 
 import flax
@@ -21,6 +22,7 @@ class TrainState:
     rng: a raw uint32 PRNG key; step randomness is `jax.random.fold_in(rng, step)`.
     aux: method-owned pytree, e.g. {'ema_params', 'ema_batch_stats'} for a teacher.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any

@@ -8,6 +8,7 @@ stopped. A checkpoint that cannot be restored (cut by a kill or a full disk, cor
 checkpoint at the current step and ends the run with exit status 0. One run at a time holds a
 workdir (`io_utils.RunDir`); a run that fails before its first step leaves it as it was.
 """
+
 import errno
 import json
 import os
@@ -75,8 +76,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict | Non
   if jax.process_count() > 1:
     # Each host would need its own labeled-first slice of the global batch; until the pipeline
     # shards the two streams per host, refuse rather than feed every host the same examples.
-    raise ValueError(f"{jax.process_count()} processes: multi-host data feeding is not supported yet; "
-                     "run on one host (all its local devices are used)")
+    raise ValueError(
+      f"{jax.process_count()} processes: multi-host data feeding is not supported yet; "
+      "run on one host (all its local devices are used)"
+    )
   with io_utils.RunDir(workdir) as run:
     return _train(config, workdir, run)
 
@@ -94,12 +97,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   mesh = parallel.mesh_for(config)
   iterator = data.train_iterator
 
-  state = method.init(jax.random.PRNGKey(config.seed),
-                      methods_base.example_batch(config, method.host_targets))
+  state = method.init(
+    jax.random.PRNGKey(config.seed), methods_base.example_batch(config, method.host_targets)
+  )
 
   ckpt = ocp.CheckpointManager(
-      workdir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+    workdir / "checkpoints",
+    options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+  )
   # Best-on-validation state (checkpoints.py): only the periodic validation on the val split
   # feeds it; the final checkpoint above stays the default for evaluation.
   best_ckpt = checkpoints_lib.best_manager(workdir) if config.eval.every_steps else None
@@ -129,15 +134,35 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   run.started()
   writer = writers.MetricWriter(workdir, resume_step=start, enable_tensorboard=is_main)
   progress = writers.Progress(total, start)
-  fault = {env: int(os.environ.get(env, "-1"))
-           for env in (_FAULT_ENV, _FAULT_KILL_IN_SAVE_ENV, _FAULT_TERM_ENV)}
-  _log(f"training {config.method} on {config.data.name}: steps {start}->{total}, batch "
-       f"{config.batch_size} on {mesh.devices.size} {jax.devices()[0].platform} device(s) as "
-       f"{parallel.describe(mesh)} (mesh.shape={config.mesh.shape!r}), workdir {workdir}")
+  fault = {
+    env: int(os.environ.get(env, "-1"))
+    for env in (_FAULT_ENV, _FAULT_KILL_IN_SAVE_ENV, _FAULT_TERM_ENV)
+  }
+  _log(
+    f"training {config.method} on {config.data.name}: steps {start}->{total}, batch "
+    f"{config.batch_size} on {mesh.devices.size} {jax.devices()[0].platform} device(s) as "
+    f"{parallel.describe(mesh)} (mesh.shape={config.mesh.shape!r}), workdir {workdir}"
+  )
 
   with _TermFlag() as term, _Profiler(config, workdir, start) as profiler:
-    stopped = _loop(config, method, data, mesh, phases, step_fns, ckpt, best_ckpt, writer,
-                    progress, state, start, fault, term, profiler, workdir)
+    stopped = _loop(
+      config,
+      method,
+      data,
+      mesh,
+      phases,
+      step_fns,
+      ckpt,
+      best_ckpt,
+      writer,
+      progress,
+      state,
+      start,
+      fault,
+      term,
+      profiler,
+      workdir,
+    )
   _wait(ckpt, workdir)
   if best_ckpt is not None:
     _wait(best_ckpt, workdir)
@@ -149,17 +174,41 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   n_eval = len(data.val_source)
   if config.eval.max_cases:  # a short check on real data; the summary's n_cases says so
     n_eval = min(n_eval, config.eval.max_cases)
-  _log(f"evaluating the final state (step {int(state.step)}) on the {config.eval.split} split "
-       f"({n_eval} of {len(data.val_source)} cases, mode {config.eval.mode})")
-  return evaluation.evaluate(method, state, data.val_source, config,
-                            out_dir=workdir / "eval" / config.eval.split, split=config.eval.split,
-                            checkpoint_step=int(state.step), max_cases=config.eval.max_cases,
-                            mesh=mesh)
+  _log(
+    f"evaluating the final state (step {int(state.step)}) on the {config.eval.split} split "
+    f"({n_eval} of {len(data.val_source)} cases, mode {config.eval.mode})"
+  )
+  return evaluation.evaluate(
+    method,
+    state,
+    data.val_source,
+    config,
+    out_dir=workdir / "eval" / config.eval.split,
+    split=config.eval.split,
+    checkpoint_step=int(state.step),
+    max_cases=config.eval.max_cases,
+    mesh=mesh,
+  )
 
 
-def _loop(config, method, data, mesh, phases, step_fns, ckpt, best_ckpt, writer, progress, state,
-          start: int, fault: dict, term: "_TermFlag", profiler: "_Profiler",
-          workdir: pathlib.Path):
+def _loop(
+  config,
+  method,
+  data,
+  mesh,
+  phases,
+  step_fns,
+  ckpt,
+  best_ckpt,
+  writer,
+  progress,
+  state,
+  start: int,
+  fault: dict,
+  term: "_TermFlag",
+  profiler: "_Profiler",
+  workdir: pathlib.Path,
+):
   """Steps `start`..`config.total_steps`. Returns the final state, or None when a SIGTERM stopped
   the run after checkpointing the current step."""
   total = config.total_steps
@@ -187,13 +236,23 @@ def _loop(config, method, data, mesh, phases, step_fns, ckpt, best_ckpt, writer,
       progress.report(done, scalars)
     every = config.eval.every_steps
     if every and (done % every == 0 or done == total):
-      val = evaluation.evaluate(method, state, data.val_source, config, stream=None,
-                                max_cases=config.eval.max_cases, mesh=mesh)
+      val = evaluation.evaluate(
+        method,
+        state,
+        data.val_source,
+        config,
+        stream=None,
+        max_cases=config.eval.max_cases,
+        mesh=mesh,
+      )
       writer.write(done, {f"val_{k}": val[k] for k in evaluation.METRIC_NAMES})
-      improved = checkpoints_lib.save_best(best_ckpt, done, state, val["dice"], split="val",
-                                           mode=val["mode"], n_cases=val["n_cases"])
-      _log(f"validation at step {done}: dice={val['dice']:.4f} hd95={val['hd95']:.2f}"
-           + (" (new best, saved)" if improved else ""))
+      improved = checkpoints_lib.save_best(
+        best_ckpt, done, state, val["dice"], split="val", mode=val["mode"], n_cases=val["n_cases"]
+      )
+      _log(
+        f"validation at step {done}: dice={val['dice']:.4f} hd95={val['hd95']:.2f}"
+        + (" (new best, saved)" if improved else "")
+      )
     if done == fault[_FAULT_TERM_ENV]:
       os.kill(os.getpid(), signal.SIGTERM)  # the handler sets term.requested before this returns
     stop = term.requested  # read once: a signal arriving below waits for the next step
@@ -207,8 +266,10 @@ def _loop(config, method, data, mesh, phases, step_fns, ckpt, best_ckpt, writer,
       os.kill(os.getpid(), signal.SIGKILL)
     if stop:
       _wait(ckpt, workdir)
-      _log(f"SIGTERM: stopped after step {done}, checkpoint saved in {workdir / 'checkpoints'}; "
-           "rerun the same command to resume")
+      _log(
+        f"SIGTERM: stopped after step {done}, checkpoint saved in {workdir / 'checkpoints'}; "
+        "rerun the same command to resume"
+      )
       return None
   return state
 
@@ -250,8 +311,10 @@ def profile_window(spec: str, total_steps: int) -> tuple[int, int] | None:
   except ValueError:
     window = None
   if window is None or not 0 <= window[0] < window[1] <= total_steps:
-    raise errors.ConfigError(f"invalid config: profile_steps={spec!r}: expected START:END with "
-                             f"0 <= START < END <= total_steps={total_steps} (e.g. '10:15')")
+    raise errors.ConfigError(
+      f"invalid config: profile_steps={spec!r}: expected START:END with "
+      f"0 <= START < END <= total_steps={total_steps} (e.g. '10:15')"
+    )
   return window
 
 
@@ -322,17 +385,26 @@ def _storage_failure(manager: ocp.CheckpointManager, e: Exception) -> errors.Sto
   folder = pathlib.Path(manager.directory)
   for tmp in folder.glob("*.orbax-checkpoint-tmp*"):
     shutil.rmtree(tmp, ignore_errors=True)
-  hint = ("no space left on the device: free some space, then rerun the same command (it resumes "
-          "from the last complete checkpoint)" if "No space left" in text or
-          getattr(e, "errno", None) == errno.ENOSPC else text.strip())
-  return errors.StorageError(errno.ENOSPC, f"{folder}: cannot write a checkpoint ({hint}); the "
-                             "earlier checkpoints are intact")
+  hint = (
+    "no space left on the device: free some space, then rerun the same command (it resumes "
+    "from the last complete checkpoint)"
+    if "No space left" in text or getattr(e, "errno", None) == errno.ENOSPC
+    else text.strip()
+  )
+  return errors.StorageError(
+    errno.ENOSPC,
+    f"{folder}: cannot write a checkpoint ({hint}); the earlier checkpoints are intact",
+  )
 
 
 def _save(ckpt: ocp.CheckpointManager, step: int, state, iterator, workdir) -> None:
   try:
-    ckpt.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)))
+    ckpt.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)
+      ),
+    )
   except Exception as e:
     failure = _storage_failure(ckpt, e)
     if failure is None:
@@ -366,9 +438,13 @@ def restore_latest(ckpt: ocp.CheckpointManager, state, iterator, workdir: pathli
   folder = pathlib.Path(ckpt.directory)
   for step in sorted(ckpt.all_steps(), reverse=True):
     try:
-      restored = ckpt.restore(step, args=ocp.args.Composite(
+      restored = ckpt.restore(
+        step,
+        args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract),
-          data=grain.checkpoint.CheckpointRestore(iterator)))
+          data=grain.checkpoint.CheckpointRestore(iterator),
+        ),
+      )
       return restored["state"]
     except Exception as e:  # orbax and tensorstore raise many types for unreadable files
       aside = workdir / CORRUPT_DIR / str(step)
@@ -377,11 +453,14 @@ def restore_latest(ckpt: ocp.CheckpointManager, state, iterator, workdir: pathli
       os.replace(folder / str(step), aside)
       ckpt.reload()
       reason = str(e).splitlines()[0][:200] if str(e) else ""
-      _warn(f"checkpoint {folder / str(step)} cannot be restored ({type(e).__name__}: {reason}); "
-            f"moved to {aside}, trying the one before")
+      _warn(
+        f"checkpoint {folder / str(step)} cannot be restored ({type(e).__name__}: {reason}); "
+        f"moved to {aside}, trying the one before"
+      )
   raise errors.RunStateError(
-      f"{folder}: no checkpoint can be restored (moved to {workdir / CORRUPT_DIR}); to start "
-      "again from scratch use a new --workdir")
+    f"{folder}: no checkpoint can be restored (moved to {workdir / CORRUPT_DIR}); to start "
+    "again from scratch use a new --workdir"
+  )
 
 
 RUNTIME_FIELDS = ("mesh", "compile_cache", "profile_steps")
@@ -409,20 +488,25 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Pat
   summary = workdir / "eval" / config.eval.split / "summary.json"
   if changed == ["total_steps"] and summary.exists():
     raise errors.RunStateError(
-        f"{workdir}: this run finished at total_steps={stored['total_steps']}; it is not extended "
-        f"to total_steps={config.total_steps}: choose a new --workdir")
+      f"{workdir}: this run finished at total_steps={stored['total_steps']}; it is not extended "
+      f"to total_steps={config.total_steps}: choose a new --workdir"
+    )
   shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
   raise errors.RunStateError(
-      f"{workdir}: holds a run with another config (differs in {shown}); rerun with the same config "
-      "to resume it, or choose a new --workdir")
+    f"{workdir}: holds a run with another config (differs in {shown}); rerun with the same config "
+    "to resume it, or choose a new --workdir"
+  )
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
   """The dotted keys whose values differ between two nested dicts."""
   if not (isinstance(a, dict) and isinstance(b, dict)):
     return [] if a == b else [prefix.rstrip(".") or "<config>"]
-  return [k for key in sorted(set(a) | set(b))
-          for k in _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")]
+  return [
+    k
+    for key in sorted(set(a) | set(b))
+    for k in _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")
+  ]
 
 
 _MISSING = object()
@@ -446,9 +530,10 @@ def _checked(scalars: dict, step: int, workdir) -> dict:
   bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
   if bad:
     raise NonFiniteLossError(
-        f"step {step}: non-finite training values {bad}; the run is stopped and no checkpoint of "
-        f"this state is written. The last good checkpoint is in {workdir / 'checkpoints'}. "
-        "Lower the learning rate, check the data for extreme intensities, or use float32 compute.")
+      f"step {step}: non-finite training values {bad}; the run is stopped and no checkpoint of "
+      f"this state is written. The last good checkpoint is in {workdir / 'checkpoints'}. "
+      "Lower the learning rate, check the data for extreme intensities, or use float32 compute."
+    )
   return scalars
 
 
@@ -456,31 +541,42 @@ def environment_record() -> dict:
   """Versions, devices and the git commit, so a result can be traced to what produced it."""
   import flax
   import optax
+
   repo = pathlib.Path(__file__).resolve().parents[1]
   try:
-    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=10).stdout.strip() or None
-    dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10).stdout.strip())
+    sha = (
+      subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+      ).stdout.strip()
+      or None
+    )
+    dirty = bool(
+      subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+      ).stdout.strip()
+    )
   except (OSError, subprocess.SubprocessError):
     sha, dirty = None, None
   return {
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-      "argv": sys.argv,
-      "host": socket.gethostname(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-      "flax": flax.__version__,
-      "optax": optax.__version__,
-      "orbax": getattr(ocp, "__version__", None),
-      "grain": getattr(grain, "__version__", None),
-      "numpy": np.__version__,
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "process_count": jax.process_count(),
-      "git_sha": sha,
-      "git_dirty": dirty,
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "argv": sys.argv,
+    "host": socket.gethostname(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "orbax": getattr(ocp, "__version__", None),
+    "grain": getattr(grain, "__version__", None),
+    "numpy": np.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "process_count": jax.process_count(),
+    "git_sha": sha,
+    "git_dirty": dirty,
   }
 
 

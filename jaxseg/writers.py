@@ -4,6 +4,7 @@ TensorBoard events are written with tensorboardX rather than clu.metric_writers:
 import TensorFlow (hundreds of MB, and no CUDA-12/TPU wheel pairing to worry about here), while
 tensorboardX writes the same event files with only protobuf.
 """
+
 import json
 import math
 import pathlib
@@ -23,7 +24,9 @@ class MetricWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._truncate_after(resume_step)
     self._file = open(self.path, "a")
-    self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard")) if enable_tensorboard else None
+    self._tb = (
+      SummaryWriter(str(pathlib.Path(workdir) / "tensorboard")) if enable_tensorboard else None
+    )
 
   def _truncate_after(self, step: int) -> None:
     """On resume, drop records of steps the restored checkpoint has not reached (they will rerun)."""

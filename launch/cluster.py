@@ -27,6 +27,7 @@ every worker sees (a shared disk or a gcsfuse mount).
 `<workdir>/launch/slurm.sbatch` or `<workdir>/launch/tpu_vm.sh` and is submitted (`sbatch`) or run
 (`bash`, when gcloud is on PATH); where the tool is missing, the command to use is printed.
 """
+
 import argparse
 import pathlib
 import re
@@ -53,12 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("target", choices=TARGETS)
   p.add_argument("--config", required=True, help="PATH[:ARG], e.g. configs/la_uamt.py:labeled=8")
   p.add_argument("--workdir", required=True, help="run folder, seen by every process")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override, passed as --config.KEY=VALUE (repeatable)")
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config override, passed as --config.KEY=VALUE (repeatable)",
+  )
   p.add_argument("--dry_run", action="store_true", help="print the script, write nothing")
-  p.add_argument("--python", default=None,
-                 help="interpreter on the cluster (default: python; tpu_vm: python3, as TPU VM "
-                      "images name it)")
+  p.add_argument(
+    "--python",
+    default=None,
+    help="interpreter on the cluster (default: python; tpu_vm: python3, as TPU VM images name it)",
+  )
   s = p.add_argument_group("slurm")
   s.add_argument("--nodes", type=int, default=1)
   s.add_argument("--gpus_per_node", type=int, default=8)
@@ -67,18 +75,30 @@ def parse_args(argv=None) -> argparse.Namespace:
   s.add_argument("--time", default=None, help="[D-]HH:MM:SS")
   s.add_argument("--account", default=None)
   s.add_argument("--cpus_per_task", type=int, default=None)
-  s.add_argument("--port", type=int, default=None,
-                 help="coordinator port (default: derived from $SLURM_JOB_ID)")
-  s.add_argument("--repo_dir", default=str(REPO),
-                 help="the jaxseg checkout as the compute nodes see it (default: this one)")
-  s.add_argument("--setup", action="append", default=[], metavar="SHELL_LINE",
-                 help="a line run before srun, verbatim (e.g. 'source ~/venv/bin/activate')")
+  s.add_argument(
+    "--port", type=int, default=None, help="coordinator port (default: derived from $SLURM_JOB_ID)"
+  )
+  s.add_argument(
+    "--repo_dir",
+    default=str(REPO),
+    help="the jaxseg checkout as the compute nodes see it (default: this one)",
+  )
+  s.add_argument(
+    "--setup",
+    action="append",
+    default=[],
+    metavar="SHELL_LINE",
+    help="a line run before srun, verbatim (e.g. 'source ~/venv/bin/activate')",
+  )
   t = p.add_argument_group("tpu_vm")
   t.add_argument("--tpu_name", default=None)
   t.add_argument("--zone", default=None)
   t.add_argument("--project", default=None)
-  t.add_argument("--repo_url", default=None,
-                 help="git URL to clone on the workers (default: copy this checkout's HEAD)")
+  t.add_argument(
+    "--repo_url",
+    default=None,
+    help="git URL to clone on the workers (default: copy this checkout's HEAD)",
+  )
   t.add_argument("--ref", default=None, help="branch, tag or commit of --repo_url")
   return p.parse_args(argv)
 
@@ -88,8 +108,9 @@ def _config_path(spec: str) -> str:
   it) when it lies inside it, absolute otherwise; a missing file is an error."""
   path, sep, arg = spec.partition(":")
   if not path.endswith(".py"):
-    raise ClusterError(f"--config {spec!r}: expected PATH.py[:ARG], "
-                       "e.g. configs/la_uamt.py:smoke=1")
+    raise ClusterError(
+      f"--config {spec!r}: expected PATH.py[:ARG], e.g. configs/la_uamt.py:smoke=1"
+    )
   candidates = [pathlib.Path(path), REPO / path]
   found = next((c.resolve() for c in candidates if c.is_file()), None)
   if found is None:
@@ -115,8 +136,14 @@ def _python(args) -> str:
 
 def train_command(args: argparse.Namespace) -> list[str]:
   """The argv every process runs."""
-  return [_python(args), "-m", "jaxseg.main", f"--config={_config_path(args.config)}",
-          *_overrides(args.set), f"--workdir={args.workdir}"]
+  return [
+    _python(args),
+    "-m",
+    "jaxseg.main",
+    f"--config={_config_path(args.config)}",
+    *_overrides(args.set),
+    f"--workdir={args.workdir}",
+  ]
 
 
 def _check_slurm(args):
@@ -142,27 +169,30 @@ def render_slurm(args: argparse.Namespace) -> str:
   args.workdir = str(workdir)
   name = pathlib.Path(args.config.partition(":")[0]).stem
   header = [
-      "#!/bin/bash",
-      f"#SBATCH --job-name={q('jaxseg-' + name)}",
-      f"#SBATCH --nodes={args.nodes}",
-      f"#SBATCH --ntasks-per-node={tasks}",
-      f"#SBATCH --gres=gpu:{args.gpus_per_node}",
-      f"#SBATCH --output={q(str(workdir / 'slurm-%j.out'))}",
+    "#!/bin/bash",
+    f"#SBATCH --job-name={q('jaxseg-' + name)}",
+    f"#SBATCH --nodes={args.nodes}",
+    f"#SBATCH --ntasks-per-node={tasks}",
+    f"#SBATCH --gres=gpu:{args.gpus_per_node}",
+    f"#SBATCH --output={q(str(workdir / 'slurm-%j.out'))}",
   ]
-  for flag, value in (("partition", args.partition), ("time", args.time),
-                      ("account", args.account), ("cpus-per-task", args.cpus_per_task)):
+  for flag, value in (
+    ("partition", args.partition),
+    ("time", args.time),
+    ("account", args.account),
+    ("cpus-per-task", args.cpus_per_task),
+  ):
     if value is not None:
       header.append(f"#SBATCH --{flag}={q(str(value))}")
   port = str(args.port) if args.port else "$((61440 + SLURM_JOB_ID % 4096))"
   body = [
-      "set -euo pipefail",
-      f"mkdir -p {q(str(workdir))}",
-      f"cd {q(args.repo_dir)}",
-      *args.setup,
-      "# Process 0 runs on the first host of the allocation and hosts the coordinator.",
-      'JAXSEG_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-      f':{port}"',
-      "export JAXSEG_COORDINATOR",
+    "set -euo pipefail",
+    f"mkdir -p {q(str(workdir))}",
+    f"cd {q(args.repo_dir)}",
+    *args.setup,
+    "# Process 0 runs on the first host of the allocation and hosts the coordinator.",
+    f'JAXSEG_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):{port}"',
+    "export JAXSEG_COORDINATOR",
   ]
   if args.process_per == "node":
     body.append(f"export JAXSEG_LOCAL_DEVICE_IDS={','.join(map(str, range(args.gpus_per_node)))}")
@@ -189,12 +219,27 @@ def render_tpu_vm(args: argparse.Namespace) -> str:
       fetch += f" && git -C {TPU_REPO_DIR} checkout {q(args.ref)}"
   else:
     archive = "/tmp/jaxseg-src.tar.gz"
-    lines.append(shlex.join(["git", "-C", str(REPO), "archive", "--format=tar.gz",
-                             f"--output={archive}", "HEAD"]))
-    lines.append(shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "scp", archive,
-                             f"{args.tpu_name}:{archive}", *where, "--worker=all"]))
-    fetch = (f"rm -rf {TPU_REPO_DIR} && mkdir {TPU_REPO_DIR} && "
-             f"tar -xzf {archive} -C {TPU_REPO_DIR}")
+    lines.append(
+      shlex.join(
+        ["git", "-C", str(REPO), "archive", "--format=tar.gz", f"--output={archive}", "HEAD"]
+      )
+    )
+    lines.append(
+      shlex.join(
+        [
+          "gcloud",
+          "compute",
+          "tpus",
+          "tpu-vm",
+          "scp",
+          archive,
+          f"{args.tpu_name}:{archive}",
+          *where,
+          "--worker=all",
+        ]
+      )
+    )
+    fetch = f"rm -rf {TPU_REPO_DIR} && mkdir {TPU_REPO_DIR} && tar -xzf {archive} -C {TPU_REPO_DIR}"
   install = f"{fetch} && cd {TPU_REPO_DIR} && {q(_python(args))} -m pip install -q -e '.[tpu]'"
   run = f"cd {TPU_REPO_DIR} && JAXSEG_DISTRIBUTED=1 {shlex.join(train_command(args))}"
   lines.append(shlex.join(ssh + ["--command", install]))
@@ -216,14 +261,18 @@ def main(argv=None) -> int:
   if args.dry_run:
     print(script, end="")
     return 0
-  out = pathlib.Path(args.workdir) / "launch" / (
-      "slurm.sbatch" if args.target == "slurm" else "tpu_vm.sh")
+  out = (
+    pathlib.Path(args.workdir)
+    / "launch"
+    / ("slurm.sbatch" if args.target == "slurm" else "tpu_vm.sh")
+  )
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(script)
   out.chmod(0o755)
   print(f"[cluster] wrote {out}")
-  tool, cmd = (("sbatch", ["sbatch", str(out)]) if args.target == "slurm"
-               else ("gcloud", ["bash", str(out)]))
+  tool, cmd = (
+    ("sbatch", ["sbatch", str(out)]) if args.target == "slurm" else ("gcloud", ["bash", str(out)])
+  )
   if shutil.which(tool) is None:
     print(f"[cluster] {tool} is not on PATH here: run `{shlex.join(cmd)}` where it is")
     return 0

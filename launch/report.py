@@ -21,6 +21,7 @@ is no manifest, and each run's per-case results `<run>/<eval>/cases.csv` (+ `sum
     (`<run>/<eval>/predictions/<case>.npz`: `--config.eval.save_predictions=True` in training, or
     `python -m jaxseg.evaluate --save_predictions`); a method without them gets no case figure and a note.
 """
+
 import argparse
 import csv
 import dataclasses
@@ -48,7 +49,7 @@ class RunResult:
   seed: int
   workdir: pathlib.Path
   eval_dir: pathlib.Path
-  cases: dict            # case id -> {metric: float}
+  cases: dict  # case id -> {metric: float}
   summary: dict
 
   def mean(self, metric: str) -> float:
@@ -78,25 +79,41 @@ def discover(root, eval_subdir: str = "eval/val", stream=sys.stderr) -> list[Run
   entries = []
   if manifest.is_file():
     for r in json.loads(manifest.read_text())["runs"]:
-      entries.append((r["name"], r["method"], int(r["labeled"]), int(r["seed"]), pathlib.Path(r["workdir"])))
+      entries.append(
+        (r["name"], r["method"], int(r["labeled"]), int(r["seed"]), pathlib.Path(r["workdir"]))
+      )
   else:
     for cfg_path in sorted(root.rglob("config.json")):
       cfg = json.loads(cfg_path.read_text())
-      entries.append((cfg["method"], cfg["method"], int(cfg["data"]["labeled"]), int(cfg["seed"]),
-                      cfg_path.parent))
+      entries.append(
+        (
+          cfg["method"],
+          cfg["method"],
+          int(cfg["data"]["labeled"]),
+          int(cfg["seed"]),
+          cfg_path.parent,
+        )
+      )
   results = []
   for name, method, labeled, seed, workdir in entries:
     eval_dir = workdir / eval_subdir
     if not (eval_dir / "cases.csv").is_file():
-      print(f"[report] {workdir}: no {eval_subdir}/cases.csv (unfinished run?), skipped", file=stream)
+      print(
+        f"[report] {workdir}: no {eval_subdir}/cases.csv (unfinished run?), skipped", file=stream
+      )
       continue
     summary_path = eval_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    results.append(RunResult(name, method, labeled, seed, workdir, eval_dir,
-                             _read_cases(eval_dir / "cases.csv"), summary))
+    results.append(
+      RunResult(
+        name, method, labeled, seed, workdir, eval_dir, _read_cases(eval_dir / "cases.csv"), summary
+      )
+    )
   if not results:
-    raise FileNotFoundError(f"{root}: no run with {eval_subdir}/cases.csv (run launch/sweep.py first, or "
-                            "pick another --eval)")
+    raise FileNotFoundError(
+      f"{root}: no run with {eval_subdir}/cases.csv (run launch/sweep.py first, or "
+      "pick another --eval)"
+    )
   return results
 
 
@@ -106,7 +123,9 @@ def groups(results: list[RunResult]) -> dict:
   for r in results:
     out.setdefault((r.name, r.labeled), []).append(r)
   order = {n: i for i, n in enumerate(dict.fromkeys(r.name for r in results))}
-  return {k: sorted(out[k], key=lambda r: r.seed) for k in sorted(out, key=lambda k: (k[1], order[k[0]]))}
+  return {
+    k: sorted(out[k], key=lambda r: r.seed) for k in sorted(out, key=lambda k: (k[1], order[k[0]]))
+  }
 
 
 def evaluation_mode(results: list[RunResult]) -> str:
@@ -120,8 +139,13 @@ def results_table(results: list[RunResult]) -> list[dict]:
   """One row per (method, labeled): mean and sample std over seeds of each run's case mean."""
   rows = []
   for (name, labeled), runs in groups(results).items():
-    row = {"method": name, "labeled": labeled, "n_seeds": len(runs),
-           "seeds": " ".join(str(r.seed) for r in runs), "n_cases": len(runs[0].cases)}
+    row = {
+      "method": name,
+      "labeled": labeled,
+      "n_seeds": len(runs),
+      "seeds": " ".join(str(r.seed) for r in runs),
+      "n_cases": len(runs[0].cases),
+    }
     for m in METRICS:
       per_seed = np.asarray([r.mean(m) for r in runs], np.float64)
       finite = per_seed[np.isfinite(per_seed)]
@@ -140,6 +164,7 @@ def seed_averaged_dice(runs: list[RunResult]) -> dict:
 def wilcoxon_tests(results: list[RunResult], baseline: str | None = None) -> list[dict]:
   """Each method vs the baseline (default: the runs whose method is 'supervised') per labeled count."""
   from scipy import stats
+
   grouped = groups(results)
   if baseline is None:
     names = sorted({r.name for r in results if r.method == BASELINE_METHOD})
@@ -157,10 +182,17 @@ def wilcoxon_tests(results: list[RunResult], baseline: str | None = None) -> lis
     common = [c for c in a if c in b and math.isfinite(a[c]) and math.isfinite(b[c])]
     x = np.asarray([a[c] for c in common])
     y = np.asarray([b[c] for c in common])
-    row = {"method": name, "baseline": baseline, "labeled": labeled, "n_cases": len(common),
-           "mean_diff": float(np.mean(x - y)) if common else float("nan"),
-           "median_diff": float(np.median(x - y)) if common else float("nan"),
-           "statistic": float("nan"), "p_value": float("nan"), "note": ""}
+    row = {
+      "method": name,
+      "baseline": baseline,
+      "labeled": labeled,
+      "n_cases": len(common),
+      "mean_diff": float(np.mean(x - y)) if common else float("nan"),
+      "median_diff": float(np.median(x - y)) if common else float("nan"),
+      "statistic": float("nan"),
+      "p_value": float("nan"),
+      "note": "",
+    }
     if not common:
       row["note"] = "no paired cases"
     elif np.all(x == y):
@@ -190,51 +222,82 @@ def _pm(mean: float, std: float, scale: float, latex: bool = False) -> str:
 
 def _columns(mode: str, unit: str) -> list[tuple[str, str, float]]:
   asd = "ASSD" if mode == "clean" else "ASD"
-  return [("dice", "Dice (%)", 100.0), ("jaccard", "Jaccard (%)", 100.0),
-          ("hd95", f"95HD ({unit})", 1.0), ("asd", f"{asd} ({unit})", 1.0)]
+  return [
+    ("dice", "Dice (%)", 100.0),
+    ("jaccard", "Jaccard (%)", 100.0),
+    ("hd95", f"95HD ({unit})", 1.0),
+    ("asd", f"{asd} ({unit})", 1.0),
+  ]
 
 
 def markdown_table(rows: list[dict], mode: str, unit: str = "vox") -> str:
   cols = _columns(mode, unit)
-  lines = ["| method | labeled | seeds | mode | " + " | ".join(c[1] for c in cols) + " |",
-           "|---|---|---|---|" + "---|" * len(cols)]
+  lines = [
+    "| method | labeled | seeds | mode | " + " | ".join(c[1] for c in cols) + " |",
+    "|---|---|---|---|" + "---|" * len(cols),
+  ]
   for r in rows:
-    lines.append(f"| {r['method']} | {r['labeled']} | {r['n_seeds']} | {mode} | "
-                 + " | ".join(_pm(r[f"{k}_mean"], r[f"{k}_std"], s) for k, _, s in cols) + " |")
+    lines.append(
+      f"| {r['method']} | {r['labeled']} | {r['n_seeds']} | {mode} | "
+      + " | ".join(_pm(r[f"{k}_mean"], r[f"{k}_std"], s) for k, _, s in cols)
+      + " |"
+    )
   return "\n".join(lines)
 
 
 def wilcoxon_markdown(rows: list[dict]) -> str:
-  lines = ["| method | vs | labeled | paired cases | mean ΔDice (%) | median ΔDice (%) | W | p |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| method | vs | labeled | paired cases | mean ΔDice (%) | median ΔDice (%) | W | p |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     p = f"{r['p_value']:.4g}" if math.isfinite(r["p_value"]) else (r["note"] or "NaN")
     w = f"{r['statistic']:.1f}" if math.isfinite(r["statistic"]) else "-"
-    lines.append(f"| {r['method']} | {r['baseline']} | {r['labeled']} | {r['n_cases']} | "
-                 f"{100 * r['mean_diff']:.2f} | {100 * r['median_diff']:.2f} | {w} | {p} |")
+    lines.append(
+      f"| {r['method']} | {r['baseline']} | {r['labeled']} | {r['n_cases']} | "
+      f"{100 * r['mean_diff']:.2f} | {100 * r['median_diff']:.2f} | {w} | {p} |"
+    )
   return "\n".join(lines)
 
 
 def latex_table(rows: list[dict], mode: str, caption: str, unit: str = "vox") -> str:
   cols = _columns(mode, unit)
   esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
-  out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}",
-         r"\begin{tabular}{ll" + "c" * len(cols) + "}", r"\toprule",
-         "Method & Labeled & " + " & ".join(esc(c[1]) for c in cols) + r" \\", r"\midrule"]
+  out = [
+    r"\begin{table}[t]",
+    r"\centering",
+    rf"\caption{{{esc(caption)}}}",
+    r"\begin{tabular}{ll" + "c" * len(cols) + "}",
+    r"\toprule",
+    "Method & Labeled & " + " & ".join(esc(c[1]) for c in cols) + r" \\",
+    r"\midrule",
+  ]
   for r in rows:
-    out.append(f"{esc(r['method'])} & {r['labeled']} & "
-               + " & ".join(_pm(r[f"{k}_mean"], r[f"{k}_std"], s, latex=True) for k, _, s in cols)
-               + r" \\")
+    out.append(
+      f"{esc(r['method'])} & {r['labeled']} & "
+      + " & ".join(_pm(r[f"{k}_mean"], r[f"{k}_std"], s, latex=True) for k, _, s in cols)
+      + r" \\"
+    )
   out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
   return "\n".join(out)
 
 
-WILCOXON_FIELDS = ["method", "baseline", "labeled", "n_cases", "mean_diff", "median_diff", "statistic",
-                   "p_value", "note"]
+WILCOXON_FIELDS = [
+  "method",
+  "baseline",
+  "labeled",
+  "n_cases",
+  "mean_diff",
+  "median_diff",
+  "statistic",
+  "p_value",
+  "note",
+]
 
 
 def _write_csv(path: pathlib.Path, rows: list[dict], fields: list[str] | None = None) -> None:
   from jaxseg import io_utils
+
   io_utils.write_csv(path, rows, fields or (list(rows[0]) if rows else []))
 
 
@@ -245,16 +308,20 @@ def _write_csv(path: pathlib.Path, rows: list[dict], fields: list[str] | None = 
 
 def _pyplot():
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
 def dice_box_plot(results: list[RunResult], labeled: int, path: pathlib.Path, mode: str) -> None:
   plt = _pyplot()
   grouped = {name: runs for (name, n), runs in groups(results).items() if n == labeled}
-  data = [[c["dice"] for r in runs for c in r.cases.values() if math.isfinite(c["dice"])]
-          for runs in grouped.values()]
+  data = [
+    [c["dice"] for r in runs for c in r.cases.values() if math.isfinite(c["dice"])]
+    for runs in grouped.values()
+  ]
   fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 1.4 * len(grouped)), 4.0), dpi=100)
   ax.boxplot(data, showmeans=True)
   ax.set_xticks(range(1, len(grouped) + 1), list(grouped))
@@ -273,8 +340,10 @@ def dice_box_plot(results: list[RunResult], labeled: int, path: pathlib.Path, mo
 def _load_case(run: RunResult, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(image [D, H, W], label [D, H, W], prediction [D, H, W]) of one case of a run."""
   import ml_collections
+
   from jaxseg.data import build_source
   from jaxseg.data import builder
+
   pred_path = run.eval_dir / "predictions" / f"{case}.npz"
   if not pred_path.is_file():
     raise FileNotFoundError(pred_path)
@@ -282,8 +351,9 @@ def _load_case(run: RunResult, case: str) -> tuple[np.ndarray, np.ndarray, np.nd
     pred = f["pred"]
   config = ml_collections.ConfigDict(json.loads((run.workdir / "config.json").read_text()))
   root = builder.resolve_root(config, run.workdir)
-  example = build_source(config.data.name, root, [case], config.data.num_classes,
-                         data_config=config.data)[0]
+  example = build_source(
+    config.data.name, root, [case], config.data.num_classes, data_config=config.data
+  )[0]
   return np.asarray(example["image"], np.float32), np.asarray(example["label"]), pred
 
 
@@ -296,8 +366,10 @@ def _centre(mask: np.ndarray, shape) -> tuple[int, ...]:
 def case_figure(run: RunResult, path: pathlib.Path, mode: str) -> list[str]:
   """Worst, median and best case (by Dice) of `run`: three orthogonal slices each. Returns the case ids."""
   plt = _pyplot()
-  ranked = sorted((c for c in run.cases if math.isfinite(run.cases[c]["dice"])),
-                  key=lambda c: run.cases[c]["dice"])
+  ranked = sorted(
+    (c for c in run.cases if math.isfinite(run.cases[c]["dice"])),
+    key=lambda c: run.cases[c]["dice"],
+  )
   if not ranked:
     raise ValueError(f"{run.eval_dir}: no case with a finite Dice")
   picks = [("worst", ranked[0]), ("median", ranked[(len(ranked) - 1) // 2]), ("best", ranked[-1])]
@@ -305,7 +377,9 @@ def case_figure(run: RunResult, path: pathlib.Path, mode: str) -> list[str]:
   for row, (which, case) in enumerate(picks):
     image, label, pred = _load_case(run, case)
     centre = _centre(label > 0, label.shape)
-    for col, (axis, plane) in enumerate(((2, "axial (z)"), (1, "coronal (y)"), (0, "sagittal (x)"))):
+    for col, (axis, plane) in enumerate(
+      ((2, "axial (z)"), (1, "coronal (y)"), (0, "sagittal (x)"))
+    ):
       take = lambda v: np.take(v, centre[axis], axis=axis).T  # noqa: E731
       ax = axes[row, col]
       ax.imshow(take(image), cmap="gray", origin="lower")
@@ -319,8 +393,10 @@ def case_figure(run: RunResult, path: pathlib.Path, mode: str) -> list[str]:
       if col == 0:
         ax.set_ylabel(f"{which}: {case}\nDice {run.cases[case]['dice']:.3f}")
       ax.set_title(f"{plane} = {centre[axis]}", fontsize=9)
-  fig.suptitle(f"{run.name}, labeled={run.labeled}, seed {run.seed} ({mode} mode): "
-               "reference green, prediction red")
+  fig.suptitle(
+    f"{run.name}, labeled={run.labeled}, seed {run.seed} ({mode} mode): "
+    "reference green, prediction red"
+  )
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path)
@@ -331,8 +407,14 @@ def case_figure(run: RunResult, path: pathlib.Path, mode: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def make_report(root, out_dir=None, eval_subdir: str = "eval/val", baseline: str | None = None,
-                figures: bool = True, stream=sys.stdout) -> dict:
+def make_report(
+  root,
+  out_dir=None,
+  eval_subdir: str = "eval/val",
+  baseline: str | None = None,
+  figures: bool = True,
+  stream=sys.stdout,
+) -> dict:
   """Writes every output (module docstring) to `out_dir` (default <root>/report). Returns their paths."""
   root = pathlib.Path(root).resolve()
   out_dir = pathlib.Path(out_dir).resolve() if out_dir else root / "report"
@@ -343,11 +425,17 @@ def make_report(root, out_dir=None, eval_subdir: str = "eval/val", baseline: str
   tests = wilcoxon_tests(results, baseline)
   checkpoints = sorted({str(r.summary.get("checkpoint", "final")) for r in results})
   splits = sorted({str(r.summary.get("split", "?")) for r in results})
-  caption = (f"{mode} mode, split {'/'.join(splits)}, checkpoint {'/'.join(checkpoints)}: mean ± std over "
-             "seeds of the per-run case means")
-  out = {"results_md": out_dir / "results.md", "results_csv": out_dir / "results.csv",
-         "results_tex": out_dir / "results.tex", "wilcoxon_csv": out_dir / "wilcoxon.csv",
-         "figures": []}
+  caption = (
+    f"{mode} mode, split {'/'.join(splits)}, checkpoint {'/'.join(checkpoints)}: mean ± std over "
+    "seeds of the per-run case means"
+  )
+  out = {
+    "results_md": out_dir / "results.md",
+    "results_csv": out_dir / "results.csv",
+    "results_tex": out_dir / "results.tex",
+    "wilcoxon_csv": out_dir / "wilcoxon.csv",
+    "figures": [],
+  }
   notes = []
   if figures:
     for labeled in sorted({r.labeled for r in results}):
@@ -359,22 +447,35 @@ def make_report(root, out_dir=None, eval_subdir: str = "eval/val", baseline: str
       try:
         cases = case_figure(runs[0], path, mode)
       except FileNotFoundError as e:
-        notes.append(f"no case figure for {name} labeled={labeled}: prediction {e} missing (evaluate "
-                     "with --save_predictions)")
+        notes.append(
+          f"no case figure for {name} labeled={labeled}: prediction {e} missing (evaluate "
+          "with --save_predictions)"
+        )
         continue
       out["figures"].append(path)
       notes.append(f"{path.name}: worst/median/best = {', '.join(cases)} (seed {runs[0].seed})")
-  md = [f"# Results: {root}", "",
-        f"Evaluation `{eval_subdir}`: **{mode} mode**, split {', '.join(splits)}, checkpoint "
-        f"{', '.join(checkpoints)}. Mean ± sample std over seeds of each run's mean over cases "
-        "(NaN cases ignored).", "", markdown_table(table, mode, unit), ""]
+  md = [
+    f"# Results: {root}",
+    "",
+    f"Evaluation `{eval_subdir}`: **{mode} mode**, split {', '.join(splits)}, checkpoint "
+    f"{', '.join(checkpoints)}. Mean ± sample std over seeds of each run's mean over cases "
+    "(NaN cases ignored).",
+    "",
+    markdown_table(table, mode, unit),
+    "",
+  ]
   if tests:
-    md += [f"Paired Wilcoxon signed-rank test (two-sided) against `{tests[0]['baseline']}` on the same "
-           "labeled count, over per-case Dice averaged over seeds, cases paired by id.", "",
-           wilcoxon_markdown(tests), ""]
+    md += [
+      f"Paired Wilcoxon signed-rank test (two-sided) against `{tests[0]['baseline']}` on the same "
+      "labeled count, over per-case Dice averaged over seeds, cases paired by id.",
+      "",
+      wilcoxon_markdown(tests),
+      "",
+    ]
   if notes:
     md += ["Figures:", ""] + [f"- {n}" for n in notes] + [""]
   from jaxseg import io_utils
+
   with io_utils.atomic_open(out["results_md"]) as f:
     f.write("\n".join(md))
   _write_csv(out["results_csv"], [dict(r, mode=mode, units=unit) for r in table])
@@ -390,11 +491,17 @@ def make_report(root, out_dir=None, eval_subdir: str = "eval/val", baseline: str
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="launch/report.py", description=__doc__.split("\n")[0])
   parser.add_argument("--root", required=True, help="sweep folder (launch/sweep.py --root)")
-  parser.add_argument("--eval", default="eval/val",
-                      help="which evaluation of each run: eval/val (training-time), eval/val/clean, ...")
+  parser.add_argument(
+    "--eval",
+    default="eval/val",
+    help="which evaluation of each run: eval/val (training-time), eval/val/clean, ...",
+  )
   parser.add_argument("--out", default=None, help="output folder (default ROOT/report)")
-  parser.add_argument("--baseline", default=None,
-                      help="config name of the baseline (default: the runs of method 'supervised')")
+  parser.add_argument(
+    "--baseline",
+    default=None,
+    help="config name of the baseline (default: the runs of method 'supervised')",
+  )
   parser.add_argument("--no_figures", action="store_true")
   args = parser.parse_args(argv)
   try:

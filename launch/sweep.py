@@ -18,6 +18,7 @@ reads it). With --emit_scripts DIR: `DIR/run_000.sh` ... (one per run, each skip
 `DIR/run_all.sh` (all, one after another) and `DIR/slurm_array.sbatch` (a SLURM job array, one task per
 run; `--slurm_option` adds `#SBATCH` lines).
 """
+
 import argparse
 import dataclasses
 import pathlib
@@ -36,17 +37,20 @@ MANIFEST = "sweep.json"
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  name: str          # the method column of the report (config method unless named)
+  name: str  # the method column of the report (config method unless named)
   method: str
-  config: str        # PATH[:ARG] as given to jaxseg.main
+  config: str  # PATH[:ARG] as given to jaxseg.main
   labeled: int
   seed: int
-  overrides: tuple   # ("key=value", ...) applied as --config.key=value
+  overrides: tuple  # ("key=value", ...) applied as --config.key=value
   workdir: str
 
   def flags(self) -> list[str]:
-    return ([f"--config={self.config}", f"--config.data.labeled={self.labeled}",
-             f"--config.seed={self.seed}"] + [f"--config.{o}" for o in self.overrides])
+    return [
+      f"--config={self.config}",
+      f"--config.data.labeled={self.labeled}",
+      f"--config.seed={self.seed}",
+    ] + [f"--config.{o}" for o in self.overrides]
 
   def command(self, python: str = sys.executable) -> list[str]:
     return [python, "-m", "jaxseg.main", *self.flags(), f"--workdir={self.workdir}"]
@@ -87,18 +91,21 @@ def build_config(run_or_flags):
   """The ConfigDict jaxseg.main would build from these flags (same parser, same overrides)."""
   from absl import flags
   from ml_collections import config_flags
+
   argv = run_or_flags.flags() if isinstance(run_or_flags, Run) else list(run_or_flags)
   argv = ["sweep", *argv]
   values = flags.FlagValues()
   # The overrides are read from `sys_argv` (sys.argv by default), so hand it the same list.
-  config_flags.DEFINE_config_file("config", None, "config file", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "config file", flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   return values.config
 
 
-def plan(configs: list[str], labeled: list[int], seeds: list[int], root, overrides: list[str]
-         ) -> list[Run]:
+def plan(
+  configs: list[str], labeled: list[int], seeds: list[int], root, overrides: list[str]
+) -> list[Run]:
   """Every (config, labeled, seed) run, in that nesting order."""
   root = pathlib.Path(root).resolve()
   specs = [parse_config_spec(c) for c in configs]
@@ -114,8 +121,17 @@ def plan(configs: list[str], labeled: list[int], seeds: list[int], root, overrid
   for name, method, config in named:
     for n in labeled:
       for s in seeds:
-        runs.append(Run(name, method, config, int(n), int(s), tuple(overrides),
-                        str(root / name / f"labeled{n}" / f"seed{s}")))
+        runs.append(
+          Run(
+            name,
+            method,
+            config,
+            int(n),
+            int(s),
+            tuple(overrides),
+            str(root / name / f"labeled{n}" / f"seed{s}"),
+          )
+        )
   return runs
 
 
@@ -129,6 +145,7 @@ def is_done(run: Run, split: str = "val") -> bool:
 
 def write_manifest(root, runs: list[Run]) -> pathlib.Path:
   from jaxseg import io_utils
+
   path = pathlib.Path(root).resolve() / MANIFEST
   io_utils.write_json(path, {"runs": [dataclasses.asdict(r) for r in runs]})
   return path
@@ -142,13 +159,16 @@ def run_all(runs: list[Run], runner: str = "subprocess", stream=None) -> list[tu
     config = build_config(run)
     tag = f"[sweep {i + 1}/{len(runs)}] {run.name} labeled={run.labeled} seed={run.seed}"
     if is_done(run, config.eval.split):
-      print(f"{tag}: done ({summary_path(run, config.eval.split)}), skipped", file=stream, flush=True)
+      print(
+        f"{tag}: done ({summary_path(run, config.eval.split)}), skipped", file=stream, flush=True
+      )
       continue
     print(f"{tag}: {shlex.join(run.command())}", file=stream, flush=True)
     t0 = time.time()
     try:
       if runner == "inprocess":
         from jaxseg import train
+
         train.train_and_evaluate(config, run.workdir)
       else:
         subprocess.run(run.command(), cwd=REPO, check=True)
@@ -171,7 +191,8 @@ def emit_scripts(runs: list[Run], out_dir, slurm_options: list[str] = ()) -> lis
   for i, run in enumerate(runs):
     split = build_config(run).eval.split
     cmd = '"${PYTHON:-python}" ' + shlex.join(run.command()[1:])
-    text = "\n".join([
+    text = "\n".join(
+      [
         "#!/usr/bin/env bash",
         f"# jaxseg sweep run {i}: {run.name} labeled={run.labeled} seed={run.seed}",
         "set -euo pipefail",
@@ -180,23 +201,33 @@ def emit_scripts(runs: list[Run], out_dir, slurm_options: list[str] = ()) -> lis
         f"  echo 'done: {run.workdir} (skipped)'; exit 0",
         "fi",
         cmd,
-        ""])
+        "",
+      ]
+    )
     path = out_dir / f"run_{i:03d}.sh"
     path.write_text(text)
     path.chmod(0o755)
     scripts.append(path)
   all_script = out_dir / "run_all.sh"
-  all_script.write_text("#!/usr/bin/env bash\nset -euo pipefail\n"
-                        + "".join(f"bash {shlex.quote(str(s))}\n" for s in scripts))
+  all_script.write_text(
+    "#!/usr/bin/env bash\nset -euo pipefail\n"
+    + "".join(f"bash {shlex.quote(str(s))}\n" for s in scripts)
+  )
   all_script.chmod(0o755)
-  header = ["#!/usr/bin/env bash", "#SBATCH --job-name=jaxseg-sweep",
-            f"#SBATCH --array=0-{len(runs) - 1}",
-            f"#SBATCH --output={out_dir}/logs/%A_%a.out"]
+  header = [
+    "#!/usr/bin/env bash",
+    "#SBATCH --job-name=jaxseg-sweep",
+    f"#SBATCH --array=0-{len(runs) - 1}",
+    f"#SBATCH --output={out_dir}/logs/%A_%a.out",
+  ]
   header += [f"#SBATCH {opt}" for opt in slurm_options]
   (out_dir / "logs").mkdir(exist_ok=True)
-  (out_dir / "slurm_array.sbatch").write_text("\n".join(header + [
-      "set -euo pipefail",
-      f'bash "{out_dir}/run_$(printf %03d "$SLURM_ARRAY_TASK_ID").sh"', ""]))
+  (out_dir / "slurm_array.sbatch").write_text(
+    "\n".join(
+      header
+      + ["set -euo pipefail", f'bash "{out_dir}/run_$(printf %03d "$SLURM_ARRAY_TASK_ID").sh"', ""]
+    )
+  )
   return scripts
 
 
@@ -209,21 +240,39 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="launch/sweep.py", description=__doc__.split("\n")[0])
-  parser.add_argument("--configs", required=True,
-                      help="comma-separated [NAME=]PATH[:ARG] config specs (one per method; ARG may "
-                           "hold commas)")
+  parser.add_argument(
+    "--configs",
+    required=True,
+    help="comma-separated [NAME=]PATH[:ARG] config specs (one per method; ARG may hold commas)",
+  )
   parser.add_argument("--labeled", type=_int_list, required=True, help="labeled counts, e.g. 8,16")
   parser.add_argument("--seeds", type=_int_list, required=True, help="seeds, e.g. 0,1,2")
   parser.add_argument("--root", required=True, help="sweep folder: ROOT/NAME/labeledN/seedS")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override for every run (repeatable), e.g. total_steps=100")
-  parser.add_argument("--runner", choices=["subprocess", "inprocess"], default="subprocess",
-                      help="subprocess: one `python -m jaxseg.main` per run; inprocess: same config, "
-                           "this process")
-  parser.add_argument("--emit_scripts", metavar="DIR", default=None,
-                      help="write job scripts to DIR instead of running")
-  parser.add_argument("--slurm_option", action="append", default=[],
-                      help="extra #SBATCH line for slurm_array.sbatch (repeatable), e.g. --gres=gpu:1")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config override for every run (repeatable), e.g. total_steps=100",
+  )
+  parser.add_argument(
+    "--runner",
+    choices=["subprocess", "inprocess"],
+    default="subprocess",
+    help="subprocess: one `python -m jaxseg.main` per run; inprocess: same config, this process",
+  )
+  parser.add_argument(
+    "--emit_scripts",
+    metavar="DIR",
+    default=None,
+    help="write job scripts to DIR instead of running",
+  )
+  parser.add_argument(
+    "--slurm_option",
+    action="append",
+    default=[],
+    help="extra #SBATCH line for slurm_array.sbatch (repeatable), e.g. --gres=gpu:1",
+  )
   args = parser.parse_args(argv)
   for o in args.set:
     if "=" not in o:
@@ -235,8 +284,10 @@ def main(argv=None) -> int:
   manifest = write_manifest(args.root, runs)
   if args.emit_scripts:
     scripts = emit_scripts(runs, args.emit_scripts, args.slurm_option)
-    print(f"wrote {len(scripts)} run scripts, run_all.sh and slurm_array.sbatch to "
-          f"{pathlib.Path(args.emit_scripts).resolve()} (manifest {manifest})")
+    print(
+      f"wrote {len(scripts)} run scripts, run_all.sh and slurm_array.sbatch to "
+      f"{pathlib.Path(args.emit_scripts).resolve()} (manifest {manifest})"
+    )
     return 0
   failures = run_all(runs, args.runner)
   done = sum(is_done(r, build_config(r).eval.split) for r in runs)

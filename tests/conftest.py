@@ -4,6 +4,7 @@ Parity fixtures come from ``JAXSEG_PARITY_DIR`` (default ``../shared/parity`` re
 root). Where the folder is absent (a user's fresh clone) parity tests skip with a reason that says
 how to get them; with ``JAXSEG_REQUIRE_PARITY=1`` (set by ``.ci/run``) a missing fixture fails.
 """
+
 import json
 import os
 import pathlib
@@ -46,6 +47,7 @@ SCALAR_TOL = dict(rtol=1e-4, atol=1e-6)
 def channels_last(x):
   """Torch [B, C, ...] -> channels-last [B, ..., C]."""
   import jax.numpy as jnp
+
   return jnp.moveaxis(jnp.asarray(x), 1, -1)
 
 
@@ -55,7 +57,9 @@ class ParityFile:
   def __init__(self, path: pathlib.Path):
     self.path = path
     self.npz = np.load(path, allow_pickle=False)
-    self.meta = json.loads(str(self.npz["meta"][()] if self.npz["meta"].shape == () else self.npz["meta"][0]))
+    self.meta = json.loads(
+      str(self.npz["meta"][()] if self.npz["meta"].shape == () else self.npz["meta"][0])
+    )
 
   @property
   def cases(self) -> list[str]:
@@ -73,13 +77,13 @@ class ParityFile:
 
   def case(self, name: str) -> dict:
     prefix = name + "/"
-    return {k[len(prefix):]: self.npz[k] for k in self.npz.files if k.startswith(prefix)}
+    return {k[len(prefix) :]: self.npz[k] for k in self.npz.files if k.startswith(prefix)}
 
   def group(self, prefix: str) -> dict:
     """All arrays under ``prefix/`` (network fixtures, docs/parity.md: ``param/``, ``out/``,
     ``grad64/`` ...)."""
     prefix = prefix.rstrip("/") + "/"
-    return {k[len(prefix):]: self.npz[k] for k in self.npz.files if k.startswith(prefix)}
+    return {k[len(prefix) :]: self.npz[k] for k in self.npz.files if k.startswith(prefix)}
 
   def __getitem__(self, key):
     return self.npz[key]
@@ -92,8 +96,10 @@ def parity():
   def load(name: str) -> ParityFile:
     path = parity_dir() / name
     if not path.exists():
-      msg = (f"parity fixture {path} not found: set JAXSEG_PARITY_DIR to the folder holding the "
-             "upstream fixtures (shared/parity, see third_party/README.md)")
+      msg = (
+        f"parity fixture {path} not found: set JAXSEG_PARITY_DIR to the folder holding the "
+        "upstream fixtures (shared/parity, see third_party/README.md)"
+      )
       if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":
         pytest.fail(msg)
       pytest.skip(msg)
@@ -102,11 +108,11 @@ def parity():
   return load
 
 
-
 def tiny_config(method: str = "mean_teacher", steps: int = 4):
   """The LA config of `method` (configs/la_*.py whose config.method it is) at `smoke=1`
   (n_filters 4, 16^3 patches, 8 phantoms, 4 labeled), run for `steps` steps."""
   from jaxseg import config_lib
+
   for path in sorted((_REPO / "configs").glob("la_*.py")):
     config = config_lib.load_config_module(path).get_config("smoke=1,labeled=4,seed=0")
     if config.method == method:
@@ -118,6 +124,7 @@ def tiny_config(method: str = "mean_teacher", steps: int = 4):
 def random_batch(config, seed: int = 0) -> dict:
   """A labeled-looking batch at the config's size: bright voxels are foreground."""
   import jax.numpy as jnp
+
   rng = np.random.default_rng(seed)
   shape = (config.batch_size, *config.data.patch_size)
   label = (rng.random(shape) > 0.7).astype(np.int32)
@@ -128,8 +135,11 @@ def random_batch(config, seed: int = 0) -> dict:
 def check_short_run(config, workdir) -> dict:
   """Train and evaluate `config` end to end; every logged loss and the final Dice are finite."""
   from jaxseg import train
+
   summary = train.train_and_evaluate(config, workdir)
-  records = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  records = [
+    json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  ]
   assert [r["step"] for r in records] == list(range(1, config.total_steps + 1))
   assert all(np.isfinite(r["loss"]) for r in records)
   assert np.isfinite(summary["dice"])
@@ -171,6 +181,7 @@ def network_fixture(parity, fixture: str, model_name: str, kwargs_of=None):
 
   `kwargs_of(pf)` maps it to jaxseg constructor kwargs (default: its constructor_kwargs)."""
   from jaxseg.models import torch_import
+
   pf = parity(fixture)
   kwargs = dict(kwargs_of(pf) if kwargs_of else pf.meta["constructor_kwargs"])
   variables = torch_import.import_state_dict(model_name, pf.group("param"), **kwargs)
@@ -191,6 +202,7 @@ def float64_outputs(model, forward, variables, x, with_state: bool = False) -> t
   fixture's weights. `with_state`: the forward returns (outputs, updated collections)."""
   import jax
   import jax.numpy as jnp
+
   with jax.enable_x64(True):
     up = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
     out = jax.jit(forward, static_argnums=0)(model.clone(dtype=jnp.float64), up(variables), up(x))
@@ -205,6 +217,7 @@ def assert_forward_matches(pf, group: str, model, forward, variables, x, with_st
   forward| + ulp); then rtol 1e-4, atol max(1e-5, NOISE_FACTOR * err). Returns the float32
   forward's return value (with `with_state`, (outputs, updated collections))."""
   import jax
+
   result = jax.jit(forward, static_argnums=0)(model, variables, x)
   got = as_tuple(result[0] if with_state else result)
   ref64 = float64_outputs(model, forward, variables, x, with_state)
@@ -216,12 +229,17 @@ def assert_forward_matches(pf, group: str, model, forward, variables, x, with_st
     ulp = float(np.finfo(np.float32).eps) * scale
     own = float(np.abs(np.asarray(g, np.float64) - r).max()) + ulp
     assert err <= min(REFERENCE_NOISE_CAP * scale, REFERENCE_NOISE_RATIO * own), (
-        f"{pf.path.name} {group} {name}: the float64 forward is {err:.3e} from upstream's float32 "
-        f"output (max|output| {scale:.3e}; jaxseg's own float32 error {own:.3e}), beyond float32 "
-        "rounding: a port error")
-    np.testing.assert_allclose(g, w, rtol=FLOOR_TOL["rtol"],
-                               atol=max(FLOOR_TOL["atol"], NOISE_FACTOR * err),
-                               err_msg=f"{pf.path.name} {group} {name} (reference error {err:.3e})")
+      f"{pf.path.name} {group} {name}: the float64 forward is {err:.3e} from upstream's float32 "
+      f"output (max|output| {scale:.3e}; jaxseg's own float32 error {own:.3e}), beyond float32 "
+      "rounding: a port error"
+    )
+    np.testing.assert_allclose(
+      g,
+      w,
+      rtol=FLOOR_TOL["rtol"],
+      atol=max(FLOOR_TOL["atol"], NOISE_FACTOR * err),
+      err_msg=f"{pf.path.name} {group} {name} (reference error {err:.3e})",
+    )
   return result
 
 
@@ -242,23 +260,27 @@ def assert_bn_stats_match(pf, key_map, updated_batch_stats, n_leaves=None, unmap
       continue
     entry = key_map[name]
     assert entry.collection == "batch_stats", name
-    np.testing.assert_allclose(leaf(updated_batch_stats, entry), ref, rtol=1e-4, atol=1e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      leaf(updated_batch_stats, entry), ref, rtol=1e-4, atol=1e-5, err_msg=name
+    )
     checked.add(name)
   if n_leaves is not None:
     assert len(checked) == n_leaves, (len(checked), n_leaves)
   return checked
 
 
-def assert_train_step_matches(pf, model, key_map, variables, x, train_forward, all_bn=True,
-                              unmapped=None):
+def assert_train_step_matches(
+  pf, model, key_map, variables, x, train_forward, all_bn=True, unmapped=None
+):
   """One `train_forward(model, variables, x)` -> (outputs, {'batch_stats': ...}): outputs vs
   `train_out/` (`assert_forward_matches`) and running stats vs `bn_after_train/`
   (`assert_bn_stats_match`; with `all_bn`, every batch_stats leaf of `variables` is checked).
   Returns (updated batch_stats, names checked)."""
   import jax
-  _, updated = assert_forward_matches(pf, "train_out", model, train_forward, variables, x,
-                                      with_state=True)
+
+  _, updated = assert_forward_matches(
+    pf, "train_out", model, train_forward, variables, x, with_state=True
+  )
   n_leaves = len(jax.tree.leaves(variables["batch_stats"])) if all_bn else None
   checked = assert_bn_stats_match(pf, key_map, updated["batch_stats"], n_leaves, unmapped)
   return updated["batch_stats"], checked
@@ -281,8 +303,10 @@ def lossw_loss(train_forward):
 def loss_and_grads(model, loss_fn, variables, x, lossw):
   """(loss, numpy grads w.r.t. params) of jitted `loss_fn(model, params, batch_stats, x, lossw)`."""
   import jax
+
   loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=1), static_argnums=0)(
-      model, variables["params"], variables["batch_stats"], x, list(lossw))
+    model, variables["params"], variables["batch_stats"], x, list(lossw)
+  )
   return float(loss), jax.tree.map(np.asarray, grads)
 
 
@@ -291,7 +315,9 @@ def x64_loss_and_grads(model_name: str, kwargs: dict, loss_fn, variables, x, los
   counterpart of torch's `model.double()` step that gave `loss64` and `grad64/`."""
   import jax
   import jax.numpy as jnp
+
   from jaxseg import models
+
   with jax.enable_x64(True):
     up = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
     model64 = models.get(model_name, **kwargs, dtype=jnp.float64)
@@ -342,8 +368,10 @@ def assert_grads64_match(pf, key_map, grads64, rel_tol: float, grads32=None, unm
     if grads32 is not None and name in ref32:
       tol = max(tol32, GRAD_NOISE_FACTOR * meta["grad_fp32_noise_rel"].get(name, 0.0))
       err32 = float(np.abs(leaf(grads32, entry) - want).max()) / denom
-      assert err32 <= tol, (f"{pf.path.name} {name}: float32 gradient {err32:.2e} of max|grad64| "
-                            f"from grad64, beyond float32 rounding ({tol:.2e})")
+      assert err32 <= tol, (
+        f"{pf.path.name} {name}: float32 gradient {err32:.2e} of max|grad64| "
+        f"from grad64, beyond float32 rounding ({tol:.2e})"
+      )
   for name in meta.get("grad_structurally_zero_omitted", []):
     assert float(np.abs(leaf(grads64, key_map[name])).max()) < 1e-9 * scale, name
   for name in meta.get("params_without_grad", []):
@@ -357,6 +385,7 @@ def assert_key_map_covers(pf, model_name: str, kwargs: dict) -> dict:
   """The key map and expected shapes of `model_name` are exactly the fixture's state_dict (less the
   `num_batches_tracked` counters), which is returned."""
   from jaxseg.models import torch_import
+
   params = {k: v for k, v in pf.group("param").items() if not k.endswith("num_batches_tracked")}
   assert set(torch_import.key_map(model_name, **kwargs)) == set(params)
   shapes = torch_import.expected_torch_shapes(model_name, **kwargs)

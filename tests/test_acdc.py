@@ -1,13 +1,19 @@
 """Tests for jaxseg.data.acdc: layout, splits (patients -> slices), sources, errors, the synthetic
 stand-in, the real shared ACDC subset, and a 2D end-to-end run (supervised UNet2d)."""
+
 import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import check_short_run, data_dir, require_shared_data
 from jaxseg import config_lib
-from jaxseg.data import DATASETS, DataError, acdc, get_dataset
+from jaxseg.data import DATASETS
+from jaxseg.data import DataError
+from jaxseg.data import acdc
+from jaxseg.data import get_dataset
 from jaxseg.data.h5io import write_case
+from tests.conftest import check_short_run
+from tests.conftest import data_dir
+from tests.conftest import require_shared_data
 
 SYNTH = dict(n_cases=2, n_val=1, shape=(3, 40, 36), seed=0)
 
@@ -23,7 +29,9 @@ def synth_root(tmp_path_factory):
 
 def test_registered_and_paths(tmp_path):
   assert get_dataset("acdc") is DATASETS["acdc"] is acdc.DATASET
-  assert acdc.slice_path(tmp_path, "p_frame01_slice_2") == tmp_path / "data/slices/p_frame01_slice_2.h5"
+  assert (
+    acdc.slice_path(tmp_path, "p_frame01_slice_2") == tmp_path / "data/slices/p_frame01_slice_2.h5"
+  )
   assert acdc.volume_path(tmp_path, "p_frame01") == tmp_path / "data/p_frame01.h5"
 
 
@@ -53,7 +61,10 @@ def test_synthesize_layout_is_deterministic_and_four_class(synth_root, tmp_path)
   assert {p.name for p in synth_root.iterdir()} == names
   slices = (synth_root / "train_slices.list").read_text().split()
   assert len(slices) == 2 * 2 * 3 and slices[0] == "patient001_frame01_slice_0"
-  assert (synth_root / "val.list").read_text().split() == ["patient003_frame01", "patient003_frame02"]
+  assert (synth_root / "val.list").read_text().split() == [
+    "patient003_frame01",
+    "patient003_frame02",
+  ]
   again = acdc.synthesize(tmp_path, _cfg(**SYNTH))
   for s in slices[:4]:
     a = acdc.train_source(synth_root, [s])[0]
@@ -94,15 +105,24 @@ def test_bad_inputs_name_the_file(synth_root, tmp_path, monkeypatch):
   assert acdc.find_root(None) == synth_root
 
   bad = tmp_path / "bad"
-  write_case(acdc.slice_path(bad, "s_nan"), np.full((4, 4), np.nan, np.float32),
-             np.zeros((4, 4), np.uint8))
-  write_case(acdc.slice_path(bad, "s_label"), np.zeros((4, 4), np.float32),
-             np.full((4, 4), 4, np.uint8))
-  write_case(acdc.slice_path(bad, "s_3d"), np.zeros((2, 4, 4), np.float32),
-             np.zeros((2, 4, 4), np.uint8))
+  write_case(
+    acdc.slice_path(bad, "s_nan"), np.full((4, 4), np.nan, np.float32), np.zeros((4, 4), np.uint8)
+  )
+  write_case(
+    acdc.slice_path(bad, "s_label"), np.zeros((4, 4), np.float32), np.full((4, 4), 4, np.uint8)
+  )
+  write_case(
+    acdc.slice_path(bad, "s_3d"), np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4), np.uint8)
+  )
   src = acdc.train_source(bad, ["s_nan", "s_label", "s_3d", "s_missing"], 4)
-  for i, pattern in enumerate(["s_nan.h5: image has non-finite", r"s_label.h5: label values \[4\]",
-                               "s_3d.h5: expected a 2-D image", "s_missing.h5: case file not found"]):
+  for i, pattern in enumerate(
+    [
+      "s_nan.h5: image has non-finite",
+      r"s_label.h5: label values \[4\]",
+      "s_3d.h5: expected a 2-D image",
+      "s_missing.h5: case file not found",
+    ]
+  ):
     with pytest.raises(DataError, match=pattern):
       src[i]
   (bad / "train_slices.list").write_text("s_nan\ns_gone\n")
@@ -124,12 +144,21 @@ def test_real_acdc_subset():
 
 def tiny_acdc_config(method: str = "supervised", steps: int = 2) -> ml_collections.ConfigDict:
   """The supervised UNet2d on the synthetic ACDC layout: 32x32 slices, width 4, 2 steps."""
-  c = config_lib.run(method, seed=0, total_steps=steps, batch_size=2, labeled_batch_size=2,
-                     log_every_steps=1, checkpoint_every_steps=2)
-  c.model = ml_collections.ConfigDict(dict(name="unet2d", kwargs=dict(
-      n_channels=1, n_classes=4, feature_chns=(4, 8, 16, 32, 64))))
-  c.data = config_lib.acdc_data(2, patch_size=(32, 32), synthetic=ml_collections.ConfigDict(SYNTH),
-                                spacing=None)  # ACDC h5 files carry no spacing
+  c = config_lib.run(
+    method,
+    seed=0,
+    total_steps=steps,
+    batch_size=2,
+    labeled_batch_size=2,
+    log_every_steps=1,
+    checkpoint_every_steps=2,
+  )
+  c.model = ml_collections.ConfigDict(
+    dict(name="unet2d", kwargs=dict(n_channels=1, n_classes=4, feature_chns=(4, 8, 16, 32, 64)))
+  )
+  c.data = config_lib.acdc_data(
+    2, patch_size=(32, 32), synthetic=ml_collections.ConfigDict(SYNTH), spacing=None
+  )  # ACDC h5 files carry no spacing
   c.optimizer = config_lib.sgd()
   c.eval = config_lib.parity_eval(every_steps=0)
   return c

@@ -1,4 +1,5 @@
 """AC-MT: every acmt.npz case (all four strategies), hand checks, one trace per step, tiny runs."""
+
 import json
 
 import chex
@@ -43,13 +44,15 @@ def _cases(parity, kind):
 
 
 def _close(actual, expected, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64),
-                             rtol=rtol, atol=atol)
+  np.testing.assert_allclose(
+    np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=rtol, atol=atol
+  )
 
 
 def _labeled(case, args):
-  n_unlabeled = next(v.shape[0] for k, v in case.items()
-                     if k in ("input/noisy_ema_output", "input/ema_output"))
+  n_unlabeled = next(
+    v.shape[0] for k, v in case.items() if k in ("input/noisy_ema_output", "input/ema_output")
+  )
   return args.get("labeled_bs", case["input/outputs"].shape[0] - n_unlabeled)
 
 
@@ -75,8 +78,11 @@ def test_ent_selection_matches_fixture(parity):
     lb = _labeled(case, args)
     student = _last(case["input/outputs"])[lb:]
     teacher = _last(case["input/noisy_ema_output"])
-    fn = jax.jit(lambda s, t, step: strategies.ent_selection(
-        s, t, step, low=args["Ent_th"], rampup=float(args["max_iterations"])))
+    fn = jax.jit(
+      lambda s, t, step: strategies.ent_selection(
+        s, t, step, low=args["Ent_th"], rampup=float(args["max_iterations"])
+      )
+    )
     for it in _iters(case, args):
       loss, out = fn(student, teacher, jnp.int32(it))
       _close(out["entropy"], case["output/EMap"])
@@ -84,8 +90,11 @@ def test_ent_selection_matches_fixture(parity):
       _close(out["threshold"], case[f"output/iter{it}/threshold"], rtol=1e-6)
       np.testing.assert_array_equal(np.asarray(out["mask"]), _last(case[f"output/iter{it}/mask"]))
       _close(loss, case[f"output/iter{it}/consistency_loss"])
-      _close(schedules.consistency_weight(jnp.int32(it), 0.1, 40.0, 150),
-             case[f"output/iter{it}/consistency_weight"], rtol=1e-6)
+      _close(
+        schedules.consistency_weight(jnp.int32(it), 0.1, 40.0, 150),
+        case[f"output/iter{it}/consistency_weight"],
+        rtol=1e-6,
+      )
 
 
 def test_mu_selection_matches_fixture(parity):
@@ -96,8 +105,11 @@ def test_mu_selection_matches_fixture(parity):
     mc = jnp.moveaxis(jnp.asarray(mc).reshape((t, stride) + mc.shape[1:]), 2, -1)
     student = _last(case["input/outputs"])[-stride:]
     teacher = _last(case["input/ema_output"])
-    fn = jax.jit(lambda s, te, m, step: strategies.mu_selection(
-        s, te, m, step, rampup=float(args["max_iterations"])))
+    fn = jax.jit(
+      lambda s, te, m, step: strategies.mu_selection(
+        s, te, m, step, rampup=float(args["max_iterations"])
+      )
+    )
     for it in _iters(case, args):
       loss, out = fn(student, teacher, mc, jnp.int32(it))
       _close(out["uncertainty"], _last(case["output/uncertainty"]))
@@ -114,8 +126,13 @@ def test_perr_selection_matches_fixture(parity):
     pass_features = jnp.moveaxis(jnp.asarray(case["input/ema_fts_stack"]), 2, -1)
     assert pass_logits.shape[0] == args["n_samples"]
     fn = jax.jit(lambda *a: strategies.perr_selection(*a, uncertainty_th=args["uncertainty_th"]))
-    loss, out = fn(_last(case["input/outputs"])[lb:], _last(case["input/ema_output"]),
-                   _last(case["input/noisy_ema_output"]), pass_logits, pass_features)
+    loss, out = fn(
+      _last(case["input/outputs"])[lb:],
+      _last(case["input/ema_output"]),
+      _last(case["input/noisy_ema_output"]),
+      pass_logits,
+      pass_features,
+    )
     _close(out["uncertainty"], _last(case["output/uncertainty_map"]))
     np.testing.assert_array_equal(np.asarray(out["certain"]), _last(case["output/certain_mask"]))
     np.testing.assert_array_equal(np.asarray(out["rect_label"]), case["output/rect_onehot"])
@@ -124,7 +141,9 @@ def test_perr_selection_matches_fixture(parity):
     _close(out["bg_prototype"], case["output/bg_prototype"])
     _close(out["dist_obj"], _last(case["output/distance_f_obj"]))
     _close(out["dist_bg"], _last(case["output/distance_f_bg"]))
-    np.testing.assert_array_equal(np.asarray(out["selection"]), _last(case["output/selection_mask"]))
+    np.testing.assert_array_equal(
+      np.asarray(out["selection"]), _last(case["output/selection_mask"])
+    )
     np.testing.assert_array_equal(np.asarray(out["clean"]), _last(case["output/clean_mask"]))
     np.testing.assert_array_equal(np.asarray(out["noisy"]), _last(case["output/noisy_mask"]))
     _close(out["masked_entropy"], case["output/masked_entropy_loss"])
@@ -135,8 +154,11 @@ def test_serr_selection_matches_fixture(parity):
   for case, args in _cases(parity, "serr"):
     lb = _labeled(case, args)
     fn = jax.jit(lambda *a: strategies.serr_selection(*a, filter_by=args["filter_by"]))
-    loss, out = fn(_last(case["input/outputs"])[lb:], _last(case["input/ema_output"]),
-                   _last(case["input/noisy_ema_output"]))
+    loss, out = fn(
+      _last(case["input/outputs"])[lb:],
+      _last(case["input/ema_output"]),
+      _last(case["input/noisy_ema_output"]),
+    )
     np.testing.assert_array_equal(np.asarray(out["mask"]), _last(case["output/issue_mask"]))
     assert int(out["fallback"]) == int(case["output/fallback_used"])
     _close(loss, case["output/consistency_loss"])
@@ -159,8 +181,8 @@ def test_masked_entropy_broadcast_quirk_by_hand():
 def test_dice_loss_per_class_by_hand():
   probs = jnp.array([[[0.75, 0.25], [0.5, 0.5]]])  # [1, 2 voxels, 2 classes]
   labels = jnp.array([[0, 1]])
-  bg = 1 - (2 * 0.75 + 1e-5) / (0.75 ** 2 + 0.5 ** 2 + 1 + 1e-5)
-  fg = 1 - (2 * 0.5 + 1e-5) / (0.25 ** 2 + 0.5 ** 2 + 1 + 1e-5)
+  bg = 1 - (2 * 0.75 + 1e-5) / (0.75**2 + 0.5**2 + 1 + 1e-5)
+  fg = 1 - (2 * 0.5 + 1e-5) / (0.25**2 + 0.5**2 + 1 + 1e-5)
   _close(acmt.dice_loss_per_class(probs, labels), (bg + fg) / 2)
 
 

@@ -3,6 +3,7 @@ pseudo-labels against bcp.npz (every case of each upstream function), the phase 
 and optimizer at the self-train entry, learning rates, running statistics of paired forwards), and
 short runs: LA shrunk, killed in self-training and resumed there, each phase traced once; ACDC on
 the synthetic ACDC layout."""
+
 import json
 import os
 import pathlib
@@ -49,6 +50,7 @@ def _inputs(case, *names, last=()):
 
 # ------------------------------------------------------------------------------------- parity --
 
+
 def test_la_mix_loss_and_mask_dice(parity):
   pf = parity(FIXTURE)
   for name in pf.cases_of("mix_loss"):
@@ -57,17 +59,30 @@ def test_la_mix_loss_and_mask_dice(parity):
     case = pf.case(name)
     args = pf.case_args(name)
     ol, ou, lab_a, plab_a, plab_b, lab_b, m = _inputs(
-        case, "outputs_l", "outputs_u", "lab_a", "plab_a", "plab_b", "lab_b", "loss_mask",
-        last=("outputs_l", "outputs_u"))
+      case,
+      "outputs_l",
+      "outputs_u",
+      "lab_a",
+      "plab_a",
+      "plab_b",
+      "lab_b",
+      "loss_mask",
+      last=("outputs_l", "outputs_u"),
+    )
     w = dict(l_weight=args.get("l_weight", 1.0), u_weight=args.get("u_weight", 0.5))
     loss_l = 0.5 * sum(bcp.mix_loss(ol, lab_a, plab_a, m, **w))
     loss_u = 0.5 * sum(bcp.mix_loss(ou, plab_b, lab_b, m, unlab=True, **w))
     np.testing.assert_allclose(loss_l, case["output/loss_l"], **SCALAR_TOL, err_msg=name)
     np.testing.assert_allclose(loss_u, case["output/loss_u"], **SCALAR_TOL, err_msg=name)
-    np.testing.assert_allclose(losses.mask_dice_loss(ol, lab_a, m), case["output/mask_dice_with_mask"],
-                               **SCALAR_TOL, err_msg=name)
-    np.testing.assert_allclose(losses.mask_dice_loss(ol, lab_a), case["output/mask_dice_no_mask"],
-                               **SCALAR_TOL, err_msg=name)
+    np.testing.assert_allclose(
+      losses.mask_dice_loss(ol, lab_a, m),
+      case["output/mask_dice_with_mask"],
+      **SCALAR_TOL,
+      err_msg=name,
+    )
+    np.testing.assert_allclose(
+      losses.mask_dice_loss(ol, lab_a), case["output/mask_dice_no_mask"], **SCALAR_TOL, err_msg=name
+    )
 
 
 def test_la_sup_loss(parity):
@@ -75,8 +90,9 @@ def test_la_sup_loss(parity):
   for name in pf.cases_of("sup_loss"):
     case = pf.case(name)
     out, label = _inputs(case, "output", "label", last=("output",))
-    np.testing.assert_allclose(bcp.sup_loss(out, label), case["output/loss"], **SCALAR_TOL,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      bcp.sup_loss(out, label), case["output/loss"], **SCALAR_TOL, err_msg=name
+    )
 
 
 def test_acdc_mix_loss(parity):
@@ -86,8 +102,16 @@ def test_acdc_mix_loss(parity):
       continue
     case, args = pf.case(name), pf.case_args(name)
     out_unl, out_l, plab_a, lab_a, lab_b, plab_b, m = _inputs(
-        case, "out_unl", "out_l", "plab_a", "lab_a", "lab_b", "plab_b", "loss_mask",
-        last=("out_unl", "out_l"))
+      case,
+      "out_unl",
+      "out_l",
+      "plab_a",
+      "lab_a",
+      "lab_b",
+      "plab_b",
+      "loss_mask",
+      last=("out_unl", "out_l"),
+    )
     w = dict(l_weight=args.get("l_weight", 1.0), u_weight=args.get("u_weight", 0.5), dice="acdc")
     unl = bcp.mix_loss(out_unl, plab_a, lab_a, m, unlab=True, **w)
     l = bcp.mix_loss(out_l, lab_b, plab_b, m, **w)
@@ -102,25 +126,35 @@ def test_acdc_dice_loss(parity):
     logits = channels_last(case["input/logits"])
     target, mask = (jnp.asarray(case["input/" + k])[:, 0] for k in ("target", "mask"))
     probs = jax.nn.softmax(logits, axis=-1)
-    np.testing.assert_allclose(bcp.acdc_dice_loss(probs, target), case["output/probs_no_mask"],
-                               **SCALAR_TOL, err_msg=name)
-    np.testing.assert_allclose(bcp.acdc_dice_loss(probs, target), case["output/softmax_true"],
-                               **SCALAR_TOL, err_msg=name)
-    np.testing.assert_allclose(bcp.acdc_dice_loss(probs, target, mask),
-                               case["output/probs_with_mask"], **SCALAR_TOL, err_msg=name)
+    np.testing.assert_allclose(
+      bcp.acdc_dice_loss(probs, target), case["output/probs_no_mask"], **SCALAR_TOL, err_msg=name
+    )
+    np.testing.assert_allclose(
+      bcp.acdc_dice_loss(probs, target), case["output/softmax_true"], **SCALAR_TOL, err_msg=name
+    )
+    np.testing.assert_allclose(
+      bcp.acdc_dice_loss(probs, target, mask),
+      case["output/probs_with_mask"],
+      **SCALAR_TOL,
+      err_msg=name,
+    )
     # Legacy (pre-a925e30) mask: the background term ignores the mask.
     legacy = bcp.acdc_dice_loss(probs, target, mask, legacy_mask=True)
     c = probs.shape[-1]
     t = jax.nn.one_hot(target, c)
     m = jnp.broadcast_to(mask[..., None], probs.shape).astype(jnp.float32).at[..., 0].set(1.0)
     d = 1 - (2 * jnp.sum(probs * t * m, (0, 1, 2)) + 1e-10) / (
-        jnp.sum(probs ** 2 * m, (0, 1, 2)) + jnp.sum(t * m, (0, 1, 2)) + 1e-10)
+      jnp.sum(probs**2 * m, (0, 1, 2)) + jnp.sum(t * m, (0, 1, 2)) + 1e-10
+    )
     np.testing.assert_allclose(legacy, jnp.mean(d), rtol=1e-6)
 
 
 def _tree(case, prefix):
-  return {k[len(prefix):]: jnp.asarray(v, jnp.float32) for k, v in case.items()
-          if k.startswith(prefix) and not k.endswith("num_batches_tracked")}
+  return {
+    k[len(prefix) :]: jnp.asarray(v, jnp.float32)
+    for k, v in case.items()
+    if k.startswith(prefix) and not k.endswith("num_batches_tracked")
+  }
 
 
 @pytest.mark.parametrize("function", ["update_ema_variables", "update_model_ema"])
@@ -133,7 +167,8 @@ def test_constant_ema(parity, function):
     before, model = _tree(case, "input/ema_before/"), _tree(case, "input/model/")
     want = _tree(case, "output/ema_after/")
     if all(np.array_equal(before[k], want[k]) for k in want) and any(
-        not np.array_equal(before[k], model[k]) for k in want):
+      not np.array_equal(before[k], model[k]) for k in want
+    ):
       # The shared bcp.npz stores ema_before == ema_after bitwise although the model differs: its
       # generator kept references to the teacher's tensors, which the in-place update overwrote.
       # Nothing to compare against; the formula is checked by hand below.
@@ -150,8 +185,9 @@ def test_constant_ema_formula():
   np.testing.assert_allclose(got["a"], [0.99 * 1 + 0.01 * 3, 0.99 * -2 + 0.01 * 4], rtol=1e-6)
 
 
-@pytest.mark.parametrize("function", ["get_cut_mask / LargestCC_pancreas",
-                                      "get_ACDC_masks / get_ACDC_2DLargestCC"])
+@pytest.mark.parametrize(
+  "function", ["get_cut_mask / LargestCC_pancreas", "get_ACDC_masks / get_ACDC_2DLargestCC"]
+)
 def test_pseudo_labels(parity, function):
   pf = parity(FIXTURE)
   for name in pf.cases_of(function):
@@ -162,6 +198,7 @@ def test_pseudo_labels(parity, function):
 
 
 # ------------------------------------------------------------------------------ mechanics --
+
 
 class _ConvBN(nn.Module):
   @nn.compact
@@ -179,6 +216,7 @@ def test_paired_forward_equals_two_sequential_forwards():
   keys = jax.random.split(jax.random.key(2), 2)
   logits, got = bcp.paired_train_forward(model, variables["params"], stats, xs, keys)
   from jaxseg.methods import common
+
   want_stats = stats
   for k in range(2):
     out, want_stats = common.train_forward(model, variables["params"], want_stats, xs[k], keys[k])
@@ -194,10 +232,17 @@ def _fake_state(method, momentum_count: int = 7) -> TrainState:
   opt_state = method.tx.init(params)
   for _ in range(momentum_count):
     _, opt_state = method.tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
-  return TrainState(step=jnp.asarray(3, jnp.int32), params=params, batch_stats=stats,
-                    opt_state=opt_state, rng=jax.random.key_data(jax.random.key(0)),
-                    aux={"ema_params": jax.tree.map(jnp.zeros_like, params),
-                         "ema_batch_stats": jax.tree.map(jnp.zeros_like, stats)})
+  return TrainState(
+    step=jnp.asarray(3, jnp.int32),
+    params=params,
+    batch_stats=stats,
+    opt_state=opt_state,
+    rng=jax.random.key_data(jax.random.key(0)),
+    aux={
+      "ema_params": jax.tree.map(jnp.zeros_like, params),
+      "ema_batch_stats": jax.tree.map(jnp.zeros_like, stats),
+    },
+  )
 
 
 def _lr(tx, params, count):
@@ -211,7 +256,8 @@ def _lr(tx, params, count):
 @pytest.mark.parametrize("config_file,labeled", [("la_bcp.py", 16), ("acdc_bcp.py", 3)])
 def test_configs_and_self_train_entry(config_file, labeled):
   c = config_lib.load_config_module(REPO / "configs" / config_file).get_config(
-      f"labeled={labeled},seed=4")
+    f"labeled={labeled},seed=4"
+  )
   la = config_file.startswith("la")
   if la:  # validate compares ACDC's labeled PATIENTS with the labeled SLICES per batch
     config_check.validate(c)
@@ -223,8 +269,10 @@ def test_configs_and_self_train_entry(config_file, labeled):
   assert c.bcp.mask_ratio == pytest.approx(2 / 3) and c.bcp.u_weight == 0.5
   assert (c.bcp.recipe, c.bcp.mask_bounds) == (("la", "upstream") if la else ("acdc", "shape"))
   method = methods.build(c)
-  assert [(p.name, p.start) for p in method.phases()] == [("pretrain", 0),
-                                                           ("selftrain", c.bcp.pretrain_steps)]
+  assert [(p.name, p.start) for p in method.phases()] == [
+    ("pretrain", 0),
+    ("selftrain", c.bcp.pretrain_steps),
+  ]
   state = _fake_state(method)
   entered = jax.jit(method.enter_selftrain)(state)
   assert jax.tree.structure(entered) == jax.tree.structure(state)
@@ -234,15 +282,21 @@ def test_configs_and_self_train_entry(config_file, labeled):
   count = optax.tree_utils.tree_get(entered.opt_state, "count")
   if la:  # load_net: a new SGD, momentum buffers and schedule count from zero
     assert int(count) == 0
-    assert not any(np.any(np.asarray(t)) for t in
-                   jax.tree.leaves(optax.tree_utils.tree_get(entered.opt_state, "trace")))
+    assert not any(
+      np.any(np.asarray(t))
+      for t in jax.tree.leaves(optax.tree_utils.tree_get(entered.opt_state, "trace"))
+    )
   else:  # load_net_opt: the pre-train momentum kept
     chex.assert_trees_all_equal(entered.opt_state, state.opt_state)
   # Learning rates: pre-train constant; LA self-train 0.01 x 0.1^(t // 2500) from its own start.
   p = state.params
   assert _lr(method.tx, p, 4999) == pytest.approx(0.01)
-  for t, want in ((0, 0.01), (2499, 0.01), (2500, 1e-3 if la else 0.01),
-                  (14999, 1e-7 if la else 0.01)):
+  for t, want in (
+    (0, 0.01),
+    (2499, 0.01),
+    (2500, 1e-3 if la else 0.01),
+    (14999, 1e-7 if la else 0.01),
+  ):
     assert _lr(method.self_tx, p, t) == pytest.approx(want, rel=1e-5), t
 
 
@@ -260,7 +314,7 @@ def test_mask_bounds_come_from_the_config_not_the_eval_mode():
     boxed[mode, bounds] = np.asarray((masks == 0).sum(axis=(1, 2, 3)))
   assert np.mean(boxed["parity", "upstream"] == 0) > 0.5
   np.testing.assert_array_equal(boxed["clean", "upstream"], boxed["parity", "upstream"])
-  assert np.all(boxed["parity", "shape"] == 10 ** 3)
+  assert np.all(boxed["parity", "shape"] == 10**3)
 
 
 def test_rejects_unbalanced_batches():
@@ -283,13 +337,16 @@ def test_rejects_unbalanced_batches():
 
 # ---------------------------------------------------------------------------------- runs --
 
+
 class _TracedBCP(bcp.BCP):
   """BCP whose phase steps fail on a second trace (the loop jits each phase once)."""
 
   def __init__(self, config):
     super().__init__(config)
-    self._traced = tuple(type(p)(p.name, p.start, chex.assert_max_traces(p.train_step, n=1),
-                                 p.enter) for p in super().phases())
+    self._traced = tuple(
+      type(p)(p.name, p.start, chex.assert_max_traces(p.train_step, n=1), p.enter)
+      for p in super().phases()
+    )
 
   def phases(self):
     return self._traced
@@ -301,9 +358,17 @@ def test_la_run_killed_in_selftrain_resumes_there(tmp_path, monkeypatch, capsys)
   re-entering it, each phase compiled once, every loss and the final Dice finite."""
   steps, overrides = 4, ["--config.bcp.pretrain_steps=1", "--config.bcp.mask_bounds=shape"]
   env = dict(os.environ, **{train._FAULT_ENV: "2"})
-  cmd = [sys.executable, "-m", "jaxseg.main", "--config", "configs/la_bcp.py:smoke=1,labeled=4,seed=0",
-         f"--config.total_steps={steps}",
-         "--workdir", str(tmp_path), *overrides]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxseg.main",
+    "--config",
+    "configs/la_bcp.py:smoke=1,labeled=4,seed=0",
+    f"--config.total_steps={steps}",
+    "--workdir",
+    str(tmp_path),
+    *overrides,
+  ]
   killed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert "phase 'selftrain' from step 1" in killed.stdout
@@ -332,6 +397,7 @@ def test_la_run_killed_in_selftrain_resumes_there(tmp_path, monkeypatch, capsys)
 
 def test_acdc_short_run(tmp_path, monkeypatch):
   from jaxseg.data import DATASETS
+
   c = config_lib.load_config_module(REPO / "configs" / "acdc_bcp.py").get_config("labeled=2,seed=0")
   c.total_steps, c.bcp.pretrain_steps = 2, 1
   c.batch_size, c.labeled_batch_size = 4, 2

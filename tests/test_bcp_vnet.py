@@ -2,6 +2,7 @@
 (fixture BCP_VNet.npz, docs/parity.md) for every output the fixture holds (eval logits
 and pooled bottleneck, train outputs, BN running stats, float64 and float32 gradients), the torch
 importer with and without the unused heads, and the two dropout sites."""
+
 import functools
 
 import jax
@@ -36,8 +37,9 @@ def _load(parity):
 
 def _train_forward(model, variables, x):
   # The fixture's train pass runs with every dropout p = 0 (docs/parity.md).
-  return model.apply(variables, x, train=True, turnoff_drop=True, return_pooled=True,
-                     mutable=['batch_stats'])
+  return model.apply(
+    variables, x, train=True, turnoff_drop=True, return_pooled=True, mutable=['batch_stats']
+  )
 
 
 def test_eval_outputs_match_upstream(parity):
@@ -55,13 +57,15 @@ def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, variables, x = _load(parity)
   model = models.get('bcp_vnet', **kwargs)
   keys = torch_import.key_map('bcp_vnet', **kwargs)
-  updated, checked = assert_train_step_matches(pf, model, keys, variables, x, _train_forward,
-                                               all_bn=False)
+  updated, checked = assert_train_step_matches(
+    pf, model, keys, variables, x, _train_forward, all_bn=False
+  )
   # The heads' BatchNorm1d never runs: its running stats are untouched by the train forward.
   for name, entry in keys.items():
     if entry.collection == 'batch_stats' and name not in checked:
-      np.testing.assert_array_equal(leaf(updated, entry),
-                                    leaf(variables['batch_stats'], entry), err_msg=name)
+      np.testing.assert_array_equal(
+        leaf(updated, entry), leaf(variables['batch_stats'], entry), err_msg=name
+      )
 
 
 def test_gradients_match_upstream_float64_and_float32(parity):
@@ -74,8 +78,9 @@ def test_gradients_match_upstream_float64_and_float32(parity):
   # torch's own float32 gradient is grad_fp32_noise_rel (up to 3e-2 here) from grad64. The unused
   # heads (params_without_grad) get exactly zero gradient (upstream: no .grad at all).
   assert pf.meta['params_without_grad']
-  assert_grads64_match(pf, torch_import.key_map('bcp_vnet', **kwargs), grads64, 1e-6,
-                       grads32=grads32)
+  assert_grads64_match(
+    pf, torch_import.key_map('bcp_vnet', **kwargs), grads64, 1e-6, grads32=grads32
+  )
 
 
 def test_key_map_and_heads(parity):
@@ -84,8 +89,9 @@ def test_key_map_and_heads(parity):
   params = assert_key_map_covers(pf, 'bcp_vnet', kwargs)
   # Heads imported as stored (Linear weight transposed).
   variables = torch_import.import_state_dict('bcp_vnet', pf.group('param'), **kwargs)
-  np.testing.assert_array_equal(variables['params']['projection_head']['fc0']['kernel'],
-                                params['projection_head.0.weight'].T)
+  np.testing.assert_array_equal(
+    variables['params']['projection_head']['fc0']['kernel'], params['projection_head.0.weight'].T
+  )
   # Without heads the same state_dict imports, the head keys dropped; forwards are identical.
   no_heads = {**kwargs, 'with_heads': False}
   slim = torch_import.import_state_dict('bcp_vnet', pf.group('param'), **no_heads)
@@ -105,9 +111,17 @@ def test_dropout_sites_and_input_checks():
   variables = jax.jit(model.init)(jax.random.key(0), x[:1])
   assert set(variables['params']) == {'encoder', 'decoder'}  # with_heads=False by default
   capture = lambda mdl, _: mdl.name in ('dropout', 'block_five', 'block_nine')
-  run = jax.jit(lambda v, k, train: model.apply(
-      v, x, train=train, rngs={'dropout': k}, capture_intermediates=capture,
-      mutable=['batch_stats', 'intermediates']), static_argnums=2)
+  run = jax.jit(
+    lambda v, k, train: model.apply(
+      v,
+      x,
+      train=train,
+      rngs={'dropout': k},
+      capture_intermediates=capture,
+      mutable=['batch_stats', 'intermediates'],
+    ),
+    static_argnums=2,
+  )
   _, state = run(variables, jax.random.key(1), True)
   inter = state['intermediates']
   for part, block in (('encoder', 'block_five'), ('decoder', 'block_nine')):

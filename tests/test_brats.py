@@ -1,5 +1,6 @@
 """jaxseg/data/brats.py: the SSL4MIS / DyCON BraTS 2019 layout, splits, SagittalToAxial, bad input,
 the synthetic stand-in, and the crop-then-rot/flip training stream."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from jaxseg.data import DATASETS
 from jaxseg.data import brats
 from jaxseg.data import pipeline
-from jaxseg.data.h5io import DataError, write_case
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import write_case
 
 
 def _synth(tmp_path, **kw):
@@ -86,7 +88,8 @@ def test_synthesize_is_deterministic_and_idempotent(tmp_path):
   assert brats.case_path(root, brats.read_list(root / "train.txt")[0]).stat().st_mtime_ns == mtime
   other = _synth(tmp_path / "again")
   np.testing.assert_array_equal(
-      brats.train_source(other, brats.read_list(other / "train.txt"), 2)[0]["image"], first)
+    brats.train_source(other, brats.read_list(other / "train.txt"), 2)[0]["image"], first
+  )
   assert len(brats.read_list(root / "test.txt")) == 1
   _synth(tmp_path, n_cases=6)  # different settings: regenerated
   assert len(brats.read_list(root / "train.txt")) == 6
@@ -95,8 +98,9 @@ def test_synthesize_is_deterministic_and_idempotent(tmp_path):
 def test_crop_then_rot_flip_stream(tmp_path):
   root = _synth(tmp_path)
   source = brats.train_source(root, brats.read_list(root / "train.txt"), 2)
-  it = pipeline.make_train_iterator(source, [0, 1], [2, 3, 4], 4, 2, (16, 16, 16), seed=0,
-                                    augment="crop_rot_flip")
+  it = pipeline.make_train_iterator(
+    source, [0, 1], [2, 3, 4], 4, 2, (16, 16, 16), seed=0, augment="crop_rot_flip"
+  )
   batch = next(it)
   assert batch["image"].shape == (4, 16, 16, 16, 1) and batch["label"].shape == (4, 16, 16, 16)
   assert set(np.unique(batch["label"])) <= {0, 1}

@@ -1,6 +1,7 @@
 """launch/cluster.py: the SLURM and TPU VM scripts it renders (run against stand-in `srun`,
 `scontrol`, `sbatch`), its argument errors, and the distributed start-up variables of
 jaxseg/parallel.py that the scripts set."""
+
 import json
 import os
 import pathlib
@@ -19,19 +20,51 @@ SCRIPT = REPO / "launch" / "cluster.py"
 
 
 def _launch(*args, env=None):
-  return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                        cwd=REPO, env=env, timeout=120)
+  return subprocess.run(
+    [sys.executable, str(SCRIPT), *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    timeout=120,
+  )
 
 
 def _slurm_args(workdir, *extra):
-  return ["slurm", "--config", "configs/la_uamt.py:labeled=8,seed=2", "--workdir", str(workdir),
-          "--nodes", "2", "--gpus_per_node", "4", "--partition", "gpu", "--time", "1-12:00:00",
-          "--account", "lab", "--set", "data.root=/data/my LA", "--set", "total_steps=100", *extra]
+  return [
+    "slurm",
+    "--config",
+    "configs/la_uamt.py:labeled=8,seed=2",
+    "--workdir",
+    str(workdir),
+    "--nodes",
+    "2",
+    "--gpus_per_node",
+    "4",
+    "--partition",
+    "gpu",
+    "--time",
+    "1-12:00:00",
+    "--account",
+    "lab",
+    "--set",
+    "data.root=/data/my LA",
+    "--set",
+    "total_steps=100",
+    *extra,
+  ]
 
 
 def _train_argv(workdir, python="python"):
-  return [python, "-m", "jaxseg.main", "--config=configs/la_uamt.py:labeled=8,seed=2",
-          "--config.data.root=/data/my LA", "--config.total_steps=100", f"--workdir={workdir}"]
+  return [
+    python,
+    "-m",
+    "jaxseg.main",
+    "--config=configs/la_uamt.py:labeled=8,seed=2",
+    "--config.data.root=/data/my LA",
+    "--config.total_steps=100",
+    f"--workdir={workdir}",
+  ]
 
 
 def _fake_tools(bin_dir: pathlib.Path, log: pathlib.Path, **tools: str):
@@ -40,10 +73,11 @@ def _fake_tools(bin_dir: pathlib.Path, log: pathlib.Path, **tools: str):
   for name, stdout in tools.items():
     path = bin_dir / name
     path.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\n"
-        f"env = {{k: v for k, v in os.environ.items() if k.startswith('JAXSEG_')}}\n"
-        f"open({str(log)!r}, 'a').write(json.dumps(dict(tool={name!r}, argv=sys.argv[1:], "
-        f"env=env)) + '\\n')\nprint({stdout!r}, end='')\n")
+      f"#!{sys.executable}\nimport json, os, sys\n"
+      f"env = {{k: v for k, v in os.environ.items() if k.startswith('JAXSEG_')}}\n"
+      f"open({str(log)!r}, 'a').write(json.dumps(dict(tool={name!r}, argv=sys.argv[1:], "
+      f"env=env)) + '\\n')\nprint({stdout!r}, end='')\n"
+    )
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
@@ -57,16 +91,26 @@ def test_slurm_dry_run_renders_the_sbatch_script(tmp_path):
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   sbatch = [l for l in lines if l.startswith("#SBATCH")]
-  assert sbatch == ["#SBATCH --job-name=jaxseg-la_uamt", "#SBATCH --nodes=2",
-                    "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4",
-                    f"#SBATCH --output={shlex.quote(str(workdir / 'slurm-%j.out'))}",
-                    "#SBATCH --partition=gpu", "#SBATCH --time=1-12:00:00",
-                    "#SBATCH --account=lab"]
+  assert sbatch == [
+    "#SBATCH --job-name=jaxseg-la_uamt",
+    "#SBATCH --nodes=2",
+    "#SBATCH --ntasks-per-node=4",
+    "#SBATCH --gres=gpu:4",
+    f"#SBATCH --output={shlex.quote(str(workdir / 'slurm-%j.out'))}",
+    "#SBATCH --partition=gpu",
+    "#SBATCH --time=1-12:00:00",
+    "#SBATCH --account=lab",
+  ]
   assert "export JAXSEG_COORDINATOR" in lines
   assert not any("JAXSEG_LOCAL_DEVICE_IDS" in l for l in lines)  # one process per GPU
   srun = shlex.split(lines[-1])
-  assert srun == ["srun", "--nodes=2", "--ntasks-per-node=4", "--kill-on-bad-exit=1",
-                  *_train_argv(workdir)]
+  assert srun == [
+    "srun",
+    "--nodes=2",
+    "--ntasks-per-node=4",
+    "--kill-on-bad-exit=1",
+    *_train_argv(workdir),
+  ]
   assert not workdir.exists()  # a dry run writes nothing
 
 
@@ -75,15 +119,20 @@ def test_slurm_script_runs_srun_with_the_coordinator(tmp_path):
   first host at 61440 + job id % 4096 (jax's own SLURM port rule), or --port."""
   log, bin_dir = tmp_path / "calls.jsonl", tmp_path / "bin"
   _fake_tools(bin_dir, log, scontrol="gpu-a17\ngpu-b03\n", srun="")
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="5000",
-             SLURM_JOB_NODELIST="gpu-a17,gpu-b03")
+  env = dict(
+    os.environ,
+    PATH=f"{bin_dir}:{os.environ['PATH']}",
+    SLURM_JOB_ID="5000",
+    SLURM_JOB_NODELIST="gpu-a17,gpu-b03",
+  )
   for extra, port in (((), 61440 + 5000 % 4096), (("--port", "23456"), 23456)):
     log.unlink(missing_ok=True)
     workdir = tmp_path / f"run{port}"
     out = _launch(*_slurm_args(workdir, "--repo_dir", str(tmp_path), "--dry_run", *extra))
     assert out.returncode == 0, out.stderr
-    ran = subprocess.run(["bash", "-c", out.stdout], env=env, capture_output=True, text=True,
-                         timeout=60)
+    ran = subprocess.run(
+      ["bash", "-c", out.stdout], env=env, capture_output=True, text=True, timeout=60
+    )
     assert ran.returncode == 0, ran.stderr
     scontrol, srun = _calls(log)
     assert scontrol["argv"] == ["show", "hostnames", "gpu-a17,gpu-b03"]
@@ -93,8 +142,9 @@ def test_slurm_script_runs_srun_with_the_coordinator(tmp_path):
 
 
 def test_slurm_one_process_per_node_drives_all_its_gpus(tmp_path):
-  out = _launch(*_slurm_args(tmp_path / "w", "--process_per", "node", "--gpus_per_node", "3",
-                             "--dry_run"))
+  out = _launch(
+    *_slurm_args(tmp_path / "w", "--process_per", "node", "--gpus_per_node", "3", "--dry_run")
+  )
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   assert "#SBATCH --ntasks-per-node=1" in lines and "#SBATCH --gres=gpu:3" in lines
@@ -108,9 +158,24 @@ def _ssh_commands(script: str) -> list[list[str]]:
 
 def test_tpu_vm_dry_run_renders_the_gcloud_lines(tmp_path):
   workdir = "/mnt/shared/runs/uamt l8"
-  base = ["tpu_vm", "--config", "configs/la_uamt.py:labeled=8,seed=2", "--workdir", workdir,
-          "--tpu_name", "pod-v4", "--zone", "us-central2-b", "--project", "my-proj",
-          "--set", "data.root=/data/my LA", "--set", "total_steps=100", "--dry_run"]
+  base = [
+    "tpu_vm",
+    "--config",
+    "configs/la_uamt.py:labeled=8,seed=2",
+    "--workdir",
+    workdir,
+    "--tpu_name",
+    "pod-v4",
+    "--zone",
+    "us-central2-b",
+    "--project",
+    "my-proj",
+    "--set",
+    "data.root=/data/my LA",
+    "--set",
+    "total_steps=100",
+    "--dry_run",
+  ]
   out = _launch(*base)
   assert out.returncode == 0, out.stderr
   archive, copy = [shlex.split(l) for l in out.stdout.splitlines()[2:4]]
@@ -131,11 +196,24 @@ def test_tpu_vm_dry_run_renders_the_gcloud_lines(tmp_path):
   commands = _ssh_commands(cloned.stdout)
   assert len(commands) == 2 and "tpu-vm scp" not in cloned.stdout
   assert shlex.split(commands[0][12])[:12] == [
-      "rm", "-rf", "jaxseg", "&&", "git", "clone", "https://example.org/jaxseg.git", "jaxseg",
-      "&&", "git", "-C", "jaxseg"]
+    "rm",
+    "-rf",
+    "jaxseg",
+    "&&",
+    "git",
+    "clone",
+    "https://example.org/jaxseg.git",
+    "jaxseg",
+    "&&",
+    "git",
+    "-C",
+    "jaxseg",
+  ]
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["tpu_vm", "--zone", "z"], "--tpu_name is required"),
     (["tpu_vm", "--tpu_name", "t"], "--zone is required"),
     (["tpu_vm", "--tpu_name", "t", "--zone", "z", "--ref", "main"], "--ref needs --repo_url"),
@@ -145,7 +223,8 @@ def test_tpu_vm_dry_run_renders_the_gcloud_lines(tmp_path):
     (["slurm", "--port", "80"], "--port 80: expected 1024..65535"),
     (["slurm", "--set", "total_steps"], "--set 'total_steps': expected KEY=VALUE"),
     (["slurm", "--set", "a b=1"], "--set 'a b=1': expected KEY=VALUE"),
-])
+  ],
+)
 def test_bad_arguments_are_named(tmp_path, args, message):
   out = _launch(*args, "--config", "configs/la_uamt.py", "--workdir", str(tmp_path / "w"))
   assert out.returncode == 2
@@ -153,10 +232,13 @@ def test_bad_arguments_are_named(tmp_path, args, message):
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("config, message", [
+@pytest.mark.parametrize(
+  "config, message",
+  [
     ("configs/no_such.py", "config file configs/no_such.py not found"),
     ("configs/la_uamt", "expected PATH.py[:ARG]"),
-])
+  ],
+)
 def test_bad_config_is_named(tmp_path, config, message):
   out = _launch("slurm", "--config", config, "--workdir", str(tmp_path / "w"), "--dry_run")
   assert out.returncode == 2 and message in out.stderr and repr(config) in out.stderr
@@ -183,16 +265,24 @@ def test_without_dry_run_writes_and_submits(tmp_path):
 
 def test_distributed_kwargs_from_the_environment():
   assert parallel.distributed_kwargs({}) == {}
-  env = {"JAXSEG_COORDINATOR": "gpu-a17:62344", "JAXSEG_NUM_PROCESSES": "8",
-         "JAXSEG_PROCESS_ID": "3", "JAXSEG_LOCAL_DEVICE_IDS": "0,1,2,3"}
+  env = {
+    "JAXSEG_COORDINATOR": "gpu-a17:62344",
+    "JAXSEG_NUM_PROCESSES": "8",
+    "JAXSEG_PROCESS_ID": "3",
+    "JAXSEG_LOCAL_DEVICE_IDS": "0,1,2,3",
+  }
   assert parallel.distributed_kwargs(env) == {
-      "coordinator_address": "gpu-a17:62344", "num_processes": 8, "process_id": 3,
-      "local_device_ids": [0, 1, 2, 3]}
+    "coordinator_address": "gpu-a17:62344",
+    "num_processes": 8,
+    "process_id": 3,
+    "local_device_ids": [0, 1, 2, 3],
+  }
   for var, value, message in (
-      ("JAXSEG_COORDINATOR", "gpu-a17", "expected host:port"),
-      ("JAXSEG_NUM_PROCESSES", "eight", "expected an integer"),
-      ("JAXSEG_PROCESS_ID", "-1", "expected one non-negative integer"),
-      ("JAXSEG_LOCAL_DEVICE_IDS", "0;1", "expected comma-separated integers")):
+    ("JAXSEG_COORDINATOR", "gpu-a17", "expected host:port"),
+    ("JAXSEG_NUM_PROCESSES", "eight", "expected an integer"),
+    ("JAXSEG_PROCESS_ID", "-1", "expected one non-negative integer"),
+    ("JAXSEG_LOCAL_DEVICE_IDS", "0;1", "expected comma-separated integers"),
+  ):
     with pytest.raises(parallel.DistributedEnvError, match=f"{var}='{value}': {message}"):
       parallel.distributed_kwargs({var: value})
 
@@ -215,9 +305,21 @@ def test_maybe_initialize_distributed_passes_the_launcher_values(monkeypatch):
 
 def test_a_bad_distributed_variable_is_one_line_from_the_command(tmp_path):
   env = dict(os.environ, JAXSEG_NUM_PROCESSES="two")
-  out = subprocess.run([sys.executable, "-m", "jaxseg.main", "--config=configs/la_uamt.py:smoke=1",
-                        f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxseg.main",
+      "--config=configs/la_uamt.py:smoke=1",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
-      "jaxseg: error: JAXSEG_NUM_PROCESSES='two': expected an integer")
+    "jaxseg: error: JAXSEG_NUM_PROCESSES='two': expected an integer"
+  )

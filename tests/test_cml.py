@@ -1,5 +1,6 @@
 """CML (jaxseg.methods.cml): parity of every cml.npz case, the lr schedule across phases, one trace per
 phase and short LA / ACDC runs."""
+
 import json
 import pathlib
 
@@ -37,10 +38,14 @@ def test_features_discrepancy_loss_parity_and_one_sided_gradient(parity):
     grad_a, grad_b = jax.grad(cml.features_discrepancy_loss, argnums=(0, 1))(a, b)
     assert float(jnp.abs(grad_a).max()) > 0 and float(jnp.abs(grad_b).max()) == 0, name
   # Zero feature vectors (a channel set dropped everywhere) give cos = 0 and finite gradients.
-  z = jnp.zeros((1, 2, 2, 2, 4)).at[0, 0, 0, 0].set(1.0)  # one non-zero position of 8, parallel to b
+  z = (
+    jnp.zeros((1, 2, 2, 2, 4)).at[0, 0, 0, 0].set(1.0)
+  )  # one non-zero position of 8, parallel to b
   g = jax.grad(cml.features_discrepancy_loss)(z, jnp.ones_like(z))
   assert np.all(np.isfinite(g))
-  np.testing.assert_allclose(cml.features_discrepancy_loss(z, jnp.ones_like(z)), 1 + 1 / 8, rtol=1e-6)
+  np.testing.assert_allclose(
+    cml.features_discrepancy_loss(z, jnp.ones_like(z)), 1 + 1 / 8, rtol=1e-6
+  )
 
 
 def test_supervision_loss_parity(parity):
@@ -48,7 +53,7 @@ def test_supervision_loss_parity(parity):
   for name in pf.cases_of("supervison_loss"):
     case = pf.case(name)
     logits, label = channels_last(case["input/outputs"]), jnp.asarray(case["input/label"])
-    outputs = {k[len("output/"):]: v for k, v in case.items() if k.startswith("output/")}
+    outputs = {k[len("output/") :]: v for k, v in case.items() if k.startswith("output/")}
     assert outputs, name
     for key, want in outputs.items():
       # 'loss' / 'loss_no_mask': no weight mask; 'loss_with_mask': with the case's weight_mask.
@@ -68,11 +73,13 @@ def test_box_mask_geometry_parity(parity):
     size = mixing.box_size(spatial, args["mask_ratio"])
     got = mixing.box_mask_at(case["output/draws"], size, spatial)
     np.testing.assert_array_equal(got, case["output/mask"], err_msg=name)
-    np.testing.assert_array_equal(np.broadcast_to(got, case["output/loss_mask"].shape),
-                                  case["output/loss_mask"], err_msg=name)
+    np.testing.assert_array_equal(
+      np.broadcast_to(got, case["output/loss_mask"].shape), case["output/loss_mask"], err_msg=name
+    )
     for seed in range(2):
-      m = np.asarray(cml.cutmix_box(jax.random.PRNGKey(seed), jnp.zeros((1, *spatial, 1)),
-                                    args["mask_ratio"]))
+      m = np.asarray(
+        cml.cutmix_box(jax.random.PRNGKey(seed), jnp.zeros((1, *spatial, 1)), args["mask_ratio"])
+      )
       zeros = np.argwhere(m == 0)
       assert len(zeros) == np.prod(size), name
       lo, hi = zeros.min(0), zeros.max(0) + 1
@@ -95,10 +102,10 @@ def test_la_cutmix_and_pseudo_label_parity(parity):
     unlabeled = images[lb:]
     uhalf = unlabeled.shape[0] // 2
     want = {
-        "mixl_img": cml.mix_pair(images[:half], images[half:lb], lmask),
-        "mixl_lab": cml.mix_pair(labels[:half], labels[half:lb], lmask),
-        "mixu_img": cml.mix_pair(unlabeled[:uhalf], unlabeled[uhalf:], umask),
-        "mixu_lab": cml.mix_pair(labels[lb:lb + uhalf], labels[lb + uhalf:], umask),
+      "mixl_img": cml.mix_pair(images[:half], images[half:lb], lmask),
+      "mixl_lab": cml.mix_pair(labels[:half], labels[half:lb], lmask),
+      "mixu_img": cml.mix_pair(unlabeled[:uhalf], unlabeled[uhalf:], umask),
+      "mixu_lab": cml.mix_pair(labels[lb : lb + uhalf], labels[lb + uhalf :], umask),
     }
     want["mixu_plab"], want["mixu_plab_sub"] = cml.heterogeneous_targets(plab, plab_sub, umask)
     for key, got in want.items():
@@ -112,22 +119,37 @@ def test_acdc_pseudo_label_parity(parity):
   for name in pf.cases_of("get_ACDC_masks"):
     case = pf.case(name)
     logits = channels_last(case["input/logits"])
-    np.testing.assert_array_equal(jnp.argmax(jax.nn.softmax(logits, -1), -1), case["output/nms0"],
-                                  err_msg=name)
-    np.testing.assert_array_equal(jax.jit(postprocess.cut_mask_pseudo_labels)(logits), case["output/nms1"],
-                                  err_msg=name)
+    np.testing.assert_array_equal(
+      jnp.argmax(jax.nn.softmax(logits, -1), -1), case["output/nms0"], err_msg=name
+    )
+    np.testing.assert_array_equal(
+      jax.jit(postprocess.cut_mask_pseudo_labels)(logits), case["output/nms1"], err_msg=name
+    )
 
 
 def test_lr_schedule_is_constant_in_pretrain_and_steps_in_main():
   c = config_lib.load_config_module(REPO / "configs" / "la_cml.py").get_config("labeled=16,seed=3")
   config_check.validate(c)
   assert (c.method, c.model.name, c.data.labeled, c.seed) == ("cml", "cml_vnet", 16, 3)
-  assert (c.total_steps, c.cml.pretrain_steps, c.batch_size, c.labeled_batch_size) == (17000, 2000, 8, 4)
+  assert (c.total_steps, c.cml.pretrain_steps, c.batch_size, c.labeled_batch_size) == (
+    17000,
+    2000,
+    8,
+    4,
+  )
   assert (c.cml.u_weight, c.cml.dis_weight, c.eval.largest_cc) == (1.0, 0.2, True)
   lr = cml.lr_schedule(c)
   # main step t (0-based) runs at 0.01 * 0.1 ** (t // 2500): upstream sets it after the t-th update.
-  for step, want in ((0, 1e-2), (1999, 1e-2), (2000, 1e-2), (4499, 1e-2), (4500, 1e-3),
-                     (6999, 1e-3), (7000, 1e-4), (16999, 1e-7)):
+  for step, want in (
+    (0, 1e-2),
+    (1999, 1e-2),
+    (2000, 1e-2),
+    (4499, 1e-2),
+    (4500, 1e-3),
+    (6999, 1e-3),
+    (7000, 1e-4),
+    (16999, 1e-7),
+  ):
     np.testing.assert_allclose(float(lr(step)), want, rtol=1e-5, err_msg=str(step))
   c.optimizer.lr_schedule = "constant"
   assert float(cml.lr_schedule(c)(10_000)) == pytest.approx(0.01)
@@ -138,8 +160,10 @@ class _TracedCML(cml.CML):
 
   def __init__(self, config):
     super().__init__(config)
-    self._traced = tuple(type(p)(p.name, p.start, chex.assert_max_traces(p.train_step, n=1),
-                                 p.enter) for p in super().phases())
+    self._traced = tuple(
+      type(p)(p.name, p.start, chex.assert_max_traces(p.train_step, n=1), p.enter)
+      for p in super().phases()
+    )
 
   def phases(self):
     return self._traced
@@ -159,6 +183,7 @@ def test_la_short_run_each_phase_traced_once(tmp_path, monkeypatch):
 
 def test_acdc_short_run(tmp_path):
   from jaxseg.data import DATASETS
+
   c = config_lib.load_config_module(REPO / "configs" / "acdc_cml.py").get_config("labeled=2,seed=0")
   assert c.model.name == "cml_unet2d" and c.model.kwargs.shared_branches
   c.total_steps, c.cml.pretrain_steps = 2, 1

@@ -1,6 +1,7 @@
 """Tests for jaxseg/models/cml_vnet.py: parity with SongwuJob/CML code/networks/VNet.py (fixture
 CML_VNet.npz, docs/parity.md) for every output the fixture holds (eval, train, BN
 running stats, float64 and float32 gradients), and the torch importer's key map."""
+
 import functools
 import math
 
@@ -37,24 +38,27 @@ def _train_forward(model, variables, x):
 def test_eval_outputs_match_upstream(parity):
   pf, kwargs, variables, x = _load(parity)
   eval_forward = lambda m, v, x: m.apply(v, x, train=False)
-  got = assert_forward_matches(pf, 'out', models.get('cml_vnet', **kwargs), eval_forward, variables,
-                               x)
+  got = assert_forward_matches(
+    pf, 'out', models.get('cml_vnet', **kwargs), eval_forward, variables, x
+  )
   assert len(got) == 4  # seg1, seg2, embedding1, embedding2
 
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, variables, x = _load(parity)
   model = models.get('cml_vnet', **{**kwargs, 'has_dropout': False})
-  assert_train_step_matches(pf, model, torch_import.key_map('cml_vnet', **kwargs), variables, x,
-                            _train_forward)
+  assert_train_step_matches(
+    pf, model, torch_import.key_map('cml_vnet', **kwargs), variables, x, _train_forward
+  )
 
 
 def test_gradients_match_upstream_float64(parity):
   pf, kwargs, variables, x = _load(parity)
   kwargs = {**kwargs, 'has_dropout': False}
   lossw = fixture_outputs(pf.group('lossw'))
-  loss64, grads64 = x64_loss_and_grads('cml_vnet', kwargs, lossw_loss(_train_forward), variables,
-                                       x, lossw)
+  loss64, grads64 = x64_loss_and_grads(
+    'cml_vnet', kwargs, lossw_loss(_train_forward), variables, x, lossw
+  )
   np.testing.assert_allclose(loss64, float(pf['loss64']), rtol=1e-10)
   # float64 only: a float32 gradient can match torch's only to grad_fp32_noise_rel (up to 7e-3 in
   # this fixture, docs/parity.md), and each extra compile of this two-branch network costs CI seconds.
@@ -77,12 +81,14 @@ def _random_variables(model, x):
   U(+-1/sqrt(fan_in)), BN identity."""
   shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)), x)
   rng = np.random.default_rng(3)
+
   def draw(path, leaf):
     kind = path[-1].key
     if kind == 'kernel':
       bound = 1 / math.sqrt(math.prod(leaf.shape[:-1]))
       return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), jnp.float32)
     return jnp.ones(leaf.shape) if kind in ('scale', 'var') else jnp.zeros(leaf.shape)
+
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
@@ -95,17 +101,26 @@ def test_param_count_and_dropout_sites():
   count = lambda t: sum(math.prod(a.shape) for a in jax.tree.leaves(t))
   p = shapes['params']
   vnet = 9_448_866  # UA-MT VNet, tests/test_vnet.py
-  up_t = sum(count(p['decoder1'][f'block_{b}_up']['conv0']['kernel'])
-             for b in ('five', 'six', 'seven', 'eight'))
+  up_t = sum(
+    count(p['decoder1'][f'block_{b}_up']['conv0']['kernel'])
+    for b in ('five', 'six', 'seven', 'eight')
+  )
   assert count(p) == 2 * vnet - up_t + up_t * 27 // 8
 
   small = models.get('cml_vnet', n_filters=4, has_dropout=True)
   xs = jnp.asarray(np.random.default_rng(0).standard_normal((8, 16, 16, 16, 1)), jnp.float32)
   variables = _random_variables(small, xs[:1])
   capture = lambda mdl, _: mdl.name == 'block_five'
-  (_, _, *embeddings), state = jax.jit(lambda v, k: small.apply(
-      v, xs, train=True, rngs={'dropout': k}, capture_intermediates=capture,
-      mutable=['batch_stats', 'intermediates']))(variables, jax.random.key(1))
+  (_, _, *embeddings), state = jax.jit(
+    lambda v, k: small.apply(
+      v,
+      xs,
+      train=True,
+      rngs={'dropout': k},
+      capture_intermediates=capture,
+      mutable=['batch_stats', 'intermediates'],
+    )
+  )(variables, jax.random.key(1))
   masks = []
   for k, e in enumerate(embeddings, start=1):
     # Dropout3d: each (sample, channel) map of x5 is either zeroed or scaled by 1 / (1 - 0.5).

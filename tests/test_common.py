@@ -1,5 +1,6 @@
 """jaxseg/methods/common.py: the shared mechanics of the methods (MC passes, BN-statistics
 composition, the optimizer and its lr schedules)."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,29 +42,40 @@ class _Probe(nn.Module):
 def test_mc_passes_row_order_and_statistics():
   images = jnp.arange(2 * 2 * 2 * 2, dtype=jnp.float32).reshape(2, 2, 2, 2, 1)
   stats = {"mean": jnp.float32(5.0)}
-  logits, new_stats = jax.jit(lambda x, k: common.mc_passes(
-      _Probe(), {}, stats, x, k, passes=6, noise_std=0.0, noise_clip=0.0))(
-          images, jax.random.PRNGKey(0))
+  logits, new_stats = jax.jit(
+    lambda x, k: common.mc_passes(
+      _Probe(), {}, stats, x, k, passes=6, noise_std=0.0, noise_clip=0.0
+    )
+  )(images, jax.random.PRNGKey(0))
   # T = 6 passes from 3 forwards on [U1, U2, U1, U2]; pass t of sample b is [t, b].
   expected = jnp.broadcast_to(jnp.concatenate([images, -images], -1)[None], (6, 2, 2, 2, 2, 2))
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(expected))
   # Every forward starts from the same statistics and sees [U, U] (mean 7.5).
   _close(new_stats["mean"], jnp.full((3,), 0.9 * 5.0 + 0.1 * 7.5))
   # With noise, the forwards (and the two copies within one) draw different noise.
-  noisy, _ = jax.jit(lambda x, k: common.mc_passes(
-      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2))(
-          images, jax.random.PRNGKey(0))
+  noisy, _ = jax.jit(
+    lambda x, k: common.mc_passes(
+      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2
+    )
+  )(images, jax.random.PRNGKey(0))
   offsets = np.asarray(noisy[..., 0] - images[None, ..., 0])
   assert 0.0 < np.abs(offsets).max() <= 0.2 + 1e-6
   assert len({float(offsets[t, 0, 0, 0, 0]) for t in range(4)}) == 4
   # Chunked (lax.map over single vmapped forwards, the CPU default) draws the same per-forward keys.
-  chunked, chunked_stats = jax.jit(lambda x, k: common.mc_passes(
-      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2, chunk=1))(
-          images, jax.random.PRNGKey(0))
+  chunked, chunked_stats = jax.jit(
+    lambda x, k: common.mc_passes(
+      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2, chunk=1
+    )
+  )(images, jax.random.PRNGKey(0))
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(noisy), rtol=1e-6)
-  _close(chunked_stats["mean"], jax.jit(lambda x, k: common.mc_passes(
-      _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2))(
-          images, jax.random.PRNGKey(0))[1]["mean"])
+  _close(
+    chunked_stats["mean"],
+    jax.jit(
+      lambda x, k: common.mc_passes(
+        _Probe(), {}, stats, x, k, passes=4, noise_std=0.1, noise_clip=0.2
+      )
+    )(images, jax.random.PRNGKey(0))[1]["mean"],
+  )
 
 
 def test_mc_passes_loop_equals_vmap_and_rejects_bad_arguments():
@@ -77,14 +89,24 @@ def test_mc_passes_loop_equals_vmap_and_rejects_bad_arguments():
   with pytest.raises(ValueError, match="impl"):
     common.mc_passes(_Probe(), {}, stats, images, jax.random.PRNGKey(1), impl="scan", **kw)
   with pytest.raises(ValueError, match="multiple of 2"):
-    common.mc_passes(_Probe(), {}, stats, images, jax.random.PRNGKey(1), passes=3, noise_std=0.0,
-                     noise_clip=0.0)
+    common.mc_passes(
+      _Probe(), {}, stats, images, jax.random.PRNGKey(1), passes=3, noise_std=0.0, noise_clip=0.0
+    )
 
 
 def _opt(**kw):
-  return ml_collections.ConfigDict(dict(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
-                                        lr_schedule="step", lr_step_every=3, lr_step_factor=0.1,
-                                        **kw))
+  return ml_collections.ConfigDict(
+    dict(
+      name="sgd",
+      lr=0.01,
+      momentum=0.9,
+      weight_decay=1e-4,
+      lr_schedule="step",
+      lr_step_every=3,
+      lr_step_factor=0.1,
+      **kw,
+    )
+  )
 
 
 def test_lr_schedules():
@@ -92,7 +114,7 @@ def test_lr_schedules():
   _close([step(i) for i in (0, 2, 3, 6)], [1e-2, 1e-2, 1e-3, 1e-4])
   _close(common.lr_schedule(_opt(lr_step_begin=1), 10)(3), 1e-2)
   poly = common.lr_schedule(_opt(), 10, kind="poly")
-  _close(poly(5), 0.01 * 0.5 ** 0.9)
+  _close(poly(5), 0.01 * 0.5**0.9)
   _close(common.lr_schedule(_opt(), 10, kind="constant")(7), 0.01)
   with pytest.raises(ValueError, match="lr_schedule='cosine'"):
     common.lr_schedule(_opt(), 10, kind="cosine")
@@ -124,7 +146,8 @@ def test_lr_is_a_function_of_the_step():
   config.optimizer.lr_step_every = 2
   sched = schedules.step_lr(config.optimizer.lr, 2, 0.1)
   assert [float(sched(i)) for i in range(5)] == pytest.approx(
-      [config.optimizer.lr * f for f in (1, 1, 0.1, 0.1, 0.01)])
+    [config.optimizer.lr * f for f in (1, 1, 0.1, 0.1, 0.01)]
+  )
 
 
 def test_vmap_passes_chunks_give_the_same_values():

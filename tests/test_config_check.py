@@ -1,5 +1,6 @@
 """jaxseg/config_check.py: each rule rejects a bad config with a message naming the field; the batch
 rule follows the method class's `samples_unlabeled`."""
+
 import pathlib
 
 import pytest
@@ -21,20 +22,28 @@ def test_good_configs_pass():
   config_check.validate(_config("acdc_bcp.py", "labeled=1"))  # ACDC counts patients, not slices
 
 
-@pytest.mark.parametrize("edit,message", [
+@pytest.mark.parametrize(
+  "edit,message",
+  [
     (dict(method="nope"), r"method='nope' is not one of \["),
     (dict(total_steps=0), "total_steps=0 must be >= 1"),
     (dict(labeled_batch_size=0), "labeled_batch_size=0 must be in 1..batch_size=4"),
     (dict(labeled_batch_size=5), "labeled_batch_size=5 must be in 1..batch_size=4"),
-    (dict(labeled_batch_size=4), "method mean_teacher needs unlabeled samples: labeled_batch_size=4 "
-                                 "must be < batch_size=4"),
+    (
+      dict(labeled_batch_size=4),
+      "method mean_teacher needs unlabeled samples: labeled_batch_size=4 must be < batch_size=4",
+    ),
     ({"data.labeled": 1}, "data.labeled=1 is smaller than labeled_batch_size=2"),
     ({"data.num_classes": 3}, "model.kwargs.n_classes=2 differs from data.num_classes=3"),
-    ({"data.patch_size": (112, 112, 81)}, r"data.patch_size=\(112, 112, 81\): every side must be "
-                                          "divisible by 16"),
+    (
+      {"data.patch_size": (112, 112, 81)},
+      r"data.patch_size=\(112, 112, 81\): every side must be "
+      "divisible by 16",
+    ),
     ({"data.worker_count": 2}, "data.worker_count=2: only 0"),
     ({"eval.mode": "best"}, "eval.mode='best': must be 'parity' or 'clean'"),
-])
+  ],
+)
 def test_each_rule_names_the_field(edit, message):
   config = _config()
   for key, value in edit.items():
@@ -50,8 +59,11 @@ def test_each_rule_names_the_field(edit, message):
 def test_supervised_batches_are_all_labeled():
   config = _config("la_vnet.py")
   config.labeled_batch_size = 2
-  with pytest.raises(ValueError, match="method supervised trains on labeled data only: "
-                                       "labeled_batch_size=2 must equal batch_size=4"):
+  with pytest.raises(
+    ValueError,
+    match="method supervised trains on labeled data only: "
+    "labeled_batch_size=2 must equal batch_size=4",
+  ):
     config_check.validate(config)
 
 

@@ -1,6 +1,7 @@
 """Configs: pure data (imports, no `del`, no config loading another), every file loads and
 validates with and without `smoke=1`, the smoke shrink, the seed table's targets and defaults, and
 argument parsing."""
+
 import ast
 import pathlib
 import subprocess
@@ -52,15 +53,18 @@ def test_config_lib_imports_nothing_from_jaxseg():
 def test_loading_every_config_imports_no_model_code():
   """Configs are data: building all of them (smoke included) pulls in neither the methods nor
   jax / flax / optax."""
-  code = ("import pathlib, sys\n"
-          "from jaxseg import config_lib\n"
-          "for p in sorted(pathlib.Path('configs').glob('*.py')):\n"
-          "  m = config_lib.load_config_module(p)\n"
-          "  m.get_config(); m.get_config('smoke=1')\n"
-          "print(sorted(n for n in sys.modules\n"
-          "             if n.split('.')[0] in ('jax', 'flax', 'optax') or n.startswith('jaxseg.')))\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  code = (
+    "import pathlib, sys\n"
+    "from jaxseg import config_lib\n"
+    "for p in sorted(pathlib.Path('configs').glob('*.py')):\n"
+    "  m = config_lib.load_config_module(p)\n"
+    "  m.get_config(); m.get_config('smoke=1')\n"
+    "print(sorted(n for n in sys.modules\n"
+    "             if n.split('.')[0] in ('jax', 'flax', 'optax') or n.startswith('jaxseg.')))\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip() == "['jaxseg.config_lib']"
 
@@ -102,8 +106,9 @@ def test_smoke_shrinks_and_keeps_the_recipe(path):
   want_name = "synthetic" if full.data.name in ("la", "synthetic") else full.data.name
   assert c.data.name == want_name
   # Only the shrink differs: the method's own block is the full recipe's.
-  own = [k for k in full if k not in ("model", "data", "optimizer", "eval") and
-         hasattr(full[k], "keys")]
+  own = [
+    k for k in full if k not in ("model", "data", "optimizer", "eval") and hasattr(full[k], "keys")
+  ]
   for key in own:
     changed = {k for k in full[key] if full[key][k] != c[key][k]}
     assert changed <= {"pretrain_steps"}, (key, changed)
@@ -115,6 +120,7 @@ def test_smoke_data_holds_the_split(path, tmp_path):
   2 validation cases and at least 2 unlabeled ones."""
   from jaxseg.data import builder
   from jaxseg.data import get_dataset
+
   c = config_lib.load_config_module(path).get_config("smoke=1")
   root = builder.resolve_root(c, tmp_path)
   split = get_dataset(c.data.name, c.data).make_splits(root, c.data)
@@ -132,8 +138,12 @@ def test_smoke_keeps_the_arguments():
   assert _load("la_acmt.py", "smoke=1,strategy=serr").acmt.strategy == "serr"
   assert _load("demo.py", "smoke=1,steps=50").total_steps == 4  # smoke wins over steps
   # Two-phase methods run both phases in a smoke run.
-  for name, block in (("la_bcp.py", "bcp"), ("acdc_bcp.py", "bcp"), ("la_cml.py", "cml"),
-                      ("acdc_cml.py", "cml")):
+  for name, block in (
+    ("la_bcp.py", "bcp"),
+    ("acdc_bcp.py", "bcp"),
+    ("la_cml.py", "cml"),
+    ("acdc_cml.py", "cml"),
+  ):
     c = _load(name, "smoke=1")
     assert 0 < c[block].pretrain_steps < c.total_steps, name
   acdc = _load("acdc_bcp.py", "smoke=1")
@@ -142,27 +152,38 @@ def test_smoke_keeps_the_arguments():
 
 # The numbers each config's docstring states (the seed table's where it has one: SEEDED) and the
 # labeled count its default means.
-SEEDED = {"la_vnet.py", "la_mt.py", "la_uamt.py", "la_upc.py", "la_mcf.py", "la_cml.py",
-          "la_acmt.py", "acdc_bcp.py", "brats_dycon.py", "la_dycon.py", "pancreas_dycon.py",
-          "isles_dycon.py"}
+SEEDED = {
+  "la_vnet.py",
+  "la_mt.py",
+  "la_uamt.py",
+  "la_upc.py",
+  "la_mcf.py",
+  "la_cml.py",
+  "la_acmt.py",
+  "acdc_bcp.py",
+  "brats_dycon.py",
+  "la_dycon.py",
+  "pancreas_dycon.py",
+  "isles_dycon.py",
+}
 SEED_TARGETS = {
-    "la_vnet.py": (16, ["85.06"]),
-    "la_mt.py": (16, ["85.89"]),
-    "la_uamt.py": (16, ["88.88", "80.21", "7.32", "2.26"]),
-    "la_upc.py": (16, ["89.65", "81.36", "6.71", "2.15", "84.37"]),
-    "la_mcf.py": (16, ["88.71"]),
-    "la_cml.py": (16, ["90.36"]),
-    "la_acmt.py": (16, ["89.12"]),
-    "acdc_bcp.py": (3, ["87.59"]),
-    "la_dtc.py": (16, ["89.42"]),
-    "la_bcp.py": (8, ["89.62"]),
-    "isles_dycon.py": (10, ["61.48", "17.61"]),
-    "brats_dycon.py": (25, ["61.48", "17.61"]),
-    "la_dycon.py": (8, ["61.48"]),
-    "pancreas_dycon.py": (12, ["61.48"]),
-    "pancreas_dtc.py": (12, ["78.27"]),
-    "acdc_cml.py": (7, []),
-    "promise12_vnet.py": (45, ["0.869", "0.033", "5.71"]),
+  "la_vnet.py": (16, ["85.06"]),
+  "la_mt.py": (16, ["85.89"]),
+  "la_uamt.py": (16, ["88.88", "80.21", "7.32", "2.26"]),
+  "la_upc.py": (16, ["89.65", "81.36", "6.71", "2.15", "84.37"]),
+  "la_mcf.py": (16, ["88.71"]),
+  "la_cml.py": (16, ["90.36"]),
+  "la_acmt.py": (16, ["89.12"]),
+  "acdc_bcp.py": (3, ["87.59"]),
+  "la_dtc.py": (16, ["89.42"]),
+  "la_bcp.py": (8, ["89.62"]),
+  "isles_dycon.py": (10, ["61.48", "17.61"]),
+  "brats_dycon.py": (25, ["61.48", "17.61"]),
+  "la_dycon.py": (8, ["61.48"]),
+  "pancreas_dycon.py": (12, ["61.48"]),
+  "pancreas_dtc.py": (12, ["78.27"]),
+  "acdc_cml.py": (7, []),
+  "promise12_vnet.py": (45, ["0.869", "0.033", "5.71"]),
 }
 
 
@@ -212,8 +233,11 @@ def test_la_recipes_hold_the_upstream_hyperparameters():
   assert sup.method == "supervised" and sup.labeled_batch_size == sup.batch_size == 4
   assert sup.data.labeled == 16 and "mt" not in sup
   dycon = _load("la_dycon.py")
-  assert (dycon.data.name, dycon.total_steps, dycon.optimizer.lr_schedule) == ("la", 15000,
-                                                                               "constant")
+  assert (dycon.data.name, dycon.total_steps, dycon.optimizer.lr_schedule) == (
+    "la",
+    15000,
+    "constant",
+  )
   assert dycon.optimizer.clip_grad_norm == 1.0 and dycon.dycon == _load("brats_dycon.py").dycon
 
 

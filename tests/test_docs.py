@@ -2,20 +2,30 @@
 file exists, a `docs/methods/<m>.md §N` (or "section N", §Nx, §N.M for item M of section N's
 numbered list) names a section of that page, and a `docs/design.md "<heading>"` names a heading.
 Also: no file points at the spec documents outside the repository."""
+
 import pathlib
 import re
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SOURCES = sorted([p for d in ("jaxseg", "configs", "tests", "launch", "third_party")
-                  for p in (REPO / d).rglob("*")
-                  if p.is_file() and p.suffix in (".py", ".md") and p != pathlib.Path(__file__)]
-                 + [REPO / "README.md"])
-REF = re.compile(r"docs/([\w/]+\.md)(?:[ ,]*(?:§ ?|sections? )"
-                 r"([0-9][0-9a-z.]*(?:[-, ]+§?[0-9][0-9a-z.]*)*)| \"([^\"]+)\")?")
-OUTSIDE = re.compile(r"DESIGN\.md|shared/spec|spec/methods|NETWORKS\.md|FUNCTIONS\.md"
-                     r"|(?<![/\w])(acmt|bcp|cml|dtc|dycon|mcf|mt|uamt|upc|vnet)\.md")
+SOURCES = sorted(
+  [
+    p
+    for d in ("jaxseg", "configs", "tests", "launch", "third_party")
+    for p in (REPO / d).rglob("*")
+    if p.is_file() and p.suffix in (".py", ".md") and p != pathlib.Path(__file__)
+  ]
+  + [REPO / "README.md"]
+)
+REF = re.compile(
+  r"docs/([\w/]+\.md)(?:[ ,]*(?:§ ?|sections? )"
+  r"([0-9][0-9a-z.]*(?:[-, ]+§?[0-9][0-9a-z.]*)*)| \"([^\"]+)\")?"
+)
+OUTSIDE = re.compile(
+  r"DESIGN\.md|shared/spec|spec/methods|NETWORKS\.md|FUNCTIONS\.md"
+  r"|(?<![/\w])(acmt|bcp|cml|dtc|dycon|mcf|mt|uamt|upc|vnet)\.md"
+)
 
 
 def sections(text: str) -> set[str]:
@@ -26,8 +36,11 @@ def sections(text: str) -> set[str]:
     m = re.match(r"#{2,3} ([0-9]+)([a-z]?)(?:\.([0-9]+))?[.\s]", line)
     if m:
       current = m.group(1)
-      out.update(x for x in (current, current + m.group(2),
-                             f"{current}.{m.group(3)}" if m.group(3) else "") if x)
+      out.update(
+        x
+        for x in (current, current + m.group(2), f"{current}.{m.group(3)}" if m.group(3) else "")
+        if x
+      )
       continue
     m = re.match(r"\s{0,3}([0-9]+)\. ", line)
     if m and current:

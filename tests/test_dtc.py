@@ -1,5 +1,6 @@
 """DTC (jaxseg.methods.dtc): loss parity with HiLab-git/DTC train_la_dtc.py (dtc.npz), one trace,
 the step's numbers, prediction rule, and short runs of configs/la_dtc.py and configs/pancreas_dtc.py."""
+
 import pathlib
 
 import chex
@@ -45,32 +46,56 @@ def test_losses_match_upstream(parity):
     # Our SDF target from the labels (upstream's compute_sdf on the labeled slice; test_sdf.py
     # checks it against output/gt_dis).
     gt_sdf = compute_sdf_batch(np.asarray(labels[:lb]))
-    terms = dtc.dtc_losses(channels_last(a['input/outputs_tanh']),
-                           channels_last(a['input/outputs_logits']), labels, jnp.asarray(gt_sdf),
-                           lb, beta=float(args['beta']))
-    for ours, theirs in (('loss_sdf', 'loss_sdf'), ('loss_dice', 'loss_seg_dice'),
-                         ('loss_bce', 'loss_seg_bce'), ('consistency', 'consistency_loss'),
-                         ('supervised', 'supervised_loss')):
-      np.testing.assert_allclose(float(terms[ours]), float(a[f'output/{theirs}']), **SCALAR_TOL,
-                                 err_msg=f'{case}: {ours}')
-    np.testing.assert_allclose(terms['dis_to_mask'], channels_last(a['output/dis_to_mask']),
-                               **MAP_TOL, err_msg=f'{case}: dis_to_mask')
+    terms = dtc.dtc_losses(
+      channels_last(a['input/outputs_tanh']),
+      channels_last(a['input/outputs_logits']),
+      labels,
+      jnp.asarray(gt_sdf),
+      lb,
+      beta=float(args['beta']),
+    )
+    for ours, theirs in (
+      ('loss_sdf', 'loss_sdf'),
+      ('loss_dice', 'loss_seg_dice'),
+      ('loss_bce', 'loss_seg_bce'),
+      ('consistency', 'consistency_loss'),
+      ('supervised', 'supervised_loss'),
+    ):
+      np.testing.assert_allclose(
+        float(terms[ours]), float(a[f'output/{theirs}']), **SCALAR_TOL, err_msg=f'{case}: {ours}'
+      )
+    np.testing.assert_allclose(
+      terms['dis_to_mask'],
+      channels_last(a['output/dis_to_mask']),
+      **MAP_TOL,
+      err_msg=f'{case}: dis_to_mask',
+    )
     for it in args['iters']:
-      weight = schedules.consistency_weight(jnp.asarray(it), float(args['consistency']),
-                                            float(args['consistency_rampup']))
-      np.testing.assert_allclose(float(weight), float(a[f'output/iter{it}/consistency_weight']),
-                                 rtol=1e-6, err_msg=f'{case}: weight at {it}')
+      weight = schedules.consistency_weight(
+        jnp.asarray(it), float(args['consistency']), float(args['consistency_rampup'])
+      )
+      np.testing.assert_allclose(
+        float(weight),
+        float(a[f'output/iter{it}/consistency_weight']),
+        rtol=1e-6,
+        err_msg=f'{case}: weight at {it}',
+      )
       loss = terms['supervised'] + weight * terms['consistency']
-      np.testing.assert_allclose(float(loss), float(a[f'output/iter{it}/loss']), **SCALAR_TOL,
-                                 err_msg=f'{case}: loss at {it}')
+      np.testing.assert_allclose(
+        float(loss),
+        float(a[f'output/iter{it}/loss']),
+        **SCALAR_TOL,
+        err_msg=f'{case}: loss at {it}',
+      )
 
 
 def test_sdf_to_mask_matches_upstream(parity):
   pf = parity(FIXTURE)
   for case in pf.cases_of('inline: torch.sigmoid(-1500*outputs_tanh)'):
     a = pf.case(case)
-    np.testing.assert_allclose(dtc.sdf_to_mask(jnp.asarray(a['input/x'])), a['output/y'],
-                               **MAP_TOL, err_msg=case)
+    np.testing.assert_allclose(
+      dtc.sdf_to_mask(jnp.asarray(a['input/x'])), a['output/y'], **MAP_TOL, err_msg=case
+    )
 
 
 def _batch_with_sdf(config, seed=0):
@@ -92,11 +117,12 @@ def test_step_compiles_once_and_matches_hand_computation():
   def by_hand(state, batch):
     """The same forward, upstream's formulas written out: (loss, consistency)."""
     rng = jax.random.fold_in(state.rng, state.step)
-    (tanh, seg), _ = common.train_forward(method.model, state.params, state.batch_stats,
-                                          batch['image'], rng)
+    (tanh, seg), _ = common.train_forward(
+      method.model, state.params, state.batch_stats, batch['image'], rng
+    )
     p = jax.nn.sigmoid(seg[..., 0])
     y = batch['label'][:2].astype(jnp.float32)
-    dice = 1 - (2 * jnp.sum(p[:2] * y) + 1e-5) / (jnp.sum(p[:2] ** 2) + jnp.sum(y ** 2) + 1e-5)
+    dice = 1 - (2 * jnp.sum(p[:2] * y) + 1e-5) / (jnp.sum(p[:2] ** 2) + jnp.sum(y**2) + 1e-5)
     sdf = jnp.mean((tanh[:2, ..., 0] - batch['sdf'][:2]) ** 2)
     cons = jnp.mean((jax.nn.sigmoid(-1500 * tanh[..., 0]) - p) ** 2)
     return dice + 0.3 * sdf + np.exp(-5.0) * cons, cons  # w = 1.0 * sigmoid_rampup(0, 40)
@@ -119,6 +145,7 @@ def test_step_compiles_once_and_matches_hand_computation():
   assert probs.shape == batch['image'].shape[:-1] + (2,)
   np.testing.assert_allclose(probs[..., 1], p_eval, rtol=1e-6)
   np.testing.assert_array_equal(jnp.argmax(probs, -1), p_eval > 0.5)
+
 
 def test_config_is_checked():
   config = tiny_config('dtc')
@@ -159,8 +186,9 @@ def test_two_step_pancreas_run_is_finite(tmp_path):
   c = config_lib.load_config_module(_CONFIGS / 'pancreas_dtc.py').get_config('labeled=2,seed=0')
   assert (c.data.name, tuple(c.data.patch_size), c.data.augment) == ('pancreas', (96,) * 3, 'crop')
   assert (c.eval.stride_xy, c.eval.stride_z, c.eval.largest_cc) == (16, 16, True)
-  root = pancreas.synthesize(tmp_path / 'pancreas', {'n_cases': 6, 'n_test': 1,
-                                                      'shape': (24, 20, 20), 'seed': 0})
+  root = pancreas.synthesize(
+    tmp_path / 'pancreas', {'n_cases': 6, 'n_test': 1, 'shape': (24, 20, 20), 'seed': 0}
+  )
   c.data.root = str(root)
   c.data.n_val = 2
   c.data.patch_size = (16, 16, 16)

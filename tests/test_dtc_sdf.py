@@ -1,5 +1,6 @@
 """Tests for jaxseg/methods/dtc/sdf.py: parity with HiLab-git/DTC code/utils/util.py::compute_sdf
 (fixture dtc.npz, docs/parity.md) and the degenerate-mask convention."""
+
 import numpy as np
 
 from jaxseg.methods.dtc.sdf import compute_sdf
@@ -39,7 +40,7 @@ def test_sdf_of_the_loss_fixture_labels(parity):
     if 'output/gt_dis' not in arrays:
       continue
     want = arrays['output/gt_dis']
-    got = compute_sdf_batch(arrays['input/label'][:len(want)])
+    got = compute_sdf_batch(arrays['input/label'][: len(want)])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=case)
     n_checked += 1
   assert n_checked > 0, 'no case with output/gt_dis in the fixture'

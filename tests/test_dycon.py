@@ -4,6 +4,7 @@ configs, and two-step runs on synthetic data in the LA, BraTS and Pancreas layou
 The three short runs use the same shrunk network, patch, batch and step count, so their compiled
 programs are identical and the persistent compilation cache (tests/conftest.py) serves the second
 and third."""
+
 import pathlib
 
 import chex
@@ -63,17 +64,25 @@ def test_step_compiles_once_and_matches_hand_computation():
   student_rng, noise_rng, teacher_rng = jax.random.split(rng, 3)
   x, y = batch["image"], batch["label"]
   noisy = x + jnp.clip(0.1 * jax.random.normal(noise_rng, x.shape), -0.2, 0.2)
-  apply = jax.jit(lambda p, s, img, k: method.model.apply(
-      {"params": p, "batch_stats": s}, img, train=True, return_all=True, rngs={"dropout": k},
-      mutable=["batch_stats"])[0])
+  apply = jax.jit(
+    lambda p, s, img, k: method.model.apply(
+      {"params": p, "batch_stats": s},
+      img,
+      train=True,
+      return_all=True,
+      rngs={"dropout": k},
+      mutable=["batch_stats"],
+    )[0]
+  )
   _, zt, ft = apply(state.aux["ema_params"], state.aux["ema_batch_stats"], noisy, teacher_rng)
   _, zs, fs = apply(state.params, state.batch_stats, x, student_rng)
   ps, pt = jax.nn.softmax(zs, -1), jax.nn.softmax(zt, -1)
   ce = losses.cross_entropy(zs[:lb], y[:lb])
   dice = losses.dice_loss(ps[:lb, ..., 1], y[:lb] == 1)
   mask = dycon_losses.patch_labels(y, 8, "trilinear")  # 16^3 patch -> 2^3 feature grid
-  fecl = dycon_losses.fecl_loss(dycon_losses.embeddings(fs)[lb:], mask[lb:],
-                                dycon_losses.embeddings(ft)[lb:], None, 0)
+  fecl = dycon_losses.fecl_loss(
+    dycon_losses.embeddings(fs)[lb:], mask[lb:], dycon_losses.embeddings(ft)[lb:], None, 0
+  )
   uncl = dycon_losses.uncl_loss(zs, zt, 5.0)  # beta at epoch 0
   mse = jnp.mean((jax.nn.softmax(ps[lb:], -1) - jax.nn.softmax(pt[lb:], -1)) ** 2)
   weight = 0.1 * np.exp(-5.0)  # 0.1 sigmoid_rampup(0 // 150, 200)
@@ -92,7 +101,7 @@ def test_step_compiles_once_and_matches_hand_computation():
   for _ in range(2):
     new_state, metrics = step(new_state, batch)
   # Step 2 is in sampler epoch 1 of max_epoch 2: beta = 5 * 0.1 ** (1 / 2).
-  np.testing.assert_allclose(float(metrics["beta"]), 5.0 * 0.1 ** 0.5, rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["beta"]), 5.0 * 0.1**0.5, rtol=1e-6)
   assert float(metrics["epoch"]) == 1.0
   assert int(new_state.step) == int(new_state.aux["iter_num"]) == 3
   assert np.isfinite(float(metrics["loss"]))
@@ -117,8 +126,13 @@ def test_nonfinite_loss_skips_the_update():
 
 def test_variants_and_config_checks():
   # The earlier FeCL (whole batch, avg-pool labels), the teacher-label variant, gambling, static beta.
-  config = _config(fecl_on="all", patch_label_rule="avgpool", patch_label_source="teacher",
-                   use_gambling=True, static_beta=0.7)
+  config = _config(
+    fecl_on="all",
+    patch_label_rule="avgpool",
+    patch_label_source="teacher",
+    use_gambling=True,
+    static_beta=0.7,
+  )
   method = methods.build(config)
   batch = random_batch(config, seed=3)
   state = jax.eval_shape(method.init, jax.random.PRNGKey(1), batch)
@@ -126,9 +140,12 @@ def test_variants_and_config_checks():
   assert {"loss_fecl", "loss_uncl", "beta", "skipped"} <= set(metrics)
   assert float(method.beta(jnp.int32(5))) == pytest.approx(0.7)
   c = _config()
-  assert float(methods.build(c).beta(jnp.int32(1))) == pytest.approx(5.0 * 0.1 ** 0.5)
-  for key, value in (("fecl_on", "labeled"), ("patch_label_rule", "nearest"),
-                     ("patch_label_source", "prediction")):
+  assert float(methods.build(c).beta(jnp.int32(1))) == pytest.approx(5.0 * 0.1**0.5)
+  for key, value in (
+    ("fecl_on", "labeled"),
+    ("patch_label_rule", "nearest"),
+    ("patch_label_source", "prediction"),
+  ):
     with pytest.raises(ValueError, match=f"config.dycon.{key}"):
       methods.build(_config(**{key: value}))
   bad = _config()
@@ -138,16 +155,26 @@ def test_variants_and_config_checks():
 
 
 def test_configs_hold_the_upstream_recipe():
-  load = lambda name, arg=None: config_lib.load_config_module(REPO / "configs" / name).get_config(arg)
+  load = lambda name, arg=None: config_lib.load_config_module(REPO / "configs" / name).get_config(
+    arg
+  )
   c = load("brats_dycon.py", "labeled=50,seed=2")
   config_check.validate(c)
   assert (c.method, c.data.name, c.data.labeled, c.seed) == ("dycon", "brats", 50, 2)
   assert (c.total_steps, c.batch_size, c.labeled_batch_size) == (20000, 8, 4)
   assert tuple(c.data.patch_size) == (96, 96, 96) and c.data.augment == "crop_rot_flip"
-  assert (c.optimizer.lr, c.optimizer.lr_schedule, c.optimizer.clip_grad_norm) == (0.01, "constant", 1.0)
+  assert (c.optimizer.lr, c.optimizer.lr_schedule, c.optimizer.clip_grad_norm) == (
+    0.01,
+    "constant",
+    1.0,
+  )
   assert (c.eval.stride_xy, c.eval.stride_z, c.eval.largest_cc) == (16, 4, True)
   assert (c.dycon.temperature, c.dycon.gamma, c.dycon.u_weight, c.dycon.rampup_epochs) == (
-      0.6, 2.0, 0.5, 1500.0)
+    0.6,
+    2.0,
+    0.5,
+    1500.0,
+  )
   assert dycon.iters_per_epoch(load("brats_dycon.py")) == 6  # 25 labels // 4 (upstream)
   la = load("la_dycon.py")
   config_check.validate(la)
@@ -155,7 +182,10 @@ def test_configs_hold_the_upstream_recipe():
   panc = load("pancreas_dycon.py")
   config_check.validate(panc)
   assert (panc.data.name, panc.data.labeled, tuple(panc.data.patch_size)) == (
-      "pancreas", 12, (112, 112, 96))
+    "pancreas",
+    12,
+    (112, 112, 96),
+  )
   # The optimizer clips before weight decay and SGD.
   tx = common.make_optimizer(c)
   params = {"w": jnp.ones(3)}

@@ -1,6 +1,7 @@
 """jaxseg/methods/dycon/losses.py against KU-CVML/DyCON code/utils/dycon_losses.py and the inline FeCL inputs
 of code/train_DyCON_BraTS19.py (fixture dycon.npz, docs/parity.md), plus the pieces the
 fixture does not isolate (the earlier avg-pool patch-label rule) and jit robustness."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +55,9 @@ def test_uncl_loss(parity):
     case, a = pf.case(name), pf.case_args(name)
     s, t = channels_last(case["input/s_logits"]), channels_last(case["input/t_logits"])
     for beta in a["betas"]:
-      np.testing.assert_allclose(fn(s, t, beta), case[f"output/beta{beta}/loss"], **SCALAR_TOL,
-                                 err_msg=f"{name} beta={beta}")
+      np.testing.assert_allclose(
+        fn(s, t, beta), case[f"output/beta{beta}/loss"], **SCALAR_TOL, err_msg=f"{name} beta={beta}"
+      )
 
 
 def test_uncl_gradient_matches_upstream_broadcast_form():
@@ -100,8 +102,10 @@ def test_patch_labels_avgpool_rule_is_block_majority():
   np.testing.assert_array_equal(got, (blocks > 0.5).reshape(2, -1).astype(np.float32))
   # The HEAD rule only looks at the 8 central voxels of each block.
   centre = labels.reshape(2, 2, 8, 1, 8, 3, 8)[:, :, 3:5, :, 3:5, :, 3:5].mean(axis=(2, 4, 6))
-  np.testing.assert_array_equal(dl.patch_labels(jnp.asarray(labels), 8, "trilinear"),
-                                (centre > 0.5).reshape(2, -1).astype(np.float32))
+  np.testing.assert_array_equal(
+    dl.patch_labels(jnp.asarray(labels), 8, "trilinear"),
+    (centre > 0.5).reshape(2, -1).astype(np.float32),
+  )
   with pytest.raises(ValueError, match="rule"):
     dl.patch_labels(jnp.asarray(labels), 8, "nearest")
 
@@ -111,19 +115,32 @@ def test_fecl_loss(parity):
   names = pf.cases_of("FeCLoss.forward")
   for name in names:
     case, a = pf.case(name), pf.case_args(name)
-    kw = dict(temperature=a["temperature"], gamma=a["gamma"], use_focal=a["use_focal"],
-              rampup_epochs=a["rampup_epochs"], lambda_cross=a["lambda_cross"])
+    kw = dict(
+      temperature=a["temperature"],
+      gamma=a["gamma"],
+      use_focal=a["use_focal"],
+      rampup_epochs=a["rampup_epochs"],
+      lambda_cross=a["lambda_cross"],
+    )
     feat, mask = case["input/feat"], case["input/mask"]
     teacher, gambling = case["input/teacher_feat"], case["input/gambling_uncertainty"]
-    for out, t, g in (("total", teacher, None), ("student_only", None, None),
-                      ("with_gambling", teacher, gambling)):
+    for out, t, g in (
+      ("total", teacher, None),
+      ("student_only", None, None),
+      ("with_gambling", teacher, gambling),
+    ):
       want = case[f"output/{out}"]
-      np.testing.assert_allclose(dl.fecl_loss(feat, mask, t, g, a["epoch"], **kw), want,
-                                 **SCALAR_TOL, err_msg=f"{name}/{out}")
+      np.testing.assert_allclose(
+        dl.fecl_loss(feat, mask, t, g, a["epoch"], **kw),
+        want,
+        **SCALAR_TOL,
+        err_msg=f"{name}/{out}",
+      )
     # Traced epoch, as in the jitted training step.
     jitted = jax.jit(lambda e: dl.fecl_loss(feat, mask, teacher, None, e, **kw))
-    np.testing.assert_allclose(jitted(jnp.int32(a["epoch"])), case["output/total"], **SCALAR_TOL,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      jitted(jnp.int32(a["epoch"])), case["output/total"], **SCALAR_TOL, err_msg=name
+    )
 
 
 def test_fecl_jit_degenerate_inputs_stay_finite():
@@ -139,7 +156,8 @@ def test_fecl_jit_degenerate_inputs_stay_finite():
   out = terms(same, same)
   np.testing.assert_allclose(out["cross"], -np.log(np.float32(1e-18)), rtol=1e-6)
   grad = jax.jit(jax.grad(lambda f: dl.fecl_loss(dl.embeddings(f), mask, None, None, 0)))(
-      jnp.zeros((1, 2, 2, 1, 3)))
+    jnp.zeros((1, 2, 2, 1, 3))
+  )
   assert np.all(np.isfinite(grad))
 
 
@@ -147,8 +165,9 @@ def test_double_softmax_consistency(parity):
   pf = parity(FIXTURE)
   for name in pf.cases_of("softmax_mse_loss applied to probabilities"):
     case = pf.case(name)
-    got = dl.double_softmax_consistency(channels_last(case["input/stud_probs"]),
-                                        channels_last(case["input/ema_probs"]))
+    got = dl.double_softmax_consistency(
+      channels_last(case["input/stud_probs"]), channels_last(case["input/ema_probs"])
+    )
     np.testing.assert_allclose(got, case["output/loss"], **SCALAR_TOL, err_msg=name)
 
 
@@ -159,4 +178,6 @@ def test_gambling_uncertainty_and_max_epoch():
   entropy = -(p * np.log(p + 1e-6)).sum(-1)
   centre = entropy.reshape(2, 2, 8, 2, 8, 1, 8)[:, :, 3:5, :, 3:5, :, 3:5].mean(axis=(2, 4, 6))
   np.testing.assert_allclose(g, centre.reshape(2, -1), rtol=1e-5)
-  assert dl.max_epoch(20000, 6) == 3334  # BraTS, 25 labels, labeled batch 4 (docs/methods/dycon.md §2.3)
+  assert (
+    dl.max_epoch(20000, 6) == 3334
+  )  # BraTS, 25 labels, labeled batch 4 (docs/methods/dycon.md §2.3)

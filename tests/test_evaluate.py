@@ -1,5 +1,6 @@
 """jaxseg/evaluation.py and the command jaxseg/evaluate.py: a known predictor on known volumes gives
 known metrics; files, table, and the command's refusals."""
+
 import csv
 import json
 
@@ -23,7 +24,9 @@ class _Oracle:
 
 
 def _source(images, labels):
-  return [{"image": im, "label": lb, "case": f"c{i}"} for i, (im, lb) in enumerate(zip(images, labels))]
+  return [
+    {"image": im, "label": lb, "case": f"c{i}"} for i, (im, lb) in enumerate(zip(images, labels))
+  ]
 
 
 def test_parity_evaluation_scores_known_cases(tmp_path):
@@ -35,8 +38,9 @@ def test_parity_evaluation_scores_known_cases(tmp_path):
   shifted = np.roll(gt, 2, axis=0).astype(np.float32)  # 6 of 8 slabs overlap
   empty = np.zeros(shape, np.float32)
   source = _source([perfect, shifted, empty], [gt, gt, gt])
-  summary = evaluation.evaluate(_Oracle(), {}, source, config, out_dir=tmp_path, split="val",
-                              checkpoint_step=7, stream=None)
+  summary = evaluation.evaluate(
+    _Oracle(), {}, source, config, out_dir=tmp_path, split="val", checkpoint_step=7, stream=None
+  )
   rows = list(csv.DictReader(open(tmp_path / "cases.csv")))
   assert [r["case"] for r in rows] == ["c0", "c1", "c2"]
   got = np.array([[float(r[k]) for k in evaluation.METRIC_NAMES] for r in rows])
@@ -46,7 +50,9 @@ def test_parity_evaluation_scores_known_cases(tmp_path):
   assert summary["mode"] == "parity" and summary["n_cases"] == 3 and summary["checkpoint_step"] == 7
   np.testing.assert_allclose(summary["dice"], got[:, 0].mean())
   np.testing.assert_allclose(summary["dice_std"], got[:, 0].std())
-  assert json.loads((tmp_path / "summary.json").read_text())["dice"] == pytest.approx(summary["dice"])
+  assert json.loads((tmp_path / "summary.json").read_text())["dice"] == pytest.approx(
+    summary["dice"]
+  )
   table = evaluation.format_table(summary)
   assert "parity" in table and f"{100 * summary['dice']:.2f}" in table
 
@@ -71,9 +77,20 @@ def test_clean_evaluation_scores_known_cases_in_mm(tmp_path):
   gt[4:12, 4:12, 4:12] = 1
   shifted = np.roll(gt, 2, axis=0).astype(np.float32)
   empty = np.zeros(shape, np.float32)
-  source = _source([gt.astype(np.float32), shifted, empty, shifted], [gt, gt, gt, np.zeros_like(gt)])
-  summary = evaluation.evaluate(_Oracle(), {}, source, config, out_dir=tmp_path, split="val",
-                              checkpoint_step=3, stream=None, save_predictions=True)
+  source = _source(
+    [gt.astype(np.float32), shifted, empty, shifted], [gt, gt, gt, np.zeros_like(gt)]
+  )
+  summary = evaluation.evaluate(
+    _Oracle(),
+    {},
+    source,
+    config,
+    out_dir=tmp_path,
+    split="val",
+    checkpoint_step=3,
+    stream=None,
+    save_predictions=True,
+  )
   rows = list(csv.DictReader(open(tmp_path / "cases.csv")))
   got = np.array([[float(r[k]) for k in evaluation.METRIC_NAMES] for r in rows])
   spacing = tuple(config.data.spacing)
@@ -84,7 +101,11 @@ def test_clean_evaluation_scores_known_cases_in_mm(tmp_path):
   np.testing.assert_allclose(got[1, 2], 1.25)
   np.testing.assert_allclose(got[2, :2], [0.0, 0.0])
   assert np.isnan(got[2, 2:]).all() and np.isnan(got[3]).all()  # empty prediction / empty reference
-  assert summary["mode"] == "clean" and summary["units"] == "mm" and summary["spacing_mm"] == list(spacing)
+  assert (
+    summary["mode"] == "clean"
+    and summary["units"] == "mm"
+    and summary["spacing_mm"] == list(spacing)
+  )
   assert summary["n_nan"] == {"dice": 1, "jaccard": 1, "hd95": 2, "asd": 2}
   np.testing.assert_allclose(summary["dice"], np.nanmean(got[:, 0]))
   np.testing.assert_allclose(summary["hd95"], np.nanmean(got[:, 2]))
@@ -99,27 +120,39 @@ def test_clean_evaluation_scores_known_cases_in_mm(tmp_path):
 def trained_run(tmp_path_factory):
   """A 2-step tiny run with validation every step, so it also keeps a best-on-validation checkpoint."""
   from jaxseg import train
+
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config("supervised", steps=2)
   config.eval.every_steps = 1
-  config.eval.save_predictions = True  # for the final evaluation; periodic validation writes nothing
+  config.eval.save_predictions = (
+    True  # for the final evaluation; periodic validation writes nothing
+  )
   summary = train.train_and_evaluate(config, workdir)
   return workdir, summary
 
 
 def test_parity_and_clean_evaluation_of_a_checkpoint(trained_run):
   from jaxseg import checkpoints
+
   workdir, trained = trained_run
   assert len(list((workdir / "eval" / "val" / "predictions").glob("*.npz"))) == trained["n_cases"]
   selection = json.loads((workdir / "checkpoints_best" / "selection.json").read_text())
   assert selection["split"] == "val" and selection["step"] in (1, 2)
   parity, parity_dir = evaluation.evaluate_workdir(workdir, mode="parity", stream=None)
   assert parity_dir == workdir / "eval" / "val" / "parity"
-  for k in evaluation.METRIC_NAMES:  # the restored final checkpoint reproduces the training-time result
+  for (
+    k
+  ) in evaluation.METRIC_NAMES:  # the restored final checkpoint reproduces the training-time result
     assert parity[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-9), k
   assert parity["checkpoint_step"] == 2 and parity["checkpoint"] == "final"
-  clean, clean_dir = evaluation.evaluate_workdir(workdir, mode="clean", checkpoint="best_val",
-                                                 largest_cc=True, save_predictions=True, stream=None)
+  clean, clean_dir = evaluation.evaluate_workdir(
+    workdir,
+    mode="clean",
+    checkpoint="best_val",
+    largest_cc=True,
+    save_predictions=True,
+    stream=None,
+  )
   assert clean_dir == workdir / "eval" / "val" / "clean_lcc_best_val"
   assert clean["mode"] == "clean" and clean["largest_cc"] and clean["checkpoint"] == "best_val"
   assert clean["checkpoint_step"] == selection["step"] and clean["n_cases"] == parity["n_cases"]
@@ -142,7 +175,9 @@ def test_cli_refuses_test_based_selection_and_missing_test_split(trained_run, ca
   splits = json.loads((workdir / "splits.json").read_text())
   (workdir / "data" / "test.list").write_text(splits["val"][0] + "\n")
   try:
-    assert evaluate.main(["--workdir", str(workdir), "--split", "test", "--checkpoint", "best_val"]) == 2
+    assert (
+      evaluate.main(["--workdir", str(workdir), "--split", "test", "--checkpoint", "best_val"]) == 2
+    )
     assert "refusing" in capsys.readouterr().err
   finally:
     (workdir / "data" / "test.list").unlink()
@@ -158,6 +193,7 @@ class _ClassOfValue:
 
 def test_2d_patch_size_evaluates_slice_wise_with_per_class_metrics():
   from jaxseg import inference
+
   config = tiny_config()
   config.data.patch_size = (16, 16)
   config.data.num_classes = 4
@@ -167,11 +203,16 @@ def test_2d_patch_size_evaluates_slice_wise_with_per_class_metrics():
   pred_image[:, 15:19, 1:11] = 2.0  # class 3 predicted as 2
   fn = lambda w: np.asarray(_ClassOfValue().predict(None, jnp.asarray(w)))  # noqa: E731
   got = evaluation.predict_case(fn, pred_image, config)
-  want, _ = inference.predict_volume_slicewise(fn, pred_image, (16, 16), 4,
-                                               batch_size=config.eval.batch_size)
+  want, _ = inference.predict_volume_slicewise(
+    fn, pred_image, (16, 16), 4, batch_size=config.eval.batch_size
+  )
   np.testing.assert_array_equal(got, want)
-  summary = evaluation.evaluate(_ClassOfValue(), {}, _source([pred_image], [gt]), config, stream=None)
+  summary = evaluation.evaluate(
+    _ClassOfValue(), {}, _source([pred_image], [gt]), config, stream=None
+  )
   assert summary["inference"].startswith("slice-wise") and summary["n_cases"] == 1
   assert summary["dice_class3"] == 0.0  # class 3 never predicted: upstream zeros
   assert summary["dice_class1"] > 0.5 and 0.0 < summary["dice_class2"] < 1.0
-  np.testing.assert_allclose(summary["dice"], np.mean([summary[f"dice_class{c}"] for c in (1, 2, 3)]))
+  np.testing.assert_allclose(
+    summary["dice"], np.mean([summary[f"dice_class{c}"] for c in (1, 2, 3)])
+  )

@@ -2,6 +2,7 @@
 with an uninterrupted run of the same command: SIGKILL between steps and while an orbax checkpoint is
 being written, a truncated latest checkpoint, SIGTERM, two runs on one workdir, a full disk while
 checkpointing; plus bad data stopping a run before its first step, and bitwise determinism."""
+
 import json
 import os
 import pathlib
@@ -22,14 +23,23 @@ CONFIG = "configs/la_mt.py:smoke=1,labeled=4,seed=0"
 
 
 def _command(workdir, *overrides):
-  return [sys.executable, "-m", "jaxseg.main", "--config", CONFIG, "--workdir", str(workdir),
-          *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "jaxseg.main",
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    *overrides,
+  ]
 
 
 def _run(workdir, *overrides, fault=None):
   env = dict(os.environ, **(fault or {}))
-  return subprocess.run(_command(workdir, *overrides), cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=900)
+  return subprocess.run(
+    _command(workdir, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+  )
 
 
 def _result(workdir) -> tuple[dict, list]:
@@ -53,16 +63,19 @@ def _assert_same_as(straight, workdir):
   _, want_summary, want_records = straight
   summary, records = _result(workdir)
   assert [r["step"] for r in records] == [r["step"] for r in want_records]
-  np.testing.assert_allclose([r["loss"] for r in records], [r["loss"] for r in want_records],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [r["loss"] for r in records], [r["loss"] for r in want_records], rtol=1e-6
+  )
   for k in ("dice", "jaccard", "hd95", "asd"):
     assert summary[k] == pytest.approx(want_summary[k], rel=1e-6, abs=1e-9), k
 
 
 def test_same_command_twice_is_bitwise_identical(straight):
   workdir = straight[0]
-  first = {name: (workdir / name).read_bytes() for name in ("metrics.jsonl", "eval/val/summary.json",
-                                                            "eval/val/cases.csv")}
+  first = {
+    name: (workdir / name).read_bytes()
+    for name in ("metrics.jsonl", "eval/val/summary.json", "eval/val/cases.csv")
+  }
   moved = workdir.with_name("first")
   workdir.rename(moved)
   try:
@@ -124,8 +137,9 @@ def test_sigterm_checkpoints_the_current_step_and_exits_0(straight, tmp_path):
 
 
 def test_second_run_on_a_workdir_refuses_and_the_first_is_unharmed(straight, tmp_path):
-  first = subprocess.Popen(_command(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+  first = subprocess.Popen(
+    _command(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   try:
     for line in first.stdout:  # the lock is held from before the data is built
       if line.startswith("[jaxseg] training"):
@@ -136,8 +150,9 @@ def test_second_run_on_a_workdir_refuses_and_the_first_is_unharmed(straight, tmp
     rest, err = first.communicate(timeout=900)
   assert second.returncode == 2
   assert second.stderr.strip().splitlines() == [
-      f"jaxseg: error: {tmp_path}: another jaxseg run (pid {first.pid}) is using this workdir; "
-      "wait for it to finish, or choose another --workdir"]
+    f"jaxseg: error: {tmp_path}: another jaxseg run (pid {first.pid}) is using this workdir; "
+    "wait for it to finish, or choose another --workdir"
+  ]
   assert first.returncode == 0, err[-3000:]
   _assert_same_as(straight, tmp_path)
 
@@ -147,8 +162,9 @@ def test_full_disk_while_checkpointing_is_a_clear_error(tmp_path):
   second fails with ENOSPC."""
   mnt = tmp_path / "small"
   mnt.mkdir()
-  mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
+  mount = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)], capture_output=True, text=True
+  )
   if mount.returncode != 0:
     pytest.skip(f"cannot mount a tmpfs to fill ({mount.stderr.strip()}); needs root")
   try:
@@ -168,21 +184,26 @@ def test_full_disk_while_checkpointing_is_a_clear_error(tmp_path):
 def _bad_case(path: pathlib.Path, kind: str) -> str:
   """Damages the h5 case at `path` as `kind`; returns the message the run must give."""
   import h5py
+
   if kind == "truncated":
     os.truncate(path, path.stat().st_size // 2)
     return "truncated or corrupt"
   if kind == "corrupt":
     data = bytearray(path.read_bytes())
-    data[len(data) // 3:len(data) // 3 + 4096] = os.urandom(4096)
+    data[len(data) // 3 : len(data) // 3 + 4096] = os.urandom(4096)
     path.write_bytes(bytes(data))
     return "truncated or corrupt"
   with h5py.File(path, "r") as f:
     image, label = f["image"][()], f["label"][()]
   expected = {
-      "nan": "non-finite intensities (1 NaN, 0 inf)", "inf": "non-finite intensities (0 NaN, 1 inf)",
-      "label_out_of_range": "label values [3] outside [0, 2)", "empty_label": "the label is empty",
-      "shape_mismatch": "!= label shape", "float_label": "label dtype float32 is not an integer",
-      "string_image": "image dtype |S1 is not a real number type"}[kind]
+    "nan": "non-finite intensities (1 NaN, 0 inf)",
+    "inf": "non-finite intensities (0 NaN, 1 inf)",
+    "label_out_of_range": "label values [3] outside [0, 2)",
+    "empty_label": "the label is empty",
+    "shape_mismatch": "!= label shape",
+    "float_label": "label dtype float32 is not an integer",
+    "string_image": "image dtype |S1 is not a real number type",
+  }[kind]
   if kind == "nan":
     image[1, 2, 3] = np.nan
   elif kind == "inf":
@@ -203,12 +224,25 @@ def _bad_case(path: pathlib.Path, kind: str) -> str:
   return expected
 
 
-@pytest.mark.parametrize("kind", ["truncated", "corrupt", "nan", "inf", "label_out_of_range",
-                                  "empty_label", "shape_mismatch", "float_label", "string_image"])
+@pytest.mark.parametrize(
+  "kind",
+  [
+    "truncated",
+    "corrupt",
+    "nan",
+    "inf",
+    "label_out_of_range",
+    "empty_label",
+    "shape_mismatch",
+    "float_label",
+    "string_image",
+  ],
+)
 def test_bad_case_stops_the_run_before_any_step(tmp_path, kind):
   from jaxseg.data import DataError
   from jaxseg.data import get_dataset
   from jaxseg.data import la
+
   config = tiny_config("mean_teacher")
   root = get_dataset(config.data.name).synthesize(tmp_path / "data", config.data.synthetic)
   config.data.root = str(root)

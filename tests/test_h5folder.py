@@ -1,5 +1,6 @@
 """jaxseg/data/h5folder.py: a folder of h5 cases with list files, a configurable case pattern,
 val.list or a carved-out validation, the stand-in writer, bad input, and a short training run."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -73,8 +74,10 @@ def test_case_pattern_binds_sources(tmp_path):
     h5folder.make_splits(root, _data())
 
 
-@pytest.mark.parametrize("pattern", ["data/case.h5", "{case}/{case}.h5", "/abs/{case}.h5",
-                                     "../{case}.h5", "data/{case}_{x}.h5"])
+@pytest.mark.parametrize(
+  "pattern",
+  ["data/case.h5", "{case}/{case}.h5", "/abs/{case}.h5", "../{case}.h5", "data/{case}_{x}.h5"],
+)
 def test_bad_pattern(pattern):
   with pytest.raises(DataError, match="data.case_pattern"):
     get_dataset("h5folder", _data(case_pattern=pattern))

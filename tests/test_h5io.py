@@ -1,4 +1,5 @@
 """Tests for jaxseg.data.h5io: round trip, atomic write, one clear error per kind of bad file."""
+
 import h5py
 import numpy as np
 import pytest
@@ -82,7 +83,9 @@ def test_not_hdf5(tmp_path):
   assert str(path) in str(e.value)
 
 
-@pytest.mark.parametrize("kind, pattern", [
+@pytest.mark.parametrize(
+  "kind, pattern",
+  [
     ("missing_label", r"missing key\(s\) \['label'\]; keys found: \['image', 'mask'\]"),
     ("shape_mismatch", r"image shape \(5, 4, 3\) != label shape \(5, 4, 2\)"),
     ("nan", r"non-finite intensities \(2 NaN, 1 inf\)"),
@@ -90,7 +93,8 @@ def test_not_hdf5(tmp_path):
     ("negative", r"label values \[-1\] outside \[0, 2\)"),
     ("float_label", r"label dtype float32 is not an integer"),
     ("four_d", r"expected a 3-D image, got shape \(5, 4, 3, 1\)"),
-])
+  ],
+)
 def test_bad_files_name_the_file(tmp_path, kind, pattern):
   image, label = _good()
   path = tmp_path / f"{kind}.h5"
@@ -121,13 +125,16 @@ def test_bad_files_name_the_file(tmp_path, kind, pattern):
 def test_damaged_file_names_the_file(tmp_path, damage):
   """A case cut by a full disk or a kill, or with bytes overwritten inside its compressed data."""
   path = tmp_path / "case.h5"
-  write_case(path, np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32),
-             np.zeros((40, 40, 40), np.uint8))
+  write_case(
+    path,
+    np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32),
+    np.zeros((40, 40, 40), np.uint8),
+  )
   data = bytearray(path.read_bytes())
   if damage == "truncate":
-    data = data[:len(data) // 2]
+    data = data[: len(data) // 2]
   else:
-    data[len(data) // 2:len(data) // 2 + 2048] = bytes(2048)
+    data[len(data) // 2 : len(data) // 2 + 2048] = bytes(2048)
   path.write_bytes(bytes(data))
   with pytest.raises(DataError, match="truncated or corrupt") as e:
     load_case(path, num_classes=2)

@@ -1,4 +1,5 @@
 """Tests of jaxseg.inference against sliding_window.npz (UA-MT code/test_util.py::test_single_case)."""
+
 import math
 
 import jax
@@ -16,8 +17,13 @@ def _conv_softmax_fn(weight: np.ndarray, bias: np.ndarray):
   @jax.jit
   def prob_fn(windows):
     logits = jax.lax.conv_general_dilated(
-        windows, kernel, window_strides=(1, 1, 1), padding=((1, 1),) * 3,
-        dimension_numbers=("NDHWC", "OIDHW", "NDHWC"), precision=jax.lax.Precision.HIGHEST)
+      windows,
+      kernel,
+      window_strides=(1, 1, 1),
+      padding=((1, 1),) * 3,
+      dimension_numbers=("NDHWC", "OIDHW", "NDHWC"),
+      precision=jax.lax.Precision.HIGHEST,
+    )
     return jax.nn.softmax(logits + jnp.asarray(bias), axis=-1)
 
   return prob_fn
@@ -31,8 +37,13 @@ def test_sliding_window_uamt_parity(parity):
     case, args = pf.case(name), pf.case_args(name)
     prob_fn = _conv_softmax_fn(case["input/conv_weight"], case["input/conv_bias"])
     label, score = inference.sliding_window_parity(
-        prob_fn, case["input/image"], args["patch_size"], args["stride_xy"], args["stride_z"],
-        args["num_classes"])
+      prob_fn,
+      case["input/image"],
+      args["patch_size"],
+      args["stride_xy"],
+      args["stride_z"],
+      args["num_classes"],
+    )
     want_score = np.moveaxis(case["output/score_map"], 0, -1)
     assert score.dtype == np.float32 and label.dtype == np.int64
     np.testing.assert_allclose(score, want_score, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -61,10 +72,14 @@ def test_constant_batch_shape_and_averaging():
   def prob_fn(windows):
     shapes.append(windows.shape)
     # Class 1 probability = the window's mean intensity (scaled), so the average is checkable by hand.
-    p1 = np.broadcast_to(windows.mean(axis=(1, 2, 3, 4), keepdims=True) / 1000.0, windows.shape[:4] + (1,))
+    p1 = np.broadcast_to(
+      windows.mean(axis=(1, 2, 3, 4), keepdims=True) / 1000.0, windows.shape[:4] + (1,)
+    )
     return np.concatenate([1.0 - p1, p1], axis=-1)
 
-  label, score = inference.sliding_window_parity(prob_fn, image, patch, 3, 2, 2, batch_size=batch_size)
+  label, score = inference.sliding_window_parity(
+    prob_fn, image, patch, 3, 2, 2, batch_size=batch_size
+  )
   assert set(shapes) == {(batch_size, 4, 4, 6, 1)}
   assert label.shape == (10, 9, 5) and score.shape == (10, 9, 5, 2)
 
@@ -76,8 +91,8 @@ def test_constant_batch_shape_and_averaging():
   assert xs == [0, 3, 6] and ys == [0, 3, 5]
   for x in xs:
     for y in ys:
-      total[x:x + 4, y:y + 4, :] += padded[x:x + 4, y:y + 4, :].mean() / 1000.0
-      count[x:x + 4, y:y + 4, :] += 1
+      total[x : x + 4, y : y + 4, :] += padded[x : x + 4, y : y + 4, :].mean() / 1000.0
+      count[x : x + 4, y : y + 4, :] += 1
   assert len(shapes) == math.ceil(len(xs) * len(ys) / batch_size)
   np.testing.assert_allclose(score[..., 1], (total / count)[:, :, :5], rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(label, (score[..., 1] > score[..., 0]).astype(np.int64))
@@ -85,12 +100,21 @@ def test_constant_batch_shape_and_averaging():
 
 def test_ties_go_to_class_zero_and_bad_shapes():
   image = np.zeros((6, 6, 6), np.float32)
-  label, score = inference.sliding_window_parity(lambda w: np.full(w.shape[:4] + (3,), 1 / 3, np.float32),
-                                                 image, (4, 4, 4), 2, 2, 3, batch_size=2)
+  label, score = inference.sliding_window_parity(
+    lambda w: np.full(w.shape[:4] + (3,), 1 / 3, np.float32),
+    image,
+    (4, 4, 4),
+    2,
+    2,
+    3,
+    batch_size=2,
+  )
   np.testing.assert_array_equal(label, 0)
   np.testing.assert_allclose(score, 1 / 3, rtol=1e-6)
   with pytest.raises(ValueError, match="prob_fn returned shape"):
-    inference.sliding_window_parity(lambda w: np.zeros(w.shape[:4] + (2,)), image, (4, 4, 4), 2, 2, 3)
+    inference.sliding_window_parity(
+      lambda w: np.zeros(w.shape[:4] + (2,)), image, (4, 4, 4), 2, 2, 3
+    )
   with pytest.raises(ValueError, match="image must be"):
     inference.sliding_window_parity(lambda w: w, np.zeros((4, 4)), (4, 4, 4), 2, 2, 1)
 
@@ -104,7 +128,7 @@ def test_scan_interval_follows_monai():
   assert inference.scan_interval(24, 16, 0.5) == 8
   assert inference.scan_interval(20, 16, 0.25) == 12
   assert inference.scan_interval(16, 16, 0.5) == 16  # the window spans the axis: one window
-  assert inference.scan_interval(40, 3, 0.9) == 1    # int(0.3) = 0 -> at least 1
+  assert inference.scan_interval(40, 3, 0.9) == 1  # int(0.3) = 0 -> at least 1
   assert inference.window_starts(20, 16, inference.scan_interval(20, 16, 0.25)) == [0, 4]
   with pytest.raises(ValueError, match="overlap"):
     inference.scan_interval(20, 16, 1.0)
@@ -113,8 +137,10 @@ def test_scan_interval_follows_monai():
 def test_gaussian_importance_map_formula():
   w = inference.gaussian_importance_map((5, 4, 8), sigma_scale=0.25)
   assert w.shape == (5, 4, 8) and w.dtype == np.float32
+
   def g(n, i):
     return math.exp(-((i - (n - 1) / 2) ** 2) / (2 * (0.25 * n) ** 2))
+
   np.testing.assert_allclose(w[1, 0, 6], g(5, 1) * g(4, 0) * g(8, 6), rtol=1e-6)
   np.testing.assert_allclose(w[2, 1, 3], g(5, 2) * g(4, 1) * g(8, 3), rtol=1e-6)
   # A narrow gaussian's tails are clamped at 1e-3 so no voxel loses all its weight.
@@ -136,13 +162,14 @@ def test_sliding_window_gaussian_blends_two_windows_by_hand():
     p1 = np.broadcast_to(p1, windows.shape[:4] + (1,)).astype(np.float32)
     return np.concatenate([1.0 - p1, p1], axis=-1)
 
-  label, score = inference.sliding_window_gaussian(prob_fn, image, (16, 16, 16), 2, overlap=0.5,
-                                                   sigma_scale=0.125, batch_size=3)
+  label, score = inference.sliding_window_gaussian(
+    prob_fn, image, (16, 16, 16), 2, overlap=0.5, sigma_scale=0.125, batch_size=3
+  )
   assert set(seen) == {(3, 16, 16, 16, 1)}
-  np.testing.assert_allclose(score[:8, ..., 1], 0.2, rtol=1e-6)   # first window only
+  np.testing.assert_allclose(score[:8, ..., 1], 0.2, rtol=1e-6)  # first window only
   np.testing.assert_allclose(score[16:, ..., 1], 0.8, rtol=1e-6)  # second window only
   # x = 12: offset 12 in window 0 and 4 in window 1, 4.5 and 3.5 from the centre 7.5; sigma = 2.
-  w0, w1 = math.exp(-4.5 ** 2 / 8), math.exp(-3.5 ** 2 / 8)
+  w0, w1 = math.exp(-(4.5**2) / 8), math.exp(-(3.5**2) / 8)
   np.testing.assert_allclose(score[12, 3, 9, 1], (0.2 * w0 + 0.8 * w1) / (w0 + w1), rtol=1e-5)
   np.testing.assert_allclose(score.sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_array_equal(label, (score[..., 1] > score[..., 0]).astype(np.int64))
@@ -152,17 +179,23 @@ def test_sliding_window_gaussian_pads_small_axes_and_keeps_pointwise_outputs():
   rng = np.random.default_rng(0)
   image = rng.uniform(size=(21, 10, 19)).astype(np.float32)  # axis 1 shorter than the patch
 
-  def prob_fn(windows):  # a pointwise rule: blending any number of windows must give it back exactly
+  def prob_fn(
+    windows,
+  ):  # a pointwise rule: blending any number of windows must give it back exactly
     p1 = 1.0 / (1.0 + np.exp(-8.0 * (windows - 0.5)))
     return np.concatenate([1.0 - p1, p1], axis=-1).astype(np.float32)
 
-  label, score = inference.sliding_window_gaussian(prob_fn, image, (16, 16, 16), 2, overlap=0.25,
-                                                   sigma_scale=0.125, batch_size=2)
+  label, score = inference.sliding_window_gaussian(
+    prob_fn, image, (16, 16, 16), 2, overlap=0.25, sigma_scale=0.125, batch_size=2
+  )
   assert label.shape == image.shape and score.shape == image.shape + (2,)
-  np.testing.assert_allclose(score[..., 1], 1.0 / (1.0 + np.exp(-8.0 * (image - 0.5))), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    score[..., 1], 1.0 / (1.0 + np.exp(-8.0 * (image - 0.5))), rtol=1e-5, atol=1e-6
+  )
   with pytest.raises(ValueError, match="prob_fn returned shape"):
-    inference.sliding_window_gaussian(lambda w: np.zeros(w.shape[:4] + (3,)), image, (16, 16, 16), 2)
+    inference.sliding_window_gaussian(
+      lambda w: np.zeros(w.shape[:4] + (3,)), image, (16, 16, 16), 2
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,6 +213,7 @@ def _class_of_value(windows, num_classes=4):
 
 def test_predict_volume_slicewise_numbers():
   from scipy import ndimage
+
   rng = np.random.default_rng(0)
   calls = []
 
@@ -204,8 +238,9 @@ def test_predict_volume_slicewise_numbers():
   label, score = inference.predict_volume_slicewise(prob_fn, image, (16, 16), 4, batch_size=2)
   for z in range(3):
     small = ndimage.zoom(image[z], (16 / 11, 16 / 7), order=0)
-    want = ndimage.zoom(np.argmax(_class_of_value(small[None, ..., None])[0], -1), (11 / 16, 7 / 16),
-                        order=0)
+    want = ndimage.zoom(
+      np.argmax(_class_of_value(small[None, ..., None])[0], -1), (11 / 16, 7 / 16), order=0
+    )
     np.testing.assert_array_equal(label[z], want)
   assert label.shape == (3, 11, 7) and score.shape == (3, 11, 7, 4)
   np.testing.assert_array_equal(np.argmax(score, -1), label)
@@ -213,8 +248,9 @@ def test_predict_volume_slicewise_numbers():
 
 def test_predict_volume_slicewise_ties_and_errors():
   image = np.zeros((2, 8, 8), np.float32)
-  label, _ = inference.predict_volume_slicewise(lambda b: np.full(b.shape[:3] + (3,), 1 / 3),
-                                                image, (8, 8), 3)
+  label, _ = inference.predict_volume_slicewise(
+    lambda b: np.full(b.shape[:3] + (3,), 1 / 3), image, (8, 8), 3
+  )
   np.testing.assert_array_equal(label, 0)
   with pytest.raises(ValueError, match="prob_fn returned shape"):
     inference.predict_volume_slicewise(lambda b: np.zeros(b.shape[:3] + (2,)), image, (8, 8), 3)

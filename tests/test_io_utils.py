@@ -1,5 +1,6 @@
 """Atomic writes: the umask's file mode, a failed write (a real ENOSPC) leaves the previous file and
 no temporary, and the workdir lock / early-failure clean-up of `io_utils.RunDir`."""
+
 import errno
 import json
 import os
@@ -41,6 +42,7 @@ def _full_disk(monkeypatch):
     fd, path = real(**kwargs)
     os.close(fd)
     return os.open("/dev/full", os.O_WRONLY), path
+
   monkeypatch.setattr(io_utils.tempfile, "mkstemp", mkstemp)
 
 
@@ -58,13 +60,16 @@ def test_enospc_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkey
 
 def test_metric_writer_reports_enospc(tmp_path):
   from jaxseg import writers
+
   w = writers.MetricWriter(tmp_path, enable_tensorboard=False)
   w.write(1, {"loss": 1.0})
   w._file.close()
   w._file = open("/dev/full", "w")
   with pytest.raises(errors.StorageError, match="metrics.jsonl.*no space left"):
     w.write(2, {"loss": 0.5})
-  assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+  assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+    1
+  ]
 
 
 def test_rundir_removes_a_folder_it_created_on_early_failure(tmp_path):
@@ -97,9 +102,15 @@ def test_rundir_keeps_everything_once_started(tmp_path):
 
 def test_rundir_lock_refuses_a_second_process_and_dies_with_the_first(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from jaxseg import io_utils\n"
-       f"with io_utils.RunDir({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(600)"],
-      stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from jaxseg import io_utils\n"
+      f"with io_utils.RunDir({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(600)",
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(errors.RunStateError, match=f"pid {holder.pid}.*another --workdir"):

@@ -1,5 +1,6 @@
 """jaxseg/data/isles.py: DyCON's ISLES-2022 lists, labeled-first split, the synthetic stand-in in
 the prepared layout, and bad input."""
+
 import json
 import pathlib
 import shutil
@@ -122,12 +123,17 @@ def test_config_smoke_run(tmp_path):
   from jaxseg import config_check
   from jaxseg import config_lib
   from tests.conftest import check_short_run
+
   module = config_lib.load_config_module(
-      pathlib.Path(__file__).resolve().parents[1] / "configs" / "isles_dycon.py")
+    pathlib.Path(__file__).resolve().parents[1] / "configs" / "isles_dycon.py"
+  )
   full = module.get_config()
   config_check.validate(full)
-  assert (full.data.name, full.data.labeled, tuple(full.data.patch_size)) == ("isles", 10,
-                                                                             (96, 96, 64))
+  assert (full.data.name, full.data.labeled, tuple(full.data.patch_size)) == (
+    "isles",
+    10,
+    (96, 96, 64),
+  )
   assert (full.eval.stride_xy, full.eval.stride_z, full.eval.largest_cc) == (16, 4, False)
   config = module.get_config("smoke=1")
   config.total_steps = 2

@@ -1,14 +1,21 @@
 """Tests for jaxseg.data.la: paths, root discovery, lazy RAM cache, and two real LA cases."""
+
 import csv
 
 import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import data_dir, require_shared_data
-from jaxseg.data import DATASETS, build_source
-from jaxseg.data.h5io import DataError, write_case
-from jaxseg.data.la import ENV_VAR, LASource, case_path, find_root
+from jaxseg.data import DATASETS
+from jaxseg.data import build_source
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import write_case
+from jaxseg.data.la import ENV_VAR
+from jaxseg.data.la import LASource
+from jaxseg.data.la import case_path
+from jaxseg.data.la import find_root
+from tests.conftest import data_dir
+from tests.conftest import require_shared_data
 
 
 def _write_root(root, n=3, shape=(6, 5, 4)):

@@ -1,4 +1,5 @@
 """Tests for jaxseg/models/layers.py: norms vs numpy, fast k2s2 convs vs generic, torch init."""
+
 import itertools
 import math
 
@@ -20,10 +21,16 @@ def _rand(seed, shape, dtype=np.float32):
 
 def _bn_vars(c, seed=0):
   r = np.random.default_rng(seed)
-  return {'params': {'scale': 1 + 0.1 * r.standard_normal(c).astype(np.float32),
-                     'bias': 0.1 * r.standard_normal(c).astype(np.float32)},
-          'batch_stats': {'mean': r.standard_normal(c).astype(np.float32),
-                          'var': r.uniform(0.5, 2, c).astype(np.float32)}}
+  return {
+    'params': {
+      'scale': 1 + 0.1 * r.standard_normal(c).astype(np.float32),
+      'bias': 0.1 * r.standard_normal(c).astype(np.float32),
+    },
+    'batch_stats': {
+      'mean': r.standard_normal(c).astype(np.float32),
+      'var': r.uniform(0.5, 2, c).astype(np.float32),
+    },
+  }
 
 
 def test_batchnorm_train_matches_torch_semantics():
@@ -36,11 +43,13 @@ def test_batchnorm_train_matches_torch_semantics():
   n = x.size // 5
   want = (xd - mean) / np.sqrt(var + 1e-5) * v['params']['scale'] + v['params']['bias']
   np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(upd['batch_stats']['mean'],
-                             0.9 * v['batch_stats']['mean'] + 0.1 * mean, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    upd['batch_stats']['mean'], 0.9 * v['batch_stats']['mean'] + 0.1 * mean, rtol=1e-6, atol=1e-6
+  )
   # torch stores the unbiased variance in running_var.
-  np.testing.assert_allclose(upd['batch_stats']['var'],
-                             0.9 * v['batch_stats']['var'] + 0.1 * var * n / (n - 1), rtol=1e-6)
+  np.testing.assert_allclose(
+    upd['batch_stats']['var'], 0.9 * v['batch_stats']['var'] + 0.1 * var * n / (n - 1), rtol=1e-6
+  )
 
 
 def test_batchnorm_eval_uses_running_stats():
@@ -67,8 +76,9 @@ def test_batchnorm_bf16_compute_keeps_float32_stats():
   x = _rand(4, (2, 4, 4, 4, 3))
   v = _bn_vars(3)
   y32, u32 = layers.BatchNorm().apply(v, x, train=True, mutable=['batch_stats'])
-  y16, u16 = layers.BatchNorm(dtype=jnp.bfloat16).apply(v, x.astype(jnp.bfloat16), train=True,
-                                                         mutable=['batch_stats'])
+  y16, u16 = layers.BatchNorm(dtype=jnp.bfloat16).apply(
+    v, x.astype(jnp.bfloat16), train=True, mutable=['batch_stats']
+  )
   assert y16.dtype == jnp.bfloat16 and u16['batch_stats']['var'].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=5e-2)
   np.testing.assert_allclose(u16['batch_stats']['mean'], u32['batch_stats']['mean'], atol=1e-2)
@@ -77,8 +87,10 @@ def test_batchnorm_bf16_compute_keeps_float32_stats():
 def test_groupnorm_matches_numpy():
   x = _rand(5, (2, 3, 2, 4, 32)) * 2 + 0.5
   r = np.random.default_rng(6)
-  p = {'scale': r.standard_normal(32).astype(np.float32),
-       'bias': r.standard_normal(32).astype(np.float32)}
+  p = {
+    'scale': r.standard_normal(32).astype(np.float32),
+    'bias': r.standard_normal(32).astype(np.float32),
+  }
   y = layers.norm('groupnorm').apply({'params': p}, x, True)
   xg = x.astype(np.float64).reshape(2, 3, 2, 4, 16, 2)
   mean = xg.mean((1, 2, 3, 5), keepdims=True)
@@ -130,13 +142,16 @@ def _up_ref(x, k, b):
   return out + b
 
 
-@pytest.mark.parametrize('cls,ref,shape,cout', [
+@pytest.mark.parametrize(
+  'cls,ref,shape,cout',
+  [
     (layers.DownConv2x, _down_ref, (2, 6, 4, 8, 3), 5),
-    (layers.DownConv2x, _down_ref, (1, 5, 7, 4, 2), 3),   # odd spatial sizes floor as in torch
-    (layers.DownConv2x, _down_ref, (2, 6, 4, 7), 5),      # 2D
+    (layers.DownConv2x, _down_ref, (1, 5, 7, 4, 2), 3),  # odd spatial sizes floor as in torch
+    (layers.DownConv2x, _down_ref, (2, 6, 4, 7), 5),  # 2D
     (layers.UpConv2x, _up_ref, (2, 3, 2, 4, 5), 3),
-    (layers.UpConv2x, _up_ref, (2, 3, 5, 7), 1),          # 2D
-])
+    (layers.UpConv2x, _up_ref, (2, 3, 5, 7), 1),  # 2D
+  ],
+)
 def test_fast_updown_equals_generic(cls, ref, shape, cout):
   x = _rand(10, shape)
   fast, generic = cls(cout, fast=True), cls(cout, fast=False)
@@ -167,7 +182,7 @@ def test_conv_matches_numpy():
   xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
   want = np.zeros((1, 4, 3, 5, 3)) + b
   for a, bb, c in itertools.product(range(3), repeat=3):
-    want += np.einsum('ndhwi,io->ndhwo', xp[:, a:a + 4, bb:bb + 3, c:c + 5], k[a, bb, c])
+    want += np.einsum('ndhwi,io->ndhwo', xp[:, a : a + 4, bb : bb + 3, c : c + 5], k[a, bb, c])
   np.testing.assert_allclose(m.apply(v, x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -175,12 +190,15 @@ def test_conv_matches_numpy():
 # Initialisation.
 
 
-@pytest.mark.parametrize('module,cin,fan_in', [
+@pytest.mark.parametrize(
+  'module,cin,fan_in',
+  [
     (layers.Conv(32, (3, 3, 3)), 8, 8 * 27),
     (layers.DownConv2x(64), 16, 16 * 8),
     # torch ConvTranspose takes fan_in from dim 1 of its (cin, cout, *k) weight: cout * k^3.
     (layers.UpConv2x(8), 64, 8 * 8),
-])
+  ],
+)
 def test_torch_init_bounds(module, cin, fan_in):
   x = jnp.zeros((1, 4, 4, 4, cin))
   p = module.init(jax.random.key(3), x)['params']

@@ -2,6 +2,7 @@
 
 Fixture arrays are torch layout (class axis 1); `_cl` moves it last.
 """
+
 import math
 import re
 
@@ -64,7 +65,9 @@ def test_entropy_parity(parity):
     got = losses.normalized_entropy(channels_last(case["input/p"]))
     np.testing.assert_allclose(got, want[..., 0], **MAP_TOL, err_msg=name)
     # entropy_map is the same quantity in nats (unnormalised).
-    np.testing.assert_allclose(losses.entropy_map(channels_last(case["input/p"])) / math.log(c), want, **MAP_TOL)
+    np.testing.assert_allclose(
+      losses.entropy_map(channels_last(case["input/p"])) / math.log(c), want, **MAP_TOL
+    )
 
 
 def test_supervised_loss_parity(parity):
@@ -78,7 +81,9 @@ def test_supervised_loss_parity(parity):
     np.testing.assert_allclose(ce, case["output/loss_seg"], **SCALAR_TOL, err_msg=name)
     np.testing.assert_allclose(dice, case["output/loss_seg_dice"], **SCALAR_TOL, err_msg=name)
     np.testing.assert_allclose(total, case["output/supervised_loss"], **SCALAR_TOL, err_msg=name)
-    np.testing.assert_allclose(losses.cross_entropy(logits, label), case["output/loss_seg"], **SCALAR_TOL)
+    np.testing.assert_allclose(
+      losses.cross_entropy(logits, label), case["output/loss_seg"], **SCALAR_TOL
+    )
 
 
 def test_uamt_uncertainty_parity(parity):
@@ -102,22 +107,35 @@ def test_uamt_uncertainty_parity(parity):
     # Rows are i * stride + b (MC pass i, sample b): a row-major reshape puts the pass on axis 0.
     probs = jax.nn.softmax(mc, axis=-1).reshape((passes, stride) + mc.shape[1:])
     mean_probs = probs.mean(axis=0)
-    np.testing.assert_allclose(mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
+    np.testing.assert_allclose(
+      mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name
+    )
     uncertainty = losses.entropy_map(mean_probs)
-    np.testing.assert_allclose(uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
+    np.testing.assert_allclose(
+      uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name
+    )
 
     max_iters = args.get("max_iterations", 6000)
     consistency, rampup = args.get("consistency", 0.1), args.get("consistency_rampup", 40.0)
     # The whole chain under jit with a traced step (compiled once per case).
     chain = jax.jit(
-        lambda s, u, d: schedules.consistency_weight(s, consistency, rampup) * losses.masked_consistency(
-            d, (u < uamt_threshold(s, max_iters)).astype(d.dtype), num_classes))
+      lambda s, u, d: (
+        schedules.consistency_weight(s, consistency, rampup)
+        * losses.masked_consistency(
+          d, (u < uamt_threshold(s, max_iters)).astype(d.dtype), num_classes
+        )
+      )
+    )
     modes = sorted({k.split("/")[1] for k in case if re.match(r"output/[^/]+/iter\d+/", k)})
     assert modes
     for mode in modes:
       dist = dist_fns[mode](student, channels_last(case["input/ema_output_logits"]))
-      np.testing.assert_allclose(dist, channels_last(case[f"output/{mode}/consistency_dist_map"]), **MAP_TOL)
-      iters = sorted({int(m.group(1)) for k in case for m in [re.match(rf"output/{mode}/iter(\d+)/", k)] if m})
+      np.testing.assert_allclose(
+        dist, channels_last(case[f"output/{mode}/consistency_dist_map"]), **MAP_TOL
+      )
+      iters = sorted(
+        {int(m.group(1)) for k in case for m in [re.match(rf"output/{mode}/iter(\d+)/", k)] if m}
+      )
       assert iters
       for it in iters:
         pre, msg = f"output/{mode}/iter{it}/", f"{name}/{mode}/iter{it}"
@@ -127,14 +145,24 @@ def test_uamt_uncertainty_parity(parity):
         want_mask = channels_last(case[pre + "mask"])
         # Masks must match exactly unless a voxel sits within float32 rounding of the threshold.
         near = np.abs(np.asarray(uncertainty) - threshold) < 1e-6
-        np.testing.assert_array_equal(np.asarray(mask)[~near], np.asarray(want_mask)[~near], err_msg=msg)
+        np.testing.assert_array_equal(
+          np.asarray(mask)[~near], np.asarray(want_mask)[~near], err_msg=msg
+        )
         value = losses.masked_consistency(dist, mask, num_classes)
         np.testing.assert_allclose(value, case[pre + "consistency_dist"], **SCALAR_TOL, err_msg=msg)
         weight = schedules.consistency_weight(it, consistency, rampup)
-        np.testing.assert_allclose(weight, case[pre + "consistency_weight"], rtol=1e-12, err_msg=msg)
-        np.testing.assert_allclose(weight * value, case[pre + "consistency_loss"], **SCALAR_TOL, err_msg=msg)
-        np.testing.assert_allclose(chain(jnp.int32(it), uncertainty, dist), case[pre + "consistency_loss"],
-                                   **SCALAR_TOL, err_msg=msg)
+        np.testing.assert_allclose(
+          weight, case[pre + "consistency_weight"], rtol=1e-12, err_msg=msg
+        )
+        np.testing.assert_allclose(
+          weight * value, case[pre + "consistency_loss"], **SCALAR_TOL, err_msg=msg
+        )
+        np.testing.assert_allclose(
+          chain(jnp.int32(it), uncertainty, dist),
+          case[pre + "consistency_loss"],
+          **SCALAR_TOL,
+          err_msg=msg,
+        )
 
 
 def test_masked_consistency_all_ones_is_mean():
@@ -151,7 +179,9 @@ def test_dice_loss_hand_values():
   score = jnp.array([1.0, 0.5, 0.0])
   target = jnp.array([1, 1, 0])
   # 1 - (2 * 1.5 + s) / (1.25 + 2 + s).
-  np.testing.assert_allclose(losses.dice_loss(score, target), 1 - (3 + 1e-5) / (3.25 + 1e-5), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.dice_loss(score, target), 1 - (3 + 1e-5) / (3.25 + 1e-5), rtol=1e-6
+  )
   with pytest.raises(ValueError, match="softmax_mse_loss"):
     losses.softmax_mse_loss(jnp.zeros((1, 2)), jnp.zeros((1, 3)))
 
@@ -162,8 +192,11 @@ def test_masked_means_normalise_as_upstream():
   # AC-MT MU: one-channel mask, denominator = 2 voxels.
   np.testing.assert_allclose(losses.masked_mean(dist, one_channel), (0 + 1 + 4 + 5) / 2, rtol=1e-6)
   # AC-MT Ent / S-Err: mask duplicated to both channels, denominator = 4.
-  np.testing.assert_allclose(losses.masked_mean(dist, jnp.broadcast_to(one_channel, dist.shape)),
-                             (0 + 1 + 4 + 5) / 4, rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.masked_mean(dist, jnp.broadcast_to(one_channel, dist.shape)),
+    (0 + 1 + 4 + 5) / 4,
+    rtol=1e-6,
+  )
   assert float(losses.masked_mean(dist, jnp.zeros_like(dist))) == 0.0
 
 
@@ -173,6 +206,7 @@ def test_voxel_cross_entropy_by_hand():
   want = np.array([[-math.log(0.75), math.log(2.0)]])
   np.testing.assert_allclose(losses.voxel_cross_entropy(logits, labels), want, rtol=1e-6)
   np.testing.assert_allclose(losses.cross_entropy(logits, labels), want.mean(), rtol=1e-6)
-  np.testing.assert_allclose(losses.masked_cross_entropy(logits, labels, jnp.array([[1.0, 0.0]])),
-                             want[0, 0], rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.masked_cross_entropy(logits, labels, jnp.array([[1.0, 0.0]])), want[0, 0], rtol=1e-6
+  )
   np.testing.assert_allclose(losses.normalized_entropy(jnp.array([0.5, 0.5])), 1.0, rtol=1e-5)

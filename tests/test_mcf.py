@@ -1,5 +1,6 @@
 """MCF (jaxseg.methods.mcf): loss parity with train_MCF.py (mcf.npz), the in-graph choice of the
 pseudo-label generator, the step's numbers and single trace, predict, a short run and the recipe."""
+
 import pathlib
 import re
 
@@ -29,8 +30,9 @@ def test_plain_mse_parity(parity):
   pf = parity(FIXTURE)
   for name in pf.cases_of("softmax_mse_loss"):
     case = pf.case(name)
-    got = mcf.plain_mse(channels_last(case["input/input_logits"]),
-                        channels_last(case["input/target_logits"]))
+    got = mcf.plain_mse(
+      channels_last(case["input/input_logits"]), channels_last(case["input/target_logits"])
+    )
     np.testing.assert_allclose(got, channels_last(case["output/loss_map"]), **MAP_TOL, err_msg=name)
 
 
@@ -47,35 +49,48 @@ def test_losses_match_upstream(parity):
     lb, temperature = args["labeled_bs"], args["T"]
     v, r = channels_last(case["input/v_outputs"]), channels_last(case["input/r_outputs"])
     labels = jnp.asarray(case["input/v_label"])
-    iters = sorted({int(m.group(1)) for k in case for m in [re.match(r"output/iter(\d+)/", k)] if m})
+    iters = sorted(
+      {int(m.group(1)) for k in case for m in [re.match(r"output/iter(\d+)/", k)] if m}
+    )
     assert iters and iters == sorted(args.get("iters", iters))
     for it in iters:
       pre, msg = f"output/iter{it}/", f"{name}/iter{it}"
       weight = schedules.consistency_weight(it, args["consistency"], args["consistency_rampup"])
       np.testing.assert_allclose(weight, case[pre + "consistency_weight"], rtol=1e-12, err_msg=msg)
-      out = fn(v, r, labels, labeled_batch_size=lb, weight=jnp.float32(weight),
-               temperature=temperature)
+      out = fn(
+        v, r, labels, labeled_batch_size=lb, weight=jnp.float32(weight), temperature=temperature
+      )
       np.testing.assert_allclose(out["loss_v"], case[pre + "v_loss"], **SCALAR_TOL, err_msg=msg)
       np.testing.assert_allclose(out["loss_r"], case[pre + "r_loss"], **SCALAR_TOL, err_msg=msg)
 
     good = int(case["output/Good_student"])
     seen_good.add(good)
     assert int(out["good_student"]) == good, name
-    for ours, theirs in (("ce_v", "v_loss_seg"), ("dice_v", "v_loss_seg_dice"),
-                         ("ce_r", "r_loss_seg"), ("dice_r", "r_loss_seg_dice"),
-                         ("cdr_v", "v_mse"), ("cdr_r", "r_mse"),
-                         ("supervised_v", "v_supervised_loss"),
-                         ("supervised_r", "r_supervised_loss"),
-                         ("consistency", "consistency_dist")):
-      np.testing.assert_allclose(out[ours], case["output/" + theirs], **SCALAR_TOL,
-                                 err_msg=f"{name}: {theirs}")
+    for ours, theirs in (
+      ("ce_v", "v_loss_seg"),
+      ("dice_v", "v_loss_seg_dice"),
+      ("ce_r", "r_loss_seg"),
+      ("dice_r", "r_loss_seg_dice"),
+      ("cdr_v", "v_mse"),
+      ("cdr_r", "r_mse"),
+      ("supervised_v", "v_supervised_loss"),
+      ("supervised_r", "r_supervised_loss"),
+      ("consistency", "consistency_dist"),
+    ):
+      np.testing.assert_allclose(
+        out[ours], case["output/" + theirs], **SCALAR_TOL, err_msg=f"{name}: {theirs}"
+      )
     np.testing.assert_array_equal(out["diff_mask"], case["output/diff_mask"], err_msg=name)
     assert out["diff_mask"].dtype == jnp.int32
     for ours, theirs in (("dist_v", "v_mse_dist"), ("dist_r", "r_mse_dist")):
       np.testing.assert_allclose(out[ours], case["output/" + theirs], **MAP_TOL, err_msg=name)
-    for ours, theirs in (("pseudo_label_v", "v_pseudo_label"), ("pseudo_label_r", "r_pseudo_label")):
-      np.testing.assert_allclose(out[ours], channels_last(case["output/" + theirs]), **MAP_TOL,
-                                 err_msg=name)
+    for ours, theirs in (
+      ("pseudo_label_v", "v_pseudo_label"),
+      ("pseudo_label_r", "r_pseudo_label"),
+    ):
+      np.testing.assert_allclose(
+        out[ours], channels_last(case["output/" + theirs]), **MAP_TOL, err_msg=name
+      )
   # The fixture covers both outcomes of the competition (cases 'vnet better' / 'resnet better').
   assert seen_good == {mcf.VNET, mcf.RESVNET}
 
@@ -87,8 +102,7 @@ def test_good_student_is_chosen_inside_one_trace():
   labels = jnp.asarray(rng.random((4, 8, 8, 8)) > 0.5, jnp.int32)
   b = jnp.stack([a[..., 1], a[..., 0]], axis=-1) * 0.3  # a worse, less confident network
   chex.clear_trace_counter()
-  fn = jax.jit(chex.assert_max_traces(
-      lambda x, y, w: mcf.mcf_losses(x, y, labels, 2, w), n=1))
+  fn = jax.jit(chex.assert_max_traces(lambda x, y, w: mcf.mcf_losses(x, y, labels, 2, w), n=1))
   w = jnp.float32(0.1)
   first, second = fn(a, b, w), fn(b, a, w)
   assert int(first["good_student"]) != int(second["good_student"])
@@ -96,10 +110,12 @@ def test_good_student_is_chosen_inside_one_trace():
   for out in (first, second):
     vnet_won = int(out["good_student"]) == mcf.VNET
     extra = 0.1 * float(out["consistency"])
-    np.testing.assert_allclose(out["loss_v"], out["supervised_v"] + (0 if vnet_won else extra),
-                               rtol=1e-6)
-    np.testing.assert_allclose(out["loss_r"], out["supervised_r"] + (extra if vnet_won else 0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      out["loss_v"], out["supervised_v"] + (0 if vnet_won else extra), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+      out["loss_r"], out["supervised_r"] + (extra if vnet_won else 0), rtol=1e-6
+    )
   # Ties go to the ResVNet (strict <).
   assert int(fn(a, a, w)["good_student"]) == mcf.RESVNET
 
@@ -136,8 +152,9 @@ def test_state_layout_and_init(tiny):
   bias = state.params["vnet"]["block_five"]["conv0"]["bias"]
   assert float(jnp.abs(bias).max()) <= 1 / np.sqrt(64 * 27)
   # The two networks are initialised independently.
-  assert not np.allclose(state.params["vnet"]["out_conv"]["kernel"],
-                         state.params["resvnet"]["out_conv"]["kernel"])
+  assert not np.allclose(
+    state.params["vnet"]["out_conv"]["kernel"], state.params["resvnet"]["out_conv"]["kernel"]
+  )
 
 
 def test_step_compiles_once_and_matches_hand_computation(tiny):
@@ -151,25 +168,37 @@ def test_step_compiles_once_and_matches_hand_computation(tiny):
     """The step's forward and losses recomputed outside it, from the same keys."""
     rng = jax.random.fold_in(state.rng, state.step)
     keys = dict(zip(mcf.NETWORKS, jax.random.split(rng, 2)))
-    logits = {n: common.train_forward(net, state.params[n], state.batch_stats[n], batch["image"],
-                                      keys[n])[0]
-              for n, net in method.networks.items()}
+    logits = {
+      n: common.train_forward(net, state.params[n], state.batch_stats[n], batch["image"], keys[n])[
+        0
+      ]
+      for n, net in method.networks.items()
+    }
     return mcf.mcf_losses(logits["vnet"], logits["resvnet"], batch["label"], 2, 0.1 * np.exp(-5.0))
 
   out = hand(state)
   np.testing.assert_allclose(float(metrics["consistency_weight"]), 0.1 * np.exp(-5.0), rtol=1e-6)
-  for ours, theirs in (("loss_vnet", "loss_v"), ("loss_resvnet", "loss_r"),
-                       ("loss_dice_vnet", "dice_v"), ("loss_cdr_resvnet", "cdr_r"),
-                       ("consistency", "consistency")):
+  for ours, theirs in (
+    ("loss_vnet", "loss_v"),
+    ("loss_resvnet", "loss_r"),
+    ("loss_dice_vnet", "dice_v"),
+    ("loss_cdr_resvnet", "cdr_r"),
+    ("consistency", "consistency"),
+  ):
     np.testing.assert_allclose(float(metrics[ours]), float(out[theirs]), rtol=1e-5, err_msg=ours)
   assert int(metrics["good_student"]) == int(out["good_student"])
   # Both networks and both optimizer states moved; BN statistics are per network.
   for name in mcf.NETWORKS:
-    assert not np.allclose(new_state.params[name]["out_conv"]["kernel"],
-                           state.params[name]["out_conv"]["kernel"])
-    assert jax.tree.structure(new_state.opt_state[name]) == jax.tree.structure(state.opt_state[name])
-  assert not np.allclose(new_state.batch_stats["vnet"]["block_one"]["bn0"]["mean"],
-                         state.batch_stats["vnet"]["block_one"]["bn0"]["mean"])
+    assert not np.allclose(
+      new_state.params[name]["out_conv"]["kernel"], state.params[name]["out_conv"]["kernel"]
+    )
+    assert jax.tree.structure(new_state.opt_state[name]) == jax.tree.structure(
+      state.opt_state[name]
+    )
+  assert not np.allclose(
+    new_state.batch_stats["vnet"]["block_one"]["bn0"]["mean"],
+    state.batch_stats["vnet"]["block_one"]["bn0"]["mean"],
+  )
 
   for _ in range(2):
     new_state, metrics = step(new_state, batch)
@@ -179,9 +208,12 @@ def test_step_compiles_once_and_matches_hand_computation(tiny):
 def test_predict_is_the_two_network_average(tiny):
   _, method, state, batch = tiny
   got = jax.jit(method.predict)(state, batch["image"])
-  both = jax.jit(lambda state, x: [
+  both = jax.jit(
+    lambda state, x: [
       net.apply({"params": state.params[n], "batch_stats": state.batch_stats[n]}, x, train=False)
-      for n, net in method.networks.items()])(state, batch["image"])
+      for n, net in method.networks.items()
+    ]
+  )(state, batch["image"])
   want = 0.5 * sum(jax.nn.softmax(logits, axis=-1) for logits in both)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
@@ -194,20 +226,26 @@ def test_two_step_run_is_finite(tmp_path):
 def test_la_config_recipe():
   from jaxseg import config_check
   from jaxseg import config_lib
+
   c = config_lib.load_config_module(REPO / "configs" / "la_mcf.py").get_config("labeled=8,seed=3")
   config_check.validate(c)
   assert (c.method, c.data.labeled, c.seed, c.total_steps) == ("mcf", 8, 3, 6000)
   assert (c.batch_size, c.labeled_batch_size, tuple(c.data.patch_size)) == (4, 2, (112, 112, 80))
   assert c.data.augment == "crop" and "mt" not in c
   assert (c.mcf.consistency, c.mcf.consistency_rampup, c.mcf.temperature, c.mcf.cdr_weight) == (
-      0.1, 40.0, 0.1, 0.5)
+    0.1,
+    40.0,
+    0.1,
+    0.5,
+  )
   assert (c.mcf.second_model, c.mcf.init, c.model.name) == ("resvnet", "kaiming_normal", "vnet")
   assert c.model.kwargs.has_dropout and c.model.kwargs.n_filters == 16
   assert not c.eval.largest_cc
   # lr: 0.01 for the updates of iterations 0..2500, 1e-3 for 2501..5000, 1e-4 after.
   counts = (0, 2500, 2501, 5000, 5001, 5999)
-  np.testing.assert_allclose([_lr_at(c, k) for k in counts],
-                             [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+  np.testing.assert_allclose(
+    [_lr_at(c, k) for k in counts], [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6
+  )
 
 
 def _lr_at(config, count):

@@ -1,4 +1,5 @@
 """jaxseg/methods/mean_teacher.py: the step's numbers by hand and the EMA warm-up."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -25,10 +26,12 @@ def test_mean_teacher_step_matches_hand_computation():
   unl = batch["image"][lb:]
   noise = jnp.clip(0.1 * jax.random.normal(noise_rng, unl.shape), -0.2, 0.2)
   assert float(jnp.abs(noise).max()) <= 0.2 + 1e-7
-  t_logits, _ = common.train_forward(method.model, state.aux["ema_params"],
-                                     state.aux["ema_batch_stats"], unl + noise, teacher_rng)
-  s_logits, _ = common.train_forward(method.model, state.params, state.batch_stats,
-                                     batch["image"], student_rng)
+  t_logits, _ = common.train_forward(
+    method.model, state.aux["ema_params"], state.aux["ema_batch_stats"], unl + noise, teacher_rng
+  )
+  s_logits, _ = common.train_forward(
+    method.model, state.params, state.batch_stats, batch["image"], student_rng
+  )
   sup, _, _ = losses.supervised_ce_dice(s_logits[:lb], batch["label"][:lb])
   cons = jnp.mean((jax.nn.softmax(s_logits[lb:]) - jax.nn.softmax(t_logits)) ** 2)
   weight = 0.1 * np.exp(-5.0)  # sigmoid_rampup(0 // 150, 40) = exp(-5)

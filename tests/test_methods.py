@@ -1,5 +1,6 @@
 """The method registry (jaxseg/methods/__init__.py) and protocol (jaxseg/methods/base.py): every
 registered method conforms, runs its smoke config end to end and evaluates."""
+
 import functools
 import pathlib
 from collections.abc import Mapping
@@ -73,10 +74,10 @@ def _edge_batches(config, host_targets) -> dict[str, dict]:
   noise = rng.normal(size=shape + (1,)).astype(np.float32)
   labels = (rng.random(shape) > 0.5).astype(np.int32)
   cases = {
-      "empty_foreground": (noise, np.zeros(shape, np.int32)),
-      "all_foreground": (noise, np.ones(shape, np.int32)),
-      "saturated_logits": (1e4 * noise, labels),
-      "constant_image": (np.zeros(shape + (1,), np.float32), labels),
+    "empty_foreground": (noise, np.zeros(shape, np.int32)),
+    "all_foreground": (noise, np.ones(shape, np.int32)),
+    "saturated_logits": (1e4 * noise, labels),
+    "constant_image": (np.zeros(shape + (1,), np.float32), labels),
   }
   out = {}
   for case, (image, label) in cases.items():
@@ -100,8 +101,11 @@ def test_method_steps_stay_finite_at_the_edges(name):
     start = phase.enter(state) if phase.enter is not None else state
     for case, batch in batches.items():
       new_state, metrics = step(start, batch)
-      bad = {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()
-             if not np.all(np.isfinite(v))}
+      bad = {
+        k: np.asarray(v).tolist()
+        for k, v in jax.device_get(metrics).items()
+        if not np.all(np.isfinite(v))
+      }
       assert not bad, f"{name} {phase.name} {case}: non-finite metrics {bad}"
       finite = jax.tree.map(lambda x: bool(np.all(np.isfinite(np.asarray(x)))), new_state.params)
       assert all(jax.tree.leaves(finite)), f"{name} {phase.name} {case}: non-finite parameters"

@@ -1,4 +1,5 @@
 """Tests of jaxseg.metrics against metrics_medpy.npz (medpy 0.5.2 as called by UA-MT code/test_util.py)."""
+
 import math
 
 import numpy as np
@@ -24,7 +25,9 @@ def _expect(fn, want, msg):
     with pytest.raises(metrics.EmptyMaskError) as info:
       fn()
     # medpy raises RuntimeError; EmptyMaskError is both a ValueError and a RuntimeError.
-    assert error_type in ("RuntimeError", "ValueError") and isinstance(info.value, RuntimeError), msg
+    assert error_type in ("RuntimeError", "ValueError") and isinstance(info.value, RuntimeError), (
+      msg
+    )
     assert str(info.value) == message, msg
   else:
     # NaN matches NaN (assert_allclose's equal_nan), e.g. dc of two empty masks.
@@ -45,15 +48,27 @@ def test_medpy_parity(parity):
       for metric, fn in _SURFACE.items():
         key = f"output/{tag}/{metric}"
         assert key in case, f"{name}: missing {key}"
-        _expect(lambda fn=fn, spacing=spacing: fn(pred, gt, voxelspacing=spacing), _scalar(case[key]),
-                f"{name}/{tag}/{metric}")
-    _expect(lambda: metrics.calculate_metric_percase(pred, gt), _array_or_str(case["output/calc_percase"]),
-            f"{name}/calc_percase")
+        _expect(
+          lambda fn=fn, spacing=spacing: fn(pred, gt, voxelspacing=spacing),
+          _scalar(case[key]),
+          f"{name}/{tag}/{metric}",
+        )
+    _expect(
+      lambda: metrics.calculate_metric_percase(pred, gt),
+      _array_or_str(case["output/calc_percase"]),
+      f"{name}/calc_percase",
+    )
     if "output/test_all_case_convention" in case:
-      np.testing.assert_allclose(metrics.parity_case_metrics(pred, gt), case["output/test_all_case_convention"],
-                                 **TOL, err_msg=name)
+      np.testing.assert_allclose(
+        metrics.parity_case_metrics(pred, gt),
+        case["output/test_all_case_convention"],
+        **TOL,
+        err_msg=name,
+      )
     elif not isinstance(_array_or_str(case["output/calc_percase"]), str):
-      np.testing.assert_allclose(metrics.parity_case_metrics(pred, gt), case["output/calc_percase"], **TOL)
+      np.testing.assert_allclose(
+        metrics.parity_case_metrics(pred, gt), case["output/calc_percase"], **TOL
+      )
 
 
 def _array_or_str(x):
@@ -116,13 +131,16 @@ def test_clean_boxes_offset_by_k_voxels_hand_derived_distances():
   sx, sy, sz = 0.5, 2.0, 1.5
   lx, ly, lz, k = 8, 6, 5, 2
   pred = np.zeros((16, 10, 9), bool)
-  pred[3:3 + lx, 2:2 + ly, 2:2 + lz] = True
+  pred[3 : 3 + lx, 2 : 2 + ly, 2 : 2 + lz] = True
   gt = np.roll(pred, k, axis=0)
   perim = ly * lz - (ly - 2) * (lz - 2)
-  directed = np.concatenate([
+  directed = np.concatenate(
+    [
       np.full(ly * lz + (ly - 2) * (lz - 2), k * sx),
       *[np.full(perim, j * sx) for j in range(1, k)],
-      np.zeros((lx - k) * perim)])
+      np.zeros((lx - k) * perim),
+    ]
+  )
   assert directed.size == 2 * ly * lz + perim * (lx - 2)  # = the box's surface voxel count
   dice, jaccard, hd95, assd = metrics.clean_case_metrics(pred, gt, (sx, sy, sz))
   overlap = (lx - k) / lx
@@ -135,6 +153,7 @@ def test_clean_boxes_offset_by_k_voxels_hand_derived_distances():
 
 def _brute_force(pred, gt, spacing):
   """Independent reference: 6-neighbour surfaces by shifting, all-pairs distances in mm."""
+
   def surface(m):
     p = np.pad(m, 1)
     interior = np.ones_like(m)
@@ -152,10 +171,14 @@ def _brute_force(pred, gt, spacing):
 def test_clean_sphere_vs_shifted_sphere_matches_brute_force():
   spacing = (0.625, 0.8, 1.25)
   grid = np.stack(np.meshgrid(*(np.arange(n) for n in (20, 18, 14)), indexing="ij"), -1) * spacing
+
   def ball(centre_mm, radius_mm):
-    return ((grid - np.asarray(centre_mm)) ** 2).sum(-1) <= radius_mm ** 2
+    return ((grid - np.asarray(centre_mm)) ** 2).sum(-1) <= radius_mm**2
+
   pred = ball((6.0, 7.0, 8.0), 3.6)
-  gt = ball((7.5, 7.0, 8.0), 3.6) | ball((9.0, 11.0, 9.0), 1.5)  # a bump makes the two directions differ
+  gt = ball((7.5, 7.0, 8.0), 3.6) | ball(
+    (9.0, 11.0, 9.0), 1.5
+  )  # a bump makes the two directions differ
   want_hd95, want_assd = _brute_force(pred, gt, spacing)
   _, _, hd95, assd = metrics.clean_case_metrics(pred, gt, spacing)
   np.testing.assert_allclose([hd95, assd], [want_hd95, want_assd], rtol=1e-12)
@@ -169,7 +192,9 @@ def test_clean_single_voxels_and_empty_masks():
   gt = np.zeros_like(pred)
   pred[1, 1, 1] = gt[3, 2, 1] = True
   want = math.hypot(2 * 0.5, 1 * 2.0)
-  np.testing.assert_allclose(metrics.clean_case_metrics(pred, gt, (0.5, 2.0, 1.0))[2:], [want, want])
+  np.testing.assert_allclose(
+    metrics.clean_case_metrics(pred, gt, (0.5, 2.0, 1.0))[2:], [want, want]
+  )
   empty = np.zeros_like(pred)
   assert np.isnan(metrics.clean_case_metrics(pred, empty)).all()  # nothing to find: all NaN
   assert np.isnan(metrics.clean_case_metrics(empty, empty)).all()

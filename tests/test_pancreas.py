@@ -1,5 +1,6 @@
 """Tests for jaxseg.data.pancreas: DTC's Pancreas h5 layout, root discovery, splits, bad-input errors
 and the synthetic stand-in (written, then read back through the registry like real data)."""
+
 import h5py
 import ml_collections
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from jaxseg.data import DATASETS
 from jaxseg.data import pancreas
-from jaxseg.data.h5io import DataError, write_case
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import write_case
 
 
 def _write_root(root, names=('p1', 'p2', 'p3', 'p4'), shape=(6, 5, 4)):
@@ -35,8 +37,12 @@ def test_layout_reading_and_cache(tmp_path):
   np.testing.assert_array_equal(src[2]['label'], item['label'])
   # Validation from the end of train.list, labeled = the first of the rest (as LA).
   splits = spec.make_splits(tmp_path, ml_collections.ConfigDict(dict(n_val=1, labeled=2)))
-  assert splits == {'train': names[:3], 'val': names[3:], 'labeled': names[:2],
-                    'unlabeled': names[2:3]}
+  assert splits == {
+    'train': names[:3],
+    'val': names[3:],
+    'labeled': names[:2],
+    'unlabeled': names[2:3],
+  }
   assert spec.test_list == 'test.list'
 
 
@@ -47,13 +53,16 @@ def _write_raw(path, **datasets):
       f.create_dataset(key, data=value)
 
 
-@pytest.mark.parametrize('kind, match', [
+@pytest.mark.parametrize(
+  'kind, match',
+  [
     ('missing_file', 'case file not found'),
     ('missing_key', r"missing key\(s\) \['label'\]"),
     ('shape', 'image shape'),
     ('nan', 'non-finite'),
     ('labels', r'label values \[2\] outside \[0, 2\)'),
-])
+  ],
+)
 def test_bad_input_errors_name_the_file(tmp_path, kind, match):
   path = pancreas.case_path(tmp_path, 'bad')
   image = np.zeros((4, 4, 4), np.float32)

@@ -1,6 +1,7 @@
 """The mesh: simulated CPU devices (the recipe's batch of 4 on 8 as data 4 x space 2) give the
 one-device losses (sync-BN over the global batch); the arrangement chosen and its checks; the
 on-device sliding window equals the host loop; the XLA bug that keeps the depth off "space"."""
+
 import json
 import os
 import pathlib
@@ -50,10 +51,17 @@ print(json.dumps({"devices": len(jax.devices()), "losses": losses, "mesh": dict(
 
 
 def _losses(n_devices: int, mesh_shape: str = "auto") -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _SCRIPT, mesh_shape], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=900)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", _SCRIPT, mesh_shape],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -92,15 +100,24 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="XLA: a depth-sharded convolution replicated along another "
-                   "mesh axis gets its weight gradient summed once per replica (parallel.py)")
+@pytest.mark.xfail(
+  strict=True,
+  reason="XLA: a depth-sharded convolution replicated along another "
+  "mesh axis gets its weight gradient summed once per replica (parallel.py)",
+)
 def test_xla_depth_sharded_conv_gradient():
   """Why "space" does not shard the depth yet: the weight gradient of one convolution, its input
   replicated over "data" (4) and its depth sharded over "space" (2), is 4x the one-device gradient.
   Strict: once XLA computes it right this test fails, and the depth can go on "space"."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _XLA_SCRIPT], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [sys.executable, "-c", _XLA_SCRIPT],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   err = json.loads(out.stdout.strip().splitlines()[-1])
   assert err["data"] < 1e-5  # samples over "data" alone are right
@@ -111,11 +128,18 @@ def _config(batch_size=4, shape="auto"):
   return ml_collections.ConfigDict(dict(batch_size=batch_size, mesh=dict(shape=shape)))
 
 
-@pytest.mark.parametrize("n_devices, batch_size, want", [
-    (1, 4, {"data": 1, "space": 1}), (2, 4, {"data": 2, "space": 1}),
-    (8, 4, {"data": 4, "space": 2}), (8, 8, {"data": 8, "space": 1}),
-    (64, 4, {"data": 4, "space": 16}), (6, 4, {"data": 2, "space": 3}),
-    (8, 24, {"data": 8, "space": 1})])
+@pytest.mark.parametrize(
+  "n_devices, batch_size, want",
+  [
+    (1, 4, {"data": 1, "space": 1}),
+    (2, 4, {"data": 2, "space": 1}),
+    (8, 4, {"data": 4, "space": 2}),
+    (8, 8, {"data": 8, "space": 1}),
+    (64, 4, {"data": 4, "space": 16}),
+    (6, 4, {"data": 2, "space": 3}),
+    (8, 24, {"data": 8, "space": 1}),
+  ],
+)
 def test_auto_arrangement(n_devices, batch_size, want):
   assert parallel.auto_mesh_shape(n_devices, batch_size) == want
 
@@ -142,14 +166,26 @@ def test_la_recipe_batch_of_4_on_8_devices(tmp_path):
   UA-MT's batch of 4 (2 labeled + 2 unlabeled) trains and the summary is written."""
   from tests.conftest import data_dir
   from tests.conftest import require_shared_data
+
   root = data_dir() / "LA"
   require_shared_data(root / "train.list")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "jaxseg.main", "--config", "configs/la_uamt.py",
-         "--config.total_steps=2", f"--config.data.root={root}", f"--workdir={tmp_path}",
-         "--config.data.patch_size=(32, 32, 32)", "--config.model.kwargs.n_filters=4",
-         "--config.eval.every_steps=0", "--config.eval.max_cases=1", "--config.eval.stride_xy=32",
-         "--config.eval.stride_z=32"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxseg.main",
+    "--config",
+    "configs/la_uamt.py",
+    "--config.total_steps=2",
+    f"--config.data.root={root}",
+    f"--workdir={tmp_path}",
+    "--config.data.patch_size=(32, 32, 32)",
+    "--config.model.kwargs.n_filters=4",
+    "--config.eval.every_steps=0",
+    "--config.eval.max_cases=1",
+    "--config.eval.stride_xy=32",
+    "--config.eval.stride_z=32",
+  ]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "batch 4 on 8 cpu device(s) as data 4 x space 2" in out.stdout
@@ -193,10 +229,17 @@ print(json.dumps(out))
 def test_jitted_sliding_window_equals_the_host_loop(n_devices):
   """The on-device sliding window (windows sharded over every device) gives the host loop's label
   map and scores, in both modes, for a VNet's predict."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _EVAL_SCRIPT], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=900)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", _EVAL_SCRIPT],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   assert got["devices"] == n_devices and got["window_batch"] == max(4, n_devices)
@@ -214,6 +257,7 @@ def test_a_run_resumes_on_another_arrangement(tmp_path):
   from jaxseg import io_utils
   from jaxseg import train
   from tests.conftest import tiny_config
+
   config = tiny_config("supervised")
   io_utils.write_json(tmp_path / "config.json", config.to_dict())
   config.mesh.shape, config.compile_cache, config.profile_steps = "data:2", "", "1:2"

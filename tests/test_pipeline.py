@@ -1,4 +1,5 @@
 """Tests for jaxseg.data.pipeline: two-stream sampling semantics, augmentation, reproducibility."""
+
 import numpy as np
 import pytest
 
@@ -22,8 +23,11 @@ class ConstSource:
     return self.n
 
   def __getitem__(self, i):
-    return {"image": np.full(self.shape, i + 1.0, np.float32),
-            "label": np.full(self.shape, i % 2, np.uint8), "case": f"c{i}"}
+    return {
+      "image": np.full(self.shape, i + 1.0, np.float32),
+      "label": np.full(self.shape, i % 2, np.uint8),
+      "case": f"c{i}",
+    }
 
 
 class RampSource:
@@ -37,8 +41,11 @@ class RampSource:
 
   def __getitem__(self, i):
     image = np.arange(np.prod(self.shape), dtype=np.float32).reshape(self.shape) + 1000 * i
-    return {"image": image, "label": (image.astype(np.int64) % 3 == 0).astype(np.uint8),
-            "case": f"r{i}"}
+    return {
+      "image": image,
+      "label": (image.astype(np.int64) % 3 == 0).astype(np.uint8),
+      "case": f"r{i}",
+    }
 
 
 def _take(it, n):
@@ -87,7 +94,9 @@ def test_sampler_is_a_function_of_seed():
   np.testing.assert_allclose(counts / counts.sum(), 1 / 8, atol=0.01)
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
+@pytest.mark.parametrize(
+  "kwargs, pattern",
+  [
     (dict(unlabeled_idx=[]), "unlabeled_idx is empty"),
     (dict(labeled_batch_size=5), r"labeled_batch_size=5 must be in \[1, batch_size=4\]"),
     (dict(labeled_batch_size=0), r"labeled_batch_size=0"),
@@ -95,10 +104,18 @@ def test_sampler_is_a_function_of_seed():
     (dict(seed=-1), "seed must be >= 0"),
     (dict(unlabeled_idx=[4, 9]), r"unlabeled_idx has indices \[9\] outside"),
     (dict(augment="noise"), "augment='noise'"),
-])
+  ],
+)
 def test_bad_arguments(kwargs, pattern):
-  args = dict(source=ConstSource(6), labeled_idx=[0, 1, 2], unlabeled_idx=[3, 4, 5], batch_size=4,
-              labeled_batch_size=2, patch_size=PATCH, seed=0)
+  args = dict(
+    source=ConstSource(6),
+    labeled_idx=[0, 1, 2],
+    unlabeled_idx=[3, 4, 5],
+    batch_size=4,
+    labeled_batch_size=2,
+    patch_size=PATCH,
+    seed=0,
+  )
   args.update(kwargs)
   with pytest.raises(ValueError, match=pattern):
     make_train_iterator(**args)
@@ -106,8 +123,9 @@ def test_bad_arguments(kwargs, pattern):
 
 def test_batches_are_labeled_first_with_the_sampled_cases():
   src = ConstSource(7)
-  it = make_train_iterator(src, [0, 1, 2, 3], [4, 5, 6], batch_size=4, labeled_batch_size=2,
-                           patch_size=PATCH, seed=7)
+  it = make_train_iterator(
+    src, [0, 1, 2, 3], [4, 5, 6], batch_size=4, labeled_batch_size=2, patch_size=PATCH, seed=7
+  )
   sampler = TwoStreamSampler([0, 1, 2, 3], [4, 5, 6], 4, 2, seed=7)
   for b, batch in enumerate(_take(it, 6)):
     assert batch["image"].shape == (4, *PATCH, 1) and batch["image"].dtype == np.float32
@@ -123,8 +141,16 @@ def test_batches_are_labeled_first_with_the_sampled_cases():
 @pytest.mark.parametrize("augment", ["rot_flip_crop", "crop"])
 def test_augmentation_is_the_upstream_chain_with_per_example_seeds(augment):
   src = RampSource(4)
-  it = make_train_iterator(src, [0, 1], [2, 3], batch_size=3, labeled_batch_size=1,
-                           patch_size=PATCH, seed=11, augment=augment)
+  it = make_train_iterator(
+    src,
+    [0, 1],
+    [2, 3],
+    batch_size=3,
+    labeled_batch_size=1,
+    patch_size=PATCH,
+    seed=11,
+    augment=augment,
+  )
   sampler = TwoStreamSampler([0, 1], [2, 3], 3, 1, seed=11)
   for b, batch in enumerate(_take(it, 4)):
     for slot in range(3):
@@ -140,11 +166,19 @@ def test_augmentation_is_the_upstream_chain_with_per_example_seeds(augment):
 
 def test_supervised_only_needs_no_unlabeled():
   src = ConstSource(4)
-  it = make_train_iterator(src, [0, 1, 2, 3], [], batch_size=2, labeled_batch_size=2,
-                           patch_size=PATCH, seed=0, augment="crop")
+  it = make_train_iterator(
+    src,
+    [0, 1, 2, 3],
+    [],
+    batch_size=2,
+    labeled_batch_size=2,
+    patch_size=PATCH,
+    seed=0,
+    augment="crop",
+  )
   cases = [int(v) - 1 for batch in _take(it, 6) for v in batch["image"][:, 0, 0, 0, 0]]
   for epoch in range(3):  # 2 batches of 2 per epoch: each epoch sees every case once
-    assert sorted(cases[4 * epoch:4 * epoch + 4]) == [0, 1, 2, 3]
+    assert sorted(cases[4 * epoch : 4 * epoch + 4]) == [0, 1, 2, 3]
 
 
 def _label_parity(label):
@@ -154,10 +188,19 @@ def _label_parity(label):
 
 def test_host_targets_are_computed_from_the_augmented_label_crop():
   src = RampSource(4)
-  plain = make_train_iterator(src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2,
-                              patch_size=PATCH, seed=3)
-  with_target = make_train_iterator(src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2,
-                                    patch_size=PATCH, seed=3, host_targets={"t": _label_parity})
+  plain = make_train_iterator(
+    src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2, patch_size=PATCH, seed=3
+  )
+  with_target = make_train_iterator(
+    src,
+    [0, 1],
+    [2, 3],
+    batch_size=4,
+    labeled_batch_size=2,
+    patch_size=PATCH,
+    seed=3,
+    host_targets={"t": _label_parity},
+  )
   for a, b in zip(_take(plain, 3), _take(with_target, 3)):
     assert set(b) == set(a) | {"t"} and b["t"].dtype == np.float32
     np.testing.assert_array_equal(b["label"], a["label"])  # the targets change nothing else
@@ -211,10 +254,12 @@ def test_lasource_on_synthetic_phantoms(tmp_path):
   from jaxseg.data.la import case_path
   from jaxseg.data.synthetic import case_ids
   from jaxseg.data.synthetic import generate
+
   root = generate(tmp_path, case_path, LIST_FILE, n_cases=4, shape=(20, 18, 14), seed=0)
   src = build_source("synthetic", root, case_ids(4), num_classes=2)
-  it = make_train_iterator(src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2,
-                           patch_size=(16, 16, 12), seed=0)
+  it = make_train_iterator(
+    src, [0, 1], [2, 3], batch_size=4, labeled_batch_size=2, patch_size=(16, 16, 12), seed=0
+  )
   for batch in _take(it, 3):
     assert batch["image"].shape == (4, 16, 16, 12, 1)
     assert set(np.unique(batch["label"]).tolist()) <= {0, 1}
@@ -235,14 +280,25 @@ class SliceSource:
   def __getitem__(self, i):
     shape = (20 + 2 * i, 18 + i)
     image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 100.0 + 1000 * i
-    return {"image": image, "label": (np.arange(np.prod(shape)).reshape(shape) % 4).astype(np.uint8),
-            "case": f"s{i}"}
+    return {
+      "image": image,
+      "label": (np.arange(np.prod(shape)).reshape(shape) % 4).astype(np.uint8),
+      "case": f"s{i}",
+    }
 
 
 def test_2d_random_generator_batches():
   src = SliceSource(5)
-  it = make_train_iterator(src, [0, 1, 2], [3, 4], batch_size=3, labeled_batch_size=2,
-                           patch_size=(16, 16), seed=4, augment="acdc_random_generator")
+  it = make_train_iterator(
+    src,
+    [0, 1, 2],
+    [3, 4],
+    batch_size=3,
+    labeled_batch_size=2,
+    patch_size=(16, 16),
+    seed=4,
+    augment="acdc_random_generator",
+  )
   sampler = TwoStreamSampler([0, 1, 2], [3, 4], 3, 2, seed=4)
   for b, batch in enumerate(_take(it, 3)):
     assert batch["image"].shape == (3, 16, 16, 1) and batch["image"].dtype == np.float32
@@ -254,6 +310,8 @@ def test_2d_random_generator_batches():
       np.testing.assert_array_equal(batch["image"][slot, ..., 0], image)
       np.testing.assert_array_equal(batch["label"][slot], label)
   with pytest.raises(ValueError, match="needs patch_size with 2 sizes"):
-    make_train_iterator(src, [0, 1], [2], 3, 2, (16, 16, 16), seed=0, augment="acdc_random_generator")
+    make_train_iterator(
+      src, [0, 1], [2], 3, 2, (16, 16, 16), seed=0, augment="acdc_random_generator"
+    )
   with pytest.raises(ValueError, match="needs patch_size with 3 sizes"):
     make_train_iterator(src, [0, 1], [2], 3, 2, (16, 16), seed=0, augment="crop")

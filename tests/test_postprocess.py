@@ -2,6 +2,7 @@
 scipy.ndimage.label (full structure) + argmax of bincount (skimage order), on random masks, ties,
 snakes and empty samples, and against BCP's get_cut_mask / get_ACDC_masks (bcp.npz, cml.npz); the
 host version used by evaluation, and the two versions against each other."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,11 +33,11 @@ def test_random_masks_match_scipy(shape):
 
 def test_ties_go_to_first_component_in_raster_order():
   mask = np.zeros((2, 9, 9), bool)
-  mask[0, 6:8, 6:8] = True   # 4 voxels, starts later
-  mask[0, 0:2, 5:7] = True   # 4 voxels, first in raster order
-  mask[0, 4, 0:3] = True     # 3 voxels
-  mask[1, 8, 0:4] = True     # 4 voxels, last row
-  mask[1, 2:4, 7:9] = True   # 4 voxels, earlier
+  mask[0, 6:8, 6:8] = True  # 4 voxels, starts later
+  mask[0, 0:2, 5:7] = True  # 4 voxels, first in raster order
+  mask[0, 4, 0:3] = True  # 3 voxels
+  mask[1, 8, 0:4] = True  # 4 voxels, last row
+  mask[1, 2:4, 7:9] = True  # 4 voxels, earlier
   got = np.asarray(_largest(mask))
   np.testing.assert_array_equal(got, _reference(mask))
   assert got[0, 0, 5] and not got[0, 6, 6] and got[1, 2, 7] and not got[1, 8, 0]
@@ -104,12 +105,15 @@ def test_matches_bcp_get_cut_mask(parity):
     thres = pf.case_args(name).get("thres", 0.5)
     raw = jax.nn.softmax(logits, axis=-1)[..., 1] >= thres
     np.testing.assert_array_equal(np.asarray(raw, np.int64), case["output/nms0"], err_msg=name)
-    np.testing.assert_array_equal(np.asarray(_largest(raw), np.float32), case["output/nms1"],
-                                  err_msg=name)
+    np.testing.assert_array_equal(
+      np.asarray(_largest(raw), np.float32), case["output/nms1"], err_msg=name
+    )
 
 
-@pytest.mark.parametrize("fixture,function", [("bcp.npz", "get_ACDC_masks / get_ACDC_2DLargestCC"),
-                                              ("cml.npz", "get_ACDC_masks")])
+@pytest.mark.parametrize(
+  "fixture,function",
+  [("bcp.npz", "get_ACDC_masks / get_ACDC_2DLargestCC"), ("cml.npz", "get_ACDC_masks")],
+)
 def test_matches_get_acdc_masks(parity, fixture, function):
   pf = parity(fixture)
   for name in pf.cases_of(function):
@@ -123,9 +127,9 @@ def test_matches_get_acdc_masks(parity, fixture, function):
 
 def test_host_largest_component():
   mask = np.zeros((10, 10, 10), bool)
-  mask[0:2, 0:2, 0:2] = True          # 8 voxels
-  mask[5:8, 5:8, 5:8] = True          # 27 voxels
-  mask[8, 8, 8] = True                # touches the 27 only diagonally: joined under full connectivity
+  mask[0:2, 0:2, 0:2] = True  # 8 voxels
+  mask[5:8, 5:8, 5:8] = True  # 27 voxels
+  mask[8, 8, 8] = True  # touches the 27 only diagonally: joined under full connectivity
   kept = postprocess.largest_component_np(mask)
   assert kept.sum() == 28 and not kept[0, 0, 0]
   assert postprocess.largest_component_np(mask, connectivity=1).sum() == 27
@@ -147,8 +151,7 @@ def test_host_and_in_graph_versions_agree(shape):
   per_class = jax.jit(postprocess.largest_component_per_class, static_argnums=1)
   for num_classes in (2, 4):
     for p_background in (0.3, 0.6, 0.9, 1.0):
-      label_map = np.where(rng.random(shape) < p_background, 0,
-                           rng.integers(1, num_classes, shape))
+      label_map = np.where(rng.random(shape) < p_background, 0, rng.integers(1, num_classes, shape))
       host = postprocess.largest_component_per_class_np(label_map, num_classes)
       graph = np.asarray(per_class(label_map[None], num_classes))[0]
       np.testing.assert_array_equal(host, graph, err_msg=f"{num_classes} classes, {p_background}")

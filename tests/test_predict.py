@@ -1,6 +1,7 @@
 """jaxseg/predict.py: label maps of new scans in the scan's geometry, equal to what evaluation gives
 on the prepared volume; the per-dataset scan preparation equals jaxseg.prepare's; weights from a
 run's checkpoint or a torch state_dict; clear errors."""
+
 import json
 
 import jax
@@ -45,31 +46,50 @@ def run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("predict")
   config = tiny_config("mean_teacher")
   method = methods.build(config)
-  state = method.init(jax.random.PRNGKey(config.seed),
-                      base.example_batch(config, method.host_targets))
+  state = method.init(
+    jax.random.PRNGKey(config.seed), base.example_batch(config, method.host_targets)
+  )
   prob_fn = jax.jit(method.predict)
   _, score = _sliding(lambda w: prob_fn(state, w), h5folder.normalize(_raw_scan()), config)
   p1 = np.clip(np.median(score[..., 1]), 1e-6, 1 - 1e-6)
   bias = np.asarray(state.params["out_conv"]["bias"])
   bias = bias + np.array([0.0, np.log((1 - p1) / p1)], bias.dtype)
-  state = state.replace(params={**state.params, "out_conv": {**state.params["out_conv"],
-                                                             "bias": jax.numpy.asarray(bias)}})
+  state = state.replace(
+    params={
+      **state.params,
+      "out_conv": {**state.params["out_conv"], "bias": jax.numpy.asarray(bias)},
+    }
+  )
   workdir = tmp / "run"
   io_utils.write_json(workdir / "config.json", config.to_dict())
-  manager = ocp.CheckpointManager(workdir / "checkpoints",
-                                  options=ocp.CheckpointManagerOptions(create=True))
+  manager = ocp.CheckpointManager(
+    workdir / "checkpoints", options=ocp.CheckpointManagerOptions(create=True)
+  )
   manager.save(config.total_steps, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
   manager.close()
-  return {"tmp": tmp, "workdir": workdir, "config": config, "method": method, "state": state,
-          "prob_fn": lambda w: prob_fn(state, w)}
+  return {
+    "tmp": tmp,
+    "workdir": workdir,
+    "config": config,
+    "method": method,
+    "state": state,
+    "prob_fn": lambda w: prob_fn(state, w),
+  }
 
 
 def _sliding(prob_fn, image, config):
   from jaxseg import inference
-  return inference.sliding_window_parity(prob_fn, image, tuple(config.data.patch_size),
-                                         config.eval.stride_xy, config.eval.stride_z,
-                                         config.data.num_classes, batch_size=config.eval.batch_size)
+
+  return inference.sliding_window_parity(
+    prob_fn,
+    image,
+    tuple(config.data.patch_size),
+    config.eval.stride_xy,
+    config.eval.stride_z,
+    config.data.num_classes,
+    batch_size=config.eval.batch_size,
+  )
 
 
 def _expected(run, raw: np.ndarray) -> np.ndarray:
@@ -86,8 +106,10 @@ def test_nifti_round_trip_keeps_affine_and_shape(run, capsys):
   nib.save(nib.Nifti1Image(_raw_scan(6)[..., None], affine), str(scans / "patient_b.nii"))
   (scans / "notes.txt").write_text("not a scan")
   out = run["tmp"] / "out"
-  assert predict.main(["--workdir", str(run["workdir"]), "--input", str(scans),
-                       "--output", str(out)]) == 0
+  assert (
+    predict.main(["--workdir", str(run["workdir"]), "--input", str(scans), "--output", str(out)])
+    == 0
+  )
   lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[jaxseg.predict] ")]
   assert "1/2 patient_a.nii.gz" in lines[1] and "2/2 patient_b.nii" in lines[2]
   assert sorted(p.name for p in out.iterdir()) == ["patient_a_seg.nii.gz", "patient_b_seg.nii.gz"]
@@ -113,8 +135,9 @@ def test_metaimage_round_trip_keeps_geometry(run):
   img = sitk.GetImageFromArray(np.transpose(raw))  # SimpleITK arrays are (k, j, i)
   img.SetSpacing((0.7, 1.1, 3.0))
   img.SetOrigin((12.0, -30.5, 4.25))
-  img.SetDirection(tuple(np.linalg.qr(np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2],
-                                                 [0.0, 0.4, 1.0]]))[0].ravel()))
+  img.SetDirection(
+    tuple(np.linalg.qr(np.array([[1.0, 0.2, 0.1], [0.3, 1.0, -0.2], [0.0, 0.4, 1.0]]))[0].ravel())
+  )
   path = run["tmp"] / "scan_c.mha"
   sitk.WriteImage(img, str(path))
   predictor = predict.build_predictor(workdir=str(run["workdir"]))
@@ -133,6 +156,7 @@ def test_torch_state_dict_gives_the_same_label_map(run):
   torch_import as through the checkpoint."""
   torch = pytest.importorskip("torch")
   from jaxseg.models import torch_import
+
   config, state = run["config"], run["state"]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   state_dict = {}
@@ -141,8 +165,9 @@ def test_torch_state_dict_gives_the_same_label_map(run):
     for key in entry.path:
       leaf = leaf[key]
     leaf = np.asarray(leaf)
-    state_dict[name] = torch.from_numpy(np.array(
-        leaf if entry.perm is None else np.transpose(leaf, np.argsort(entry.perm))))
+    state_dict[name] = torch.from_numpy(
+      np.array(leaf if entry.perm is None else np.transpose(leaf, np.argsort(entry.perm)))
+    )
   pth = run["tmp"] / "vnet.pth"
   torch.save({"state_dict": state_dict}, pth)
   scan = run["tmp"] / "scan_d.nii.gz"
@@ -150,19 +175,36 @@ def test_torch_state_dict_gives_the_same_label_map(run):
   nib.save(nib.Nifti1Image(raw, _affine()), str(scan))
   config_path = run["tmp"] / "config.py"
   config_path.write_text(
-      "import json\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
-      f"  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
+    "import json\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
+    f"  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n"
+  )
   out = run["tmp"] / "out_torch"
-  assert predict.main(["--config", str(config_path), "--model", config.model.name,
-                       "--model_kwargs", json.dumps({"n_filters": config.model.kwargs.n_filters}),
-                       "--torch_checkpoint", str(pth), "--input", str(scan),
-                       "--output", str(out)]) == 0
+  assert (
+    predict.main(
+      [
+        "--config",
+        str(config_path),
+        "--model",
+        config.model.name,
+        "--model_kwargs",
+        json.dumps({"n_filters": config.model.kwargs.n_filters}),
+        "--torch_checkpoint",
+        str(pth),
+        "--input",
+        str(scan),
+        "--output",
+        str(out),
+      ]
+    )
+    == 0
+  )
   got = np.asarray(nib.load(str(out / "scan_d_seg.nii.gz")).dataobj)
   np.testing.assert_array_equal(got, _expected(run, raw))
   # Weights of another width do not fit the method's network: the file is named.
   with pytest.raises(predict.PredictError, match="vnet.pth: cannot import as model 'vnet'"):
-    predict.build_predictor(config_file=str(config_path), torch_checkpoint=str(pth),
-                            model_kwargs={"n_filters": 8})
+    predict.build_predictor(
+      config_file=str(config_path), torch_checkpoint=str(pth), model_kwargs={"n_filters": 8}
+    )
 
 
 def test_errors_name_the_file(run, tmp_path, capsys):
@@ -170,19 +212,26 @@ def test_errors_name_the_file(run, tmp_path, capsys):
   nib.save(nib.Nifti1Image(_raw_scan(), _affine()), str(scan))
   workdir = str(run["workdir"])
   cases = [
-      (["--workdir", str(tmp_path / "nope")], "nope: --workdir does not exist"),
-      (["--workdir", str(tmp_path)], "config.json: not found"),
-      (["--config", str(tmp_path / "c.py"), "--torch_checkpoint", "x.pth"], "c.py: --config file"),
-      (["--workdir", workdir, "--config", "c.py"], "exactly one of --workdir"),
-      (["--workdir", workdir, "--model", "vnet"], "--model / --model_kwargs name the network"),
-      (["--workdir", workdir, "--torch_checkpoint", str(tmp_path / "w.pth")],
-       "w.pth: --torch_checkpoint not found"),
-      (["--workdir", workdir, "--input", str(tmp_path / "missing.nii.gz")],
-       "missing.nii.gz: --input is neither a scan file nor a folder"),
+    (["--workdir", str(tmp_path / "nope")], "nope: --workdir does not exist"),
+    (["--workdir", str(tmp_path)], "config.json: not found"),
+    (["--config", str(tmp_path / "c.py"), "--torch_checkpoint", "x.pth"], "c.py: --config file"),
+    (["--workdir", workdir, "--config", "c.py"], "exactly one of --workdir"),
+    (["--workdir", workdir, "--model", "vnet"], "--model / --model_kwargs name the network"),
+    (
+      ["--workdir", workdir, "--torch_checkpoint", str(tmp_path / "w.pth")],
+      "w.pth: --torch_checkpoint not found",
+    ),
+    (
+      ["--workdir", workdir, "--input", str(tmp_path / "missing.nii.gz")],
+      "missing.nii.gz: --input is neither a scan file nor a folder",
+    ),
   ]
   for args, message in cases:
-    argv = args + (["--input", str(scan)] if "--input" not in args else []) + [
-        "--output", str(tmp_path / "out")]
+    argv = (
+      args
+      + (["--input", str(scan)] if "--input" not in args else [])
+      + ["--output", str(tmp_path / "out")]
+    )
     assert predict.main(argv) == 2, args
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, (args, err)
@@ -233,6 +282,7 @@ def _brain(rng, shape=(30, 26, 22)):
 def test_brats_preparation_matches_prepare(tmp_path):
   from jaxseg.prepare import brats as prepare_brats
   from jaxseg.prepare import common
+
   flair, seg = _brain(np.random.default_rng(0))
   files = {"flair": tmp_path / "c_flair.nii.gz", "seg": tmp_path / "c_seg.nii.gz"}
   nib.save(nib.Nifti1Image(flair, _affine()), str(files["flair"]))
@@ -242,8 +292,9 @@ def test_brats_preparation_matches_prepare(tmp_path):
   prepared = predict.preparation("brats")(scan.array, scan.spacing)
   # The network sees the prepared h5 volume in the source's orientation (SagittalToAxial).
   assert prepared.image.shape == out.arrays["image"].shape[::-1]
-  np.testing.assert_allclose(np.transpose(prepared.image), out.arrays["image"], rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.transpose(prepared.image), out.arrays["image"], rtol=1e-5, atol=1e-5
+  )
   restored = prepared.restore(np.transpose(out.arrays["label"]))
   assert restored.shape == flair.shape
   np.testing.assert_array_equal(restored[3:24, 5:22, 2:18], out.arrays["label"])
@@ -260,6 +311,7 @@ def test_acdc_isles_la_preparations_match_prepare(tmp_path):
   from jaxseg.prepare import common
   from jaxseg.prepare import isles as prepare_isles
   from jaxseg.prepare import la as prepare_la
+
   rng = np.random.default_rng(1)
   image = (rng.random((24, 20, 6)) * 300).astype(np.float32)
   label = (rng.random((24, 20, 6)) > 0.8).astype(np.uint8)
@@ -292,8 +344,9 @@ def test_acdc_isles_la_preparations_match_prepare(tmp_path):
   scan = predict.read_scan(la_files["image"])
   np.testing.assert_array_equal(scan.array, raw)
   prepared = predict.preparation("la")(scan.array, scan.spacing)
-  np.testing.assert_allclose(prepared.image[crop], processed.outputs[0].arrays["image"],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    prepared.image[crop], processed.outputs[0].arrays["image"], rtol=1e-5, atol=1e-5
+  )
 
 
 def test_pancreas_preparation_resamples_and_restores():
@@ -315,6 +368,7 @@ def test_promise12_preparation_matches_prepare(tmp_path):
   sitk = pytest.importorskip("SimpleITK")
   from jaxseg.prepare import common
   from jaxseg.prepare import promise12 as prepare_promise12
+
   rng = np.random.default_rng(3)
   image = rng.uniform(50, 800, size=(40, 36, 12)).astype(np.float32)
   label = np.zeros(image.shape, np.uint8)

@@ -1,6 +1,7 @@
 """Tests for jaxseg.prepare: for each release format, small raw cases written with the format's own
 library (pynrrd, nibabel, pydicom, SimpleITK), prepared through the CLI, and the h5 content checked
 against values computed here by hand; bad raw input; resuming; two training steps on the result."""
+
 import json
 import pathlib
 import subprocess
@@ -72,12 +73,13 @@ LA_BOX = ((70, 80), (60, 75), (2, 12))  # label voxels, inclusive (x, y, z)
 
 def _write_la(raw, case_id, seed, shape=LA_SHAPE, label_shape=None):
   import nrrd
+
   rng = np.random.default_rng(seed)
   image = rng.integers(0, 200, size=shape).astype(np.int16)
   label = np.zeros(label_shape or shape, np.uint8)
   small = ((10, 20), (8, 18), (2, 5))  # for the volumes smaller than 112 in-plane
   (x0, x1), (y0, y1), (z0, z1) = LA_BOX if shape[0] > LA_BOX[0][1] else small
-  label[x0:x1 + 1, y0:y1 + 1, z0:z1 + 1] = 255
+  label[x0 : x1 + 1, y0 : y1 + 1, z0 : z1 + 1] = 255
   folder = raw / "Training Set" / case_id
   folder.mkdir(parents=True, exist_ok=True)
   header = {"space directions": np.diag([0.625] * 3), "space": "left-posterior-superior"}
@@ -106,13 +108,15 @@ def test_la_crop_zscore_orientation_and_label(tmp_path):
     np.testing.assert_array_equal(h5["label"], (label == 255)[x0:x1, y0:y1])
     assert info["label_values"] == [0, 1] and info["spacing"] == [0.625] * 3
     assert info["outputs"][f"2018LA_Seg_Training Set/{case_id}/mri_norm2.h5"]["sha256"] == (
-        common.sha256(tmp_path / "out" / "2018LA_Seg_Training Set" / case_id / "mri_norm2.h5"))
+      common.sha256(tmp_path / "out" / "2018LA_Seg_Training Set" / case_id / "mri_norm2.h5")
+    )
   # The margins depend on the seed and the case: not all three boxes are the same.
   assert len({json.dumps(fp["cases"][c]["crop"]) for c in raws}) > 1
 
 
 def test_la_resume_after_interruption_gives_the_same_files(tmp_path, monkeypatch, capsys):
   from jaxseg.prepare import la
+
   for i in range(3):
     _write_la(tmp_path / "raw", f"CASE{i}", i, shape=(40, 36, 8))
   straight = _prepare("la", tmp_path / "raw", tmp_path / "straight")
@@ -151,16 +155,21 @@ def test_la_resume_after_interruption_gives_the_same_files(tmp_path, monkeypatch
 def test_la_bad_input_is_refused_with_nothing_written(tmp_path, capsys):
   _write_la(tmp_path / "a", "CASE0", 0, shape=(40, 36, 8))
   _write_la(tmp_path / "a", "CASE1", 1, shape=(40, 36, 8), label_shape=(40, 36, 9))
-  _assert_refused(capsys, "la", tmp_path / "a", tmp_path / "out_a",
-                  tmp_path / "a" / "Training Set" / "CASE1" / "laendo.nrrd", "shape (40, 36, 9)")
+  _assert_refused(
+    capsys,
+    "la",
+    tmp_path / "a",
+    tmp_path / "out_a",
+    tmp_path / "a" / "Training Set" / "CASE1" / "laendo.nrrd",
+    "shape (40, 36, 9)",
+  )
   _write_la(tmp_path / "b", "CASE0", 0, shape=(40, 36, 8))
   _write_la(tmp_path / "b", "CASE1", 1, shape=(40, 36, 8))
   bad = tmp_path / "b" / "Training Set" / "CASE1" / "lgemri.nrrd"
   bad.write_bytes(b"\x00garbage")
   _assert_refused(capsys, "la", tmp_path / "b", tmp_path / "out_b", bad, "cannot read as NRRD")
   (tmp_path / "b" / "Training Set" / "CASE1" / "laendo.nrrd").unlink()
-  _assert_refused(capsys, "la", tmp_path / "b", tmp_path / "out_c", "laendo.nrrd",
-                  "label missing")
+  _assert_refused(capsys, "la", tmp_path / "b", tmp_path / "out_c", "laendo.nrrd", "label missing")
 
 
 def test_la_upstream_split_lists_are_copied_and_checked(tmp_path, capsys):
@@ -175,8 +184,20 @@ def test_la_upstream_split_lists_are_copied_and_checked(tmp_path, capsys):
   assert (tmp_path / "out" / "test.list").read_text() == "CASE1\n"
   assert fp["lists"] == {"train.list": 2, "test.list": 1}
   (splits / "test.list").write_text("CASE1\nCASE9\n")
-  assert main(["la", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out2"), "--splits",
-               str(splits)]) == 2
+  assert (
+    main(
+      [
+        "la",
+        "--raw",
+        str(tmp_path / "raw"),
+        "--out",
+        str(tmp_path / "out2"),
+        "--splits",
+        str(splits),
+      ]
+    )
+    == 2
+  )
   err = capsys.readouterr().err
   assert str(splits / "test.list") in err and "CASE9" in err
   assert not (tmp_path / "out2").exists()  # checked before any case is processed
@@ -184,6 +205,7 @@ def test_la_upstream_split_lists_are_copied_and_checked(tmp_path, capsys):
 
 def test_la_case_failing_in_processing_writes_nothing_of_its_own(tmp_path, capsys):
   import nrrd
+
   for i in range(2):
     _write_la(tmp_path / "raw", f"CASE{i}", i, shape=(40, 36, 8))
   label_path = tmp_path / "raw" / "Training Set" / "CASE1" / "laendo.nrrd"
@@ -206,8 +228,21 @@ def test_la_subprocess_cli_and_two_training_steps(tmp_path):
   for i in range(5):
     _write_la(tmp_path / "raw", f"CASE{i}", i, shape=(40, 36, 16))
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxseg.prepare", "la", "--raw", str(tmp_path / "raw"), "--out",
-       str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "jaxseg.prepare",
+      "la",
+      "--raw",
+      str(tmp_path / "raw"),
+      "--out",
+      str(tmp_path / "out"),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "[prepare] la 5/5 CASE4 -> 1 file(s)" in proc.stdout
   c = _shrunk("la_vnet.py", "labeled=4,seed=0", tmp_path / "out")
@@ -262,7 +297,8 @@ def test_acdc_minmax_slices_and_lists(tmp_path):
   assert read("test.list") == ["patient004_frame01", "patient004_frame12"]
   assert read("train.list") == [f"patient00{p}_frame{f}" for p in (1, 2, 3) for f in ("01", "12")]
   assert read("train_slices.list")[:5] == [f"patient001_frame01_slice_{k}" for k in range(4)] + [
-      "patient001_frame12_slice_0"]
+    "patient001_frame12_slice_0"
+  ]
   assert len(read("train_slices.list")) == 24
 
 
@@ -287,12 +323,19 @@ def test_acdc_prepared_set_trains_two_steps(tmp_path):
 
 def test_acdc_bad_input(tmp_path, capsys):
   _write_acdc(tmp_path / "a", 1, 1, gt_zooms=(1.5, 1.5, 5.0))
-  _assert_refused(capsys, "acdc", tmp_path / "a", tmp_path / "out",
-                  "patient001_frame01_gt.nii.gz", "spacing")
+  _assert_refused(
+    capsys, "acdc", tmp_path / "a", tmp_path / "out", "patient001_frame01_gt.nii.gz", "spacing"
+  )
   _write_acdc(tmp_path / "b", 1, 1)
   (tmp_path / "b" / "training" / "patient001" / "patient001_frame12_gt.nii.gz").unlink()
-  _assert_refused(capsys, "acdc", tmp_path / "b", tmp_path / "out",
-                  "patient001_frame12_gt.nii.gz", "label missing")
+  _assert_refused(
+    capsys,
+    "acdc",
+    tmp_path / "b",
+    tmp_path / "out",
+    "patient001_frame12_gt.nii.gz",
+    "label missing",
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,7 +350,7 @@ def _write_brats(raw, case_id, seed, seg_zooms=(1.0, 1.0, 1.0), modalities=("fla
   rng = np.random.default_rng(seed)
   flair = np.zeros(BRATS_SHAPE, np.int16)
   (x0, x1), (y0, y1), (z0, z1) = BRAIN
-  flair[x0:x1 + 1, y0:y1 + 1, z0:z1 + 1] = rng.integers(1, 101, size=(18, 18, 15))
+  flair[x0 : x1 + 1, y0 : y1 + 1, z0 : z1 + 1] = rng.integers(1, 101, size=(18, 18, 15))
   flair[10, 10, 10] = 5000  # one outlier above the 99.9 % point
   seg = np.zeros(BRATS_SHAPE, np.uint8)
   seg[8:14, 8:12, 8:12] = rng.choice([1, 2, 4], size=(6, 4, 4))
@@ -328,7 +371,8 @@ def test_brats_brain_box_clip_zscore(tmp_path):
     box = tuple(slice(lo, hi) for lo, hi in BRAIN)
     crop = flair[box].astype(np.float64)
     assert h5["image"].shape == (17, 17, 14) and fp["cases"][case_id]["crop"] == [
-        list(b) for b in BRAIN]
+      list(b) for b in BRAIN
+    ]
     # 4046 voxels: (n - 1) / n >= 0.999, so the 99.9 % point is the largest ordinary value.
     w = np.sort(crop.ravel())[-2]
     crop = np.clip(crop, crop.min(), w)
@@ -338,7 +382,10 @@ def test_brats_brain_box_clip_zscore(tmp_path):
     assert h5["label"].dtype == np.uint8 and fp["cases"][case_id]["label_values"] == [0, 1]
   read = lambda n: (tmp_path / "out" / n).read_text().split()
   assert (read("train.txt"), read("test.txt"), read("val.txt")) == (
-      [f"BraTS19_X_{i}" for i in range(4)], ["BraTS19_X_4"], ["BraTS19_X_5"])
+    [f"BraTS19_X_{i}" for i in range(4)],
+    ["BraTS19_X_4"],
+    ["BraTS19_X_5"],
+  )
 
 
 @pytest.mark.slow
@@ -356,8 +403,9 @@ def test_brats_bad_input(tmp_path, capsys):
   _write_brats(tmp_path / "a", "B1", 0, modalities=("t1", "t2"))
   _assert_refused(capsys, "brats", tmp_path / "a", tmp_path / "out", "B1_flair.nii.gz", "missing")
   _write_brats(tmp_path / "b", "B1", 0, seg_zooms=(1.0, 1.0, 2.0))
-  _assert_refused(capsys, "brats", tmp_path / "b", tmp_path / "out", "B1_seg.nii.gz",
-                  "spacing (1.0, 1.0, 2.0)")
+  _assert_refused(
+    capsys, "brats", tmp_path / "b", tmp_path / "out", "B1_seg.nii.gz", "spacing (1.0, 1.0, 2.0)"
+  )
   _write_brats(tmp_path / "c", "B1", 0)
   bad = tmp_path / "c" / "HGG" / "B1" / "B1_seg.nii.gz"
   bad.write_bytes(bad.read_bytes()[:60])
@@ -378,6 +426,7 @@ def _write_dicom_series(folder, pixels_zyx, spacing=(1.0, 1.0, 1.0), intercept=-
   from pydicom.uid import CTImageStorage
   from pydicom.uid import ExplicitVRLittleEndian
   from pydicom.uid import generate_uid
+
   folder.mkdir(parents=True, exist_ok=True)
   series = generate_uid()
   for k, plane in enumerate(pixels_zyx):
@@ -407,10 +456,12 @@ def _write_pancreas(raw, number, seed, label_zooms=(1.0, 1.0, 1.0)):
   _write_dicom_series(raw / "Pancreas-CT" / f"PANCREAS_{number:04d}" / "1.2.3" / "4.5.6", pixels)
   label = np.zeros(PANC_XYZ, np.uint8)
   (x0, x1), (y0, y1) = PANC_BOX
-  label[x0:x1 + 1, y0:y1 + 1, 1:3] = 1
+  label[x0 : x1 + 1, y0 : y1 + 1, 1:3] = 1
   (raw / "labels").mkdir(parents=True, exist_ok=True)
-  nib.save(nib.Nifti1Image(label, np.diag([*label_zooms, 1.0])),
-           raw / "labels" / f"label{number:04d}.nii.gz")
+  nib.save(
+    nib.Nifti1Image(label, np.diag([*label_zooms, 1.0])),
+    raw / "labels" / f"label{number:04d}.nii.gz",
+  )
   return pixels, label
 
 
@@ -433,7 +484,9 @@ def test_pancreas_hu_window_crop_zscore(tmp_path):
   read = lambda n: (tmp_path / "out" / n).read_text().split()
   # image0001 is in MC-Net's test list.
   assert (read("train.list"), read("test.list")) == (
-      ["image0002", "image0003", "image0007", "image0010", "image0011"], ["image0001"])
+    ["image0002", "image0003", "image0007", "image0010", "image0011"],
+    ["image0001"],
+  )
 
 
 @pytest.mark.slow
@@ -447,12 +500,14 @@ def test_pancreas_prepared_set_trains_two_steps(tmp_path):
 
 def test_pancreas_bad_input(tmp_path, capsys):
   _write_pancreas(tmp_path / "a", 1, 1, label_zooms=(1.0, 1.0, 2.5))
-  _assert_refused(capsys, "pancreas", tmp_path / "a", tmp_path / "out", "label0001.nii.gz",
-                  "spacing")
+  _assert_refused(
+    capsys, "pancreas", tmp_path / "a", tmp_path / "out", "label0001.nii.gz", "spacing"
+  )
   _write_pancreas(tmp_path / "b", 1, 1)
   (tmp_path / "b" / "labels" / "label0001.nii.gz").unlink()
-  _assert_refused(capsys, "pancreas", tmp_path / "b", tmp_path / "out", "PANCREAS_0001",
-                  "no label0001")
+  _assert_refused(
+    capsys, "pancreas", tmp_path / "b", tmp_path / "out", "PANCREAS_0001", "no label0001"
+  )
   _write_pancreas(tmp_path / "c", 1, 1)
   bad = next((tmp_path / "c").rglob("002.dcm"))
   bad.write_bytes(b"not a dicom file")
@@ -466,13 +521,16 @@ def test_pancreas_bad_input(tmp_path, capsys):
 
 def _write_promise(raw, case_id, seed, size_xyz, label_spacing=(1.0, 1.0, 1.5)):
   import SimpleITK as sitk
+
   rng = np.random.default_rng(seed)
   image = rng.integers(0, 900, size=size_xyz[::-1]).astype(np.int16)  # SimpleITK (z, y, x)
   label = np.zeros(size_xyz[::-1], np.uint8)
   label[3:7, 5:10, 4:9] = 1
   raw.mkdir(parents=True, exist_ok=True)
-  for array, name, spacing in ((image, f"{case_id}.mhd", (1.0, 1.0, 1.5)),
-                               (label, f"{case_id}_segmentation.mhd", label_spacing)):
+  for array, name, spacing in (
+    (image, f"{case_id}.mhd", (1.0, 1.0, 1.5)),
+    (label, f"{case_id}_segmentation.mhd", label_spacing),
+  ):
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(spacing)
     sitk.WriteImage(img, str(raw / name))
@@ -480,8 +538,10 @@ def _write_promise(raw, case_id, seed, size_xyz, label_spacing=(1.0, 1.0, 1.5)):
 
 
 def test_promise12_rescale_resample_centre_crop_zscore(tmp_path):
-  raws = {"Case00": _write_promise(tmp_path / "raw", "Case00", 0, (20, 18, 10)),
-          "Case01": _write_promise(tmp_path / "raw", "Case01", 1, (12, 18, 10))}
+  raws = {
+    "Case00": _write_promise(tmp_path / "raw", "Case00", 0, (20, 18, 10)),
+    "Case01": _write_promise(tmp_path / "raw", "Case01", 1, (12, 18, 10)),
+  }
   fp = _prepare("promise12", tmp_path / "raw", tmp_path / "out", "--vol_size", "16,16,8")
   assert (tmp_path / "out" / "train.list").read_text() == "Case00\nCase01\n"
   for case_id, (image, label) in raws.items():
@@ -511,8 +571,14 @@ def test_promise12_prepared_set_trains_two_steps(tmp_path):
     _write_promise(tmp_path / "raw", f"Case{i:02d}", i, (20, 18, 12))
   _prepare("promise12", tmp_path / "raw", tmp_path / "out", "--vol_size", "16,16,16")
   c = config_lib.load_config_module(REPO / "configs" / "promise12_vnet.py").get_config(
-      "smoke=1,labeled=2")
-  c.data.name, c.data.root, c.data.synthetic, c.data.n_val = "promise12", str(tmp_path / "out"), None, 1
+    "smoke=1,labeled=2"
+  )
+  c.data.name, c.data.root, c.data.synthetic, c.data.n_val = (
+    "promise12",
+    str(tmp_path / "out"),
+    None,
+    1,
+  )
   c.total_steps = 2
   summary = check_short_run(c, tmp_path / "run")
   assert summary["n_cases"] == 1
@@ -520,12 +586,14 @@ def test_promise12_prepared_set_trains_two_steps(tmp_path):
 
 def test_promise12_bad_input(tmp_path, capsys):
   _write_promise(tmp_path / "a", "Case00", 0, (12, 10, 6), label_spacing=(1.0, 1.0, 3.0))
-  _assert_refused(capsys, "promise12", tmp_path / "a", tmp_path / "out",
-                  "Case00_segmentation.mhd", "spacing")
+  _assert_refused(
+    capsys, "promise12", tmp_path / "a", tmp_path / "out", "Case00_segmentation.mhd", "spacing"
+  )
   _write_promise(tmp_path / "b", "Case00", 0, (12, 10, 6))
   (tmp_path / "b" / "Case00.raw").unlink()
-  _assert_refused(capsys, "promise12", tmp_path / "b", tmp_path / "out", "Case00.mhd",
-                  "cannot read")
+  _assert_refused(
+    capsys, "promise12", tmp_path / "b", tmp_path / "out", "Case00.mhd", "cannot read"
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -538,9 +606,11 @@ ISLES_SHAPE = (16, 14, 6)
 def _write_isles(raw, number, seed, msk_shape=ISLES_SHAPE, roles=("dwi", "adc", "FLAIR")):
   rng = np.random.default_rng(seed)
   sub = f"sub-strokecase{number:04d}"
-  arrays = {"dwi": rng.normal(300, 50, ISLES_SHAPE).astype(np.float32),
-            "adc": rng.normal(800, 90, ISLES_SHAPE).astype(np.float32),
-            "FLAIR": rng.normal(100, 9, (20, 20, 8)).astype(np.float32)}
+  arrays = {
+    "dwi": rng.normal(300, 50, ISLES_SHAPE).astype(np.float32),
+    "adc": rng.normal(800, 90, ISLES_SHAPE).astype(np.float32),
+    "FLAIR": rng.normal(100, 9, (20, 20, 8)).astype(np.float32),
+  }
   affine = np.diag([2.0, 2.0, 2.0, 1.0])
   for role in roles:
     folder = raw / sub / "ses-0001" / ("anat" if role == "FLAIR" else "dwi")
@@ -566,10 +636,14 @@ def test_isles_dwi_adc_mask_and_dycon_lists(tmp_path):
     assert h5["image"].dtype == np.float32 and h5["label"].dtype == np.uint8
     assert fp["cases"][case_id]["spacing"] == [2.0, 2.0, 2.0]
     assert fp["cases"][case_id]["shape"] == list(ISLES_SHAPE)
-    np.testing.assert_allclose(fp["cases"][case_id]["intensity"]["mean"],
-                               arrays["dwi"].astype(np.float64).mean(), rtol=1e-12)
-    np.testing.assert_allclose(fp["cases"][case_id]["adc_intensity"]["std"],
-                               arrays["adc"].astype(np.float64).std(), rtol=1e-12)
+    np.testing.assert_allclose(
+      fp["cases"][case_id]["intensity"]["mean"], arrays["dwi"].astype(np.float64).mean(), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+      fp["cases"][case_id]["adc_intensity"]["std"],
+      arrays["adc"].astype(np.float64).std(),
+      rtol=1e-12,
+    )
     assert fp["cases"][case_id]["label_values"] == sorted(np.unique(msk).tolist())
   read = lambda n: (tmp_path / "out" / n).read_text().split()
   # DyCON: 0001 is in test.list, 0002 in val.list.
@@ -585,7 +659,8 @@ def test_isles_prepared_set_trains_two_steps(tmp_path):
     _write_isles(tmp_path / "raw", n, n)
   _prepare("isles", tmp_path / "raw", tmp_path / "out")
   c = config_lib.load_config_module(REPO / "configs" / "isles_dycon.py").get_config(
-      "smoke=1,labeled=2")
+    "smoke=1,labeled=2"
+  )
   c.data.root, c.data.synthetic = str(tmp_path / "out"), None
   c.batch_size, c.labeled_batch_size, c.total_steps = 4, 2, 2
   summary = check_short_run(c, tmp_path / "run")
@@ -594,8 +669,15 @@ def test_isles_prepared_set_trains_two_steps(tmp_path):
 
 def test_isles_bad_input(tmp_path, capsys):
   _write_isles(tmp_path / "a", 1, 1, roles=("dwi", "FLAIR"))
-  _assert_refused(capsys, "isles", tmp_path / "a", tmp_path / "out", "sub-strokecase0001",
-                  "ADC missing")
+  _assert_refused(
+    capsys, "isles", tmp_path / "a", tmp_path / "out", "sub-strokecase0001", "ADC missing"
+  )
   _write_isles(tmp_path / "b", 1, 1, msk_shape=(16, 14, 7))
-  _assert_refused(capsys, "isles", tmp_path / "b", tmp_path / "out",
-                  "sub-strokecase0001_ses-0001_msk.nii.gz", "shape (16, 14, 7)")
+  _assert_refused(
+    capsys,
+    "isles",
+    tmp_path / "b",
+    tmp_path / "out",
+    "sub-strokecase0001_ses-0001_msk.nii.gz",
+    "shape (16, 14, 7)",
+  )

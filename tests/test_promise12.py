@@ -1,5 +1,6 @@
 """PROMISE12 with the original V-Net: the data source on its synthetic stand-in (layout, splits, bad
 input), the release's Dice loss layer, and the config's smoke run."""
+
 import pathlib
 
 import h5py
@@ -81,8 +82,11 @@ def test_bad_input(tmp_path):
     f["image"] = np.zeros((16, 12, 8), np.float32)
   with pytest.raises(DataError, match="Case00.h5.*label"):
     promise12.source(root, ["Case00"])[0]
-  write_case(promise12.case_path(root, "Case01"), np.zeros((4, 4, 4), np.float32),
-             np.full((4, 4, 4), 2, np.uint8))
+  write_case(
+    promise12.case_path(root, "Case01"),
+    np.zeros((4, 4, 4), np.float32),
+    np.full((4, 4, 4), 2, np.uint8),
+  )
   with pytest.raises(DataError, match="Case01.h5"):
     promise12.source(root, ["Case01"])[0]
   (root / "train.list").write_text("Case00\nCase00\n")
@@ -114,10 +118,12 @@ def test_vnet_caffe_dice_loss_is_the_release_layer():
   labels = (rng.random((3, 4, 4, 2)) > 0.6).astype(np.int32)
   with jax.enable_x64(True):
     (value, mean_dice), grad = jax.value_and_grad(losses.vnet_caffe_dice_loss, has_aux=True)(
-        jnp.asarray(logits), jnp.asarray(labels))
+      jnp.asarray(logits), jnp.asarray(labels)
+    )
     probs = jax.nn.softmax(jnp.asarray(logits), -1)
-    top, diff = _caffe_dice_layer(np.moveaxis(np.asarray(probs), -1, 1).reshape(3, 2, -1),
-                                  labels.reshape(3, -1))
+    top, diff = _caffe_dice_layer(
+      np.moveaxis(np.asarray(probs), -1, 1).reshape(3, 2, -1), labels.reshape(3, -1)
+    )
     # Caffe's diff is on the softmax output; chain it through the softmax to the logits.
     _, vjp = jax.vjp(lambda z: jax.nn.softmax(z, -1), jnp.asarray(logits))
     want = vjp(jnp.asarray(np.moveaxis(diff.reshape(3, 2, 4, 4, 2), 1, -1)))[0]
@@ -132,16 +138,20 @@ def test_vnet_caffe_dice_loss_is_the_release_layer():
 
 def test_vnet_caffe_dice_loss_empty_sample_has_no_gradient():
   logits = jnp.stack([jnp.ones((1, 8)), -jnp.ones((1, 8))], -1)  # predicts background everywhere
-  value, grad = jax.value_and_grad(lambda z: losses.vnet_caffe_dice_loss(
-      z, jnp.zeros((1, 8), jnp.int32))[0])(logits)
+  value, grad = jax.value_and_grad(
+    lambda z: losses.vnet_caffe_dice_loss(z, jnp.zeros((1, 8), jnp.int32))[0]
+  )(logits)
   assert float(value) == 1.0 and not np.any(np.asarray(grad))
 
 
 def test_config_smoke_trains_and_evaluates(tmp_path):
   module = config_lib.load_config_module(_REPO / "configs" / "promise12_vnet.py")
   full = module.get_config()
-  assert (full.model.name, full.loss, full.data.name) == ("vnet_milletari", "vnet_caffe_dice",
-                                                          "promise12")
+  assert (full.model.name, full.loss, full.data.name) == (
+    "vnet_milletari",
+    "vnet_caffe_dice",
+    "promise12",
+  )
   assert tuple(full.data.spacing) == (1.0, 1.0, 1.5)
   assert tuple(full.data.patch_size) == (128, 128, 64) and full.batch_size == 2
   c = module.get_config("smoke=1,labeled=2")

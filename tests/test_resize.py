@@ -1,4 +1,5 @@
 """jaxseg.models.resize: align_corners=True linear resizing against torch and a direct formula."""
+
 import itertools
 
 import jax
@@ -32,22 +33,27 @@ def _direct(x, shape):
   return out
 
 
-@pytest.mark.parametrize("in_shape,out_shape", [((3, 4, 5), (6, 8, 10)), ((2, 3, 4), (5, 3, 7)),
-                                                ((4, 6), (8, 12)), ((5, 4), (1, 9))])
+@pytest.mark.parametrize(
+  "in_shape,out_shape",
+  [((3, 4, 5), (6, 8, 10)), ((2, 3, 4), (5, 3, 7)), ((4, 6), (8, 12)), ((5, 4), (1, 9))],
+)
 def test_matches_direct_formula(in_shape, out_shape):
   x = np.random.default_rng(0).normal(size=(2, *in_shape, 3))
   got = resize.resize_linear_align_corners(jnp.asarray(x, jnp.float32), out_shape)
   np.testing.assert_allclose(np.asarray(got), _direct(x, out_shape), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("in_shape,out_shape", [((3, 4, 5), (6, 8, 10)), ((2, 5, 3), (4, 7, 6)),
-                                                ((4, 6), (8, 12)), ((7, 5), (3, 11))])
+@pytest.mark.parametrize(
+  "in_shape,out_shape",
+  [((3, 4, 5), (6, 8, 10)), ((2, 5, 3), (4, 7, 6)), ((4, 6), (8, 12)), ((7, 5), (3, 11))],
+)
 def test_matches_torch_interpolate(in_shape, out_shape):
   torch = pytest.importorskip("torch")
   x = np.random.default_rng(1).normal(size=(2, 3, *in_shape)).astype(np.float32)
   mode = "trilinear" if len(in_shape) == 3 else "bilinear"
-  want = torch.nn.functional.interpolate(torch.from_numpy(x), size=out_shape, mode=mode,
-                                         align_corners=True).numpy()
+  want = torch.nn.functional.interpolate(
+    torch.from_numpy(x), size=out_shape, mode=mode, align_corners=True
+  ).numpy()
   got = resize.resize_linear_align_corners(jnp.moveaxis(jnp.asarray(x), 1, -1), out_shape)
   np.testing.assert_allclose(np.moveaxis(np.asarray(got), -1, 1), want, rtol=1e-5, atol=1e-6)
 

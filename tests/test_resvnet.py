@@ -1,6 +1,7 @@
 """Tests for jaxseg/models/resvnet.py: parity with WYC-321/MCF code/networks/ResNet34.py `Resnet34`
 (fixture MCF_ResVNet.npz, docs/parity.md), its torch key map, width scaling, dropout
 placement and MCF's kaiming-normal re-initialisation."""
+
 import functools
 import math
 
@@ -36,8 +37,9 @@ def _kwargs(pf):
   (recorded in `resnet_encoder_override`); jaxseg's encoder width is n_filters, which the decoder's
   additive skips require to be equal. Checked against the stored stem weight rather than assumed.
   """
-  kwargs = {k: v for k, v in pf.meta['constructor_kwargs'].items()
-            if k != 'resnet_encoder_override'}
+  kwargs = {
+    k: v for k, v in pf.meta['constructor_kwargs'].items() if k != 'resnet_encoder_override'
+  }
   stem = pf['param/resnet_encoder.conv1.weight']
   assert stem.shape[0] == kwargs['n_filters'], (stem.shape, kwargs)
   return kwargs
@@ -53,8 +55,13 @@ def _load(parity):
   key = str(pf.path)
   if key not in _IMPORTED:
     _IMPORTED[key] = torch_import.import_state_dict('resvnet', pf.group('param'), **kwargs)
-  return (pf, kwargs, models.get('resvnet', **kwargs), _IMPORTED[key],
-          jnp.asarray(_to_last(pf['input'])))
+  return (
+    pf,
+    kwargs,
+    models.get('resvnet', **kwargs),
+    _IMPORTED[key],
+    jnp.asarray(_to_last(pf['input'])),
+  )
 
 
 def _train_forward(model, variables, x):
@@ -69,13 +76,22 @@ def test_key_map_covers_the_fixture_state_dict(parity):
   flat = flax.traverse_util.flatten_dict(_load(parity)[3])
   assert len(flat) == len(keys)
   assert keys['resnet_encoder.layer2.0.downsample.1.running_var'] == (
-      'batch_stats', ('resnet_encoder', 'layer2_0', 'downsample_bn', 'var'), None)
+    'batch_stats',
+    ('resnet_encoder', 'layer2_0', 'downsample_bn', 'var'),
+    None,
+  )
   assert keys['resnet_encoder.layer3.5.conv2.weight'].path == (
-      'resnet_encoder', 'layer3_5', 'conv2', 'kernel')
+    'resnet_encoder',
+    'layer3_5',
+    'conv2',
+    'kernel',
+  )
   assert keys['block_six_up.conv.0.weight'].perm == torch_keys.conv_transpose_perm(3)
   # Wrong width: every mis-shaped key is reported.
   with pytest.raises(ValueError, match='mis-shaped'):
-    torch_import.import_state_dict('resvnet', sd, **{**kwargs, 'n_filters': 2 * kwargs['n_filters']})
+    torch_import.import_state_dict(
+      'resvnet', sd, **{**kwargs, 'n_filters': 2 * kwargs['n_filters']}
+    )
 
 
 def _eval_forward(model, variables, x):
@@ -99,8 +115,9 @@ def test_gradients_match_upstream_float64(parity):
   float32 forward is checked above and a float32 gradient compile of ResNet-34 costs ~10 s of CPU."""
   pf, kwargs, _, variables, x = _load(parity)
   keys = torch_import.key_map('resvnet', **kwargs)
-  loss64, grads64 = x64_loss_and_grads('resvnet', kwargs, lossw_loss(_train_forward), variables, x,
-                                       fixture_outputs(pf.group('lossw')))
+  loss64, grads64 = x64_loss_and_grads(
+    'resvnet', kwargs, lossw_loss(_train_forward), variables, x, fixture_outputs(pf.group('lossw'))
+  )
   np.testing.assert_allclose(loss64, float(pf['loss64']), rtol=1e-10)
   # Conv biases feeding a train-mode BN are cancelled by the batch mean: zero in float64 (checked).
   assert_grads64_match(pf, keys, grads64, rel_tol=1e-6)
@@ -108,8 +125,10 @@ def test_gradients_match_upstream_float64(parity):
 
 def _count(n_filters, n_classes=2, **kw):
   model = models.get('resvnet', n_channels=1, n_classes=n_classes, n_filters=n_filters, **kw)
-  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))
+  shapes = jax.eval_shape(
+    functools.partial(model.init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+  )
   return {c: sum(math.prod(a.shape) for a in jax.tree.leaves(t)) for c, t in shapes.items()}
 
 
@@ -141,8 +160,10 @@ def test_param_count_and_width_scale_with_n_filters():
 
 def test_width_of_every_stage_follows_n_filters():
   model = models.get('resvnet', n_filters=4)
-  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))
+  shapes = jax.eval_shape(
+    functools.partial(model.init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+  )
   enc = shapes['params']['resnet_encoder']
   assert enc['conv1']['kernel'].shape == (7, 7, 7, 1, 4)
   assert 'bias' not in enc['conv1'] and 'bias' not in enc['layer1_0']['conv1']
@@ -168,9 +189,17 @@ def test_dropout_only_on_x9_and_train_only():
 
   def calls(**kw):
     _, state = jax.eval_shape(
-        lambda v, x: model.apply(v, x, rngs={'dropout': jax.random.key(1)},
-                                 capture_intermediates=capture,
-                                 mutable=['batch_stats', 'intermediates'], **kw), variables, x)
+      lambda v, x: model.apply(
+        v,
+        x,
+        rngs={'dropout': jax.random.key(1)},
+        capture_intermediates=capture,
+        mutable=['batch_stats', 'intermediates'],
+        **kw,
+      ),
+      variables,
+      x,
+    )
     return state.get('intermediates', {}).get('dropout', {}).get('__call__', ())
 
   (x9,) = calls(train=True)  # one call, on the [B, D, H, W, f] map before out_conv
@@ -180,17 +209,21 @@ def test_dropout_only_on_x9_and_train_only():
 
 def test_kaiming_normal_conv_kernels():
   model = models.get('resvnet', n_filters=8)
-  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))['params']
+  shapes = jax.eval_shape(
+    functools.partial(model.init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+  )['params']
   params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
   new = jax.jit(resvnet.kaiming_normal_conv_kernels)(params, jax.random.key(3))
   assert jax.tree.structure(new) == jax.tree.structure(params)
   enc = new['resnet_encoder']
   # Conv: fan_in = cin * 27 (layer3 conv2: 64 -> 64); transposed conv: torch takes fan_in from
   # the weight's dim 1 (cout): block_five_up 128 -> 64, fan_in = 64 * 8.
-  for kernel, fan_in in ((enc['layer3_2']['conv2']['kernel'], 64 * 27),
-                         (new['block_five_up']['conv0']['kernel'], 64 * 8),
-                         (enc['conv1']['kernel'], 343)):
+  for kernel, fan_in in (
+    (enc['layer3_2']['conv2']['kernel'], 64 * 27),
+    (new['block_five_up']['conv0']['kernel'], 64 * 8),
+    (enc['conv1']['kernel'], 343),
+  ):
     np.testing.assert_allclose(float(jnp.std(kernel)), math.sqrt(2 / fan_in), rtol=0.1)
     assert abs(float(jnp.mean(kernel))) < 0.1 * math.sqrt(2 / fan_in)
   # Biases and BN affine parameters are untouched.

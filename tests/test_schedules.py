@@ -1,4 +1,5 @@
 """Tests of jaxseg.schedules: parity with ramps_ema.npz (UA-MT ramps.py, EMA, consistency weight) and lr schedules."""
+
 import re
 
 import jax
@@ -9,9 +10,8 @@ import pytest
 from jaxseg import schedules
 
 _RAMPS = {
-    "sigmoid_rampup": (schedules.sigmoid_rampup, "rampup_length"),
+  "sigmoid_rampup": (schedules.sigmoid_rampup, "rampup_length"),
 }
-
 
 
 @pytest.mark.parametrize("function", sorted(_RAMPS))
@@ -42,12 +42,14 @@ def test_consistency_weight_parity(parity):
     kwargs = dict(consistency=args["consistency"], rampup_length=args["consistency_rampup"])
     host = np.array([schedules.consistency_weight(int(i), **kwargs) for i in iters])
     np.testing.assert_allclose(host, want, rtol=1e-12, err_msg=name)
-    traced = jax.jit(lambda s: schedules.consistency_weight(s, **kwargs))(jnp.asarray(iters, jnp.int32))
+    traced = jax.jit(lambda s: schedules.consistency_weight(s, **kwargs))(
+      jnp.asarray(iters, jnp.int32)
+    )
     np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def _params(case, prefix):
-  return {k[len(prefix):]: v for k, v in case.items() if k.startswith(prefix)}
+  return {k[len(prefix) :]: v for k, v in case.items() if k.startswith(prefix)}
 
 
 def _same(a, b):
@@ -57,7 +59,9 @@ def _same(a, b):
 def _assert_tree_close(got, want, msg):
   assert set(got) == set(want), msg
   for k in want:
-    np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-5, atol=1e-6, err_msg=f"{msg}/{k}")
+    np.testing.assert_allclose(
+      np.asarray(got[k]), want[k], rtol=1e-5, atol=1e-6, err_msg=f"{msg}/{k}"
+    )
 
 
 # ramps_ema.npz stores the EMA tensors by reference: `ema_before`, `ema_init` and every `ema_after_step<k>`
@@ -68,7 +72,11 @@ def _assert_tree_close(got, want, msg):
 
 def test_ema_single_steps_parity(parity):
   pf = parity("ramps_ema.npz")
-  names = [n for n in pf.cases_of("update_ema_variables", required=False) if isinstance(pf.case_args(n)["global_step"], int)]
+  names = [
+    n
+    for n in pf.cases_of("update_ema_variables", required=False)
+    if isinstance(pf.case_args(n)["global_step"], int)
+  ]
   assert names
   update = jax.jit(schedules.ema_update, static_argnums=3)
   for name in names:
@@ -76,8 +84,12 @@ def test_ema_single_steps_parity(parity):
     step, decay = args["global_step"], args["alpha"]
     alpha = float(case["output/effective_alpha"])
     assert schedules.ema_alpha(step, decay) == pytest.approx(alpha, abs=1e-15), name
-    np.testing.assert_allclose(jax.jit(schedules.ema_alpha, static_argnums=1)(jnp.int32(step), decay),
-                               alpha, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(
+      jax.jit(schedules.ema_alpha, static_argnums=1)(jnp.int32(step), decay),
+      alpha,
+      rtol=1e-6,
+      err_msg=name,
+    )
     model, ema = _params(case, "input/model/"), _params(case, "input/ema_before/")
     want = _params(case, "output/ema_after/")
     if alpha > 0 and _same(ema, want) and not _same(model, want):
@@ -99,13 +111,18 @@ def test_ema_step0_copies_student():
 
 def test_ema_sequence_parity(parity):
   pf = parity("ramps_ema.npz")
-  names = [n for n in pf.cases_of("update_ema_variables", required=False)
-           if any(k.startswith("input/model_step") for k in pf.case(n))]
+  names = [
+    n
+    for n in pf.cases_of("update_ema_variables", required=False)
+    if any(k.startswith("input/model_step") for k in pf.case(n))
+  ]
   assert names
   update = jax.jit(schedules.ema_update, static_argnums=3)
   for name in names:
     case, decay = pf.case(name), pf.case_args(name)["alpha"]
-    steps = sorted({int(m.group(1)) for k in case for m in [re.match(r"input/model_step(\d+)/", k)] if m})
+    steps = sorted(
+      {int(m.group(1)) for k in case for m in [re.match(r"input/model_step(\d+)/", k)] if m}
+    )
     assert steps == list(range(len(steps))), f"{name}: global steps {steps} are not 0..n-1"
     stored = {s: _params(case, f"output/ema_after_step{s}/") for s in steps}
     aliased = all(_same(stored[s], stored[steps[-1]]) for s in steps)

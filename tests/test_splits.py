@@ -1,11 +1,15 @@
 """Tests for jaxseg.data.splits."""
+
 import json
 
 import pytest
 
 from jaxseg.data.h5io import DataError
-from jaxseg.data.splits import (load_or_make_splits, make_splits, read_list, read_splits,
-                                write_splits)
+from jaxseg.data.splits import load_or_make_splits
+from jaxseg.data.splits import make_splits
+from jaxseg.data.splits import read_list
+from jaxseg.data.splits import read_splits
+from jaxseg.data.splits import write_splits
 
 IDS = [f"id{i:02d}" for i in range(10)]
 
@@ -35,13 +39,16 @@ def test_make_splits_values():
   assert s0["val"] == [] and s0["unlabeled"] == [] and s0["labeled"] == IDS
 
 
-@pytest.mark.parametrize("ids, n_val, labeled, pattern", [
+@pytest.mark.parametrize(
+  "ids, n_val, labeled, pattern",
+  [
     (IDS, 10, 1, r"n_val=10 must be in \[0, 10\)"),
     (IDS, -1, 1, r"n_val=-1"),
     (IDS, 3, 8, r"labeled=8 must be in \[1, 7\]"),
     (IDS, 3, 0, r"labeled=0"),
     (IDS + ["id03"], 3, 2, r"duplicated: \['id03'\]"),
-])
+  ],
+)
 def test_make_splits_errors(ids, n_val, labeled, pattern):
   with pytest.raises(DataError, match=pattern):
     make_splits(ids, n_val, labeled)

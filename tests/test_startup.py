@@ -1,5 +1,6 @@
 """Start-up cost and profiling: the persistent compilation cache (`config.compile_cache`) and the
 jax.profiler trace of `config.profile_steps`."""
+
 import json
 import os
 import pathlib
@@ -30,8 +31,14 @@ print(json.dumps(sorted(p.name for p in folder.iterdir()) if folder.exists() els
 def _cache_files(setting: str, folder: pathlib.Path, environ: dict) -> list | None:
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env.update(environ, JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  out = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT, setting, str(folder)], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-c", _CACHE_SCRIPT, setting, str(folder)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -44,8 +51,9 @@ def test_compile_cache_folder_auto_and_off(tmp_path):
   assert _cache_files("auto", home / ".cache" / "jaxseg" / "xla", {"HOME": str(home)})
   # ... unless $JAX_COMPILATION_CACHE_DIR names one (the tests' own cache).
   env_dir = tmp_path / "env"
-  assert _cache_files("auto", env_dir,
-                      {"HOME": str(home), "JAX_COMPILATION_CACHE_DIR": str(env_dir)})
+  assert _cache_files(
+    "auto", env_dir, {"HOME": str(home), "JAX_COMPILATION_CACHE_DIR": str(env_dir)}
+  )
   # '' turns it off, even with the variable set.
   off = tmp_path / "off"
   assert _cache_files("", off, {"JAX_COMPILATION_CACHE_DIR": str(off)}) in (None, [])

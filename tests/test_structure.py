@@ -1,6 +1,7 @@
 """The package's shape, checked on its source: no import cycle inside jaxseg, and no module outside
 jaxseg/methods/ that names a method (everything the loop, evaluation, bench and data builder need
 comes through the Method protocol, jaxseg/methods/base.py)."""
+
 import ast
 import pathlib
 
@@ -30,8 +31,10 @@ def import_graph() -> dict[str, set[str]]:
       if isinstance(node, ast.Import):
         deps.update(a.name for a in node.names)
       elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        deps.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
-                    for a in node.names)
+        deps.update(
+          f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+          for a in node.names
+        )
     graph[name] = {d for d in deps if d in mods and d != name}
   return graph
 
@@ -44,7 +47,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     stack.append(u)
     for v in sorted(graph[u]):
       if state.get(v) == "open":
-        cycles.append(stack[stack.index(v):] + [v])
+        cycles.append(stack[stack.index(v) :] + [v])
       elif v not in state:
         visit(v)
     stack.pop()
@@ -97,6 +100,10 @@ def test_method_mentions_are_found(tmp_path):
 
 
 def test_no_module_outside_methods_names_a_method():
-  hits = [h for p in sorted(PKG.rglob("*.py")) if "methods" not in p.relative_to(PKG).parts
-          for h in method_mentions(p)]
+  hits = [
+    h
+    for p in sorted(PKG.rglob("*.py"))
+    if "methods" not in p.relative_to(PKG).parts
+    for h in method_mentions(p)
+  ]
   assert hits == []

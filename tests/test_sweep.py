@@ -1,5 +1,6 @@
 """launch/sweep.py: the run grid, config building, job scripts, skipping finished runs (no training here;
 tests/test_report.py runs a real sweep)."""
+
 import json
 import pathlib
 
@@ -13,15 +14,20 @@ MT = "configs/la_mt.py:smoke=1"
 
 
 def _plan(tmp_path, seeds=(0, 1)):
-  return sweep.plan([VNET, MT], [4, 6], list(seeds), tmp_path,
-                    ["total_steps=3", "eval.save_predictions=True"])
+  return sweep.plan(
+    [VNET, MT], [4, 6], list(seeds), tmp_path, ["total_steps=3", "eval.save_predictions=True"]
+  )
 
 
 def test_plan_grid_names_and_configs(tmp_path):
   runs = _plan(tmp_path)
   assert len(runs) == 2 * 2 * 2
   assert [(r.name, r.labeled, r.seed) for r in runs[:4]] == [
-      ("supervised", 4, 0), ("supervised", 4, 1), ("supervised", 6, 0), ("supervised", 6, 1)]
+    ("supervised", 4, 0),
+    ("supervised", 4, 1),
+    ("supervised", 6, 0),
+    ("supervised", 6, 1),
+  ]
   assert runs[-1].workdir == str(tmp_path.resolve() / "mean_teacher" / "labeled6" / "seed1")
   config = sweep.build_config(runs[-1])
   assert config.method == "mean_teacher" and config.data.labeled == 6 and config.seed == 1
@@ -62,24 +68,53 @@ def test_finished_runs_are_skipped(tmp_path, capsys):
 
 
 def test_main_writes_manifest_and_scripts(tmp_path):
-  rc = sweep.main(["--configs", VNET, "--labeled", "4", "--seeds", "0,2",
-                   "--root", str(tmp_path), "--set", "total_steps=2", "--emit_scripts",
-                   str(tmp_path / "jobs")])
+  rc = sweep.main(
+    [
+      "--configs",
+      VNET,
+      "--labeled",
+      "4",
+      "--seeds",
+      "0,2",
+      "--root",
+      str(tmp_path),
+      "--set",
+      "total_steps=2",
+      "--emit_scripts",
+      str(tmp_path / "jobs"),
+    ]
+  )
   assert rc == 0
   manifest = json.loads((tmp_path / "sweep.json").read_text())
   assert [(r["name"], r["labeled"], r["seed"]) for r in manifest["runs"]] == [
-      ("supervised", 4, 0), ("supervised", 4, 2)]
+    ("supervised", 4, 0),
+    ("supervised", 4, 2),
+  ]
   assert len(list((tmp_path / "jobs").glob("run_0*.sh"))) == 2
   with pytest.raises(SystemExit):
-    sweep.main(["--configs", VNET, "--labeled", "4", "--seeds", "0", "--root", str(tmp_path),
-                "--set", "total_steps"])
+    sweep.main(
+      [
+        "--configs",
+        VNET,
+        "--labeled",
+        "4",
+        "--seeds",
+        "0",
+        "--root",
+        str(tmp_path),
+        "--set",
+        "total_steps",
+      ]
+    )
 
 
 def test_config_specs_split_on_config_paths_only():
   text = f"a={VNET},labeled=4,configs/la_mt.py,b=configs/la_acmt.py:strategy=mu,seed=2"
   assert sweep.split_config_specs(text) == [
-      "a=configs/la_vnet.py:smoke=1,labeled=4", "configs/la_mt.py",
-      "b=configs/la_acmt.py:strategy=mu,seed=2"]
+    "a=configs/la_vnet.py:smoke=1,labeled=4",
+    "configs/la_mt.py",
+    "b=configs/la_acmt.py:strategy=mu,seed=2",
+  ]
   assert sweep.split_config_specs("configs/la_mt.py") == ["configs/la_mt.py"]
   name, config = sweep.parse_config_spec(f"b={VNET},seed=2")
   assert name == "b" and config == f"{REPO / 'configs' / 'la_vnet.py'}:smoke=1,seed=2"

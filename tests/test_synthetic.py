@@ -1,4 +1,5 @@
 """Tests for jaxseg.data.synthetic: layout, determinism, difficulty, idempotency."""
+
 import json
 import time
 
@@ -6,9 +7,13 @@ import numpy as np
 from scipy import ndimage
 
 from jaxseg.data import LASource
-from jaxseg.data.la import LIST_FILE, case_path
+from jaxseg.data.la import LIST_FILE
+from jaxseg.data.la import case_path
 from jaxseg.data.splits import read_list
-from jaxseg.data.synthetic import MANIFEST, case_ids, generate, make_case
+from jaxseg.data.synthetic import MANIFEST
+from jaxseg.data.synthetic import case_ids
+from jaxseg.data.synthetic import generate
+from jaxseg.data.synthetic import make_case
 
 SHAPE = (32, 32, 24)
 

@@ -1,4 +1,5 @@
 """Tests for jaxseg/models/torch_import.py: layout conversion, key checks, checkpoint inputs."""
+
 import importlib.util
 
 import flax
@@ -28,7 +29,7 @@ def _expected_layout(name, arr, path):
     return arr
   if path[-3].endswith('_up'):
     return arr.transpose(2, 3, 4, 0, 1)  # ConvTranspose3d (I, O, k, k, k) -> (k, k, k, I, O)
-  return arr.transpose(2, 3, 4, 1, 0)    # Conv3d (O, I, k, k, k) -> (k, k, k, I, O)
+  return arr.transpose(2, 3, 4, 1, 0)  # Conv3d (O, I, k, k, k) -> (k, k, k, I, O)
 
 
 def test_fixture_state_dict_maps_every_tensor(parity):
@@ -43,8 +44,9 @@ def test_fixture_state_dict_maps_every_tensor(parity):
   for name in used:
     e = keys[name]
     leaf = np.asarray(flat[(e.collection,) + e.path])
-    np.testing.assert_array_equal(leaf, _expected_layout(name, sd[name], (e.collection,) + e.path),
-                                  err_msg=name)
+    np.testing.assert_array_equal(
+      leaf, _expected_layout(name, sd[name], (e.collection,) + e.path), err_msg=name
+    )
   # Spot checks of the naming convention.
   assert keys['block_one.conv.1.running_var'] == ('batch_stats', ('block_one', 'bn0', 'var'), None)
   assert keys['block_two.conv.3.weight'].path == ('block_two', 'conv1', 'kernel')
@@ -90,8 +92,9 @@ def test_wrappers_prefix_counters_and_tensor_like_values():
       np.testing.assert_array_equal(got[k], want[k])
 
 
-@pytest.mark.parametrize('normalization,n_filters', [
-    ('none', 4), ('batchnorm', 4), ('groupnorm', 16), ('instancenorm', 4)])
+@pytest.mark.parametrize(
+  'normalization,n_filters', [('none', 4), ('batchnorm', 4), ('groupnorm', 16), ('instancenorm', 4)]
+)
 def test_normalization_kinds(normalization, n_filters):
   kwargs = dict(normalization=normalization, n_filters=n_filters, n_classes=3, n_channels=2)
   sd = _synthetic('vnet', seed=2, **kwargs)
@@ -109,8 +112,9 @@ def test_normalization_kinds(normalization, n_filters):
   keys = torch_import.key_map('vnet', **kwargs)
   for name, arr in sd.items():
     e = keys[name]
-    np.testing.assert_array_equal(flat[(e.collection,) + e.path],
-                                  _expected_layout(name, arr, (e.collection,) + e.path))
+    np.testing.assert_array_equal(
+      flat[(e.collection,) + e.path], _expected_layout(name, arr, (e.collection,) + e.path)
+    )
   assert set(variables) == {'params', 'batch_stats'}
   assert bool(variables['batch_stats']) == (normalization == 'batchnorm')
 
@@ -131,6 +135,7 @@ def test_pth_without_torch_says_what_to_do(tmp_path):
 @pytest.mark.skipif(not HAS_TORCH, reason='torch is not installed')
 def test_pth_roundtrip_with_torch(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
+
   sd = _synthetic('vnet', seed=3, n_filters=4)
   path = tmp_path / 'iter_6000.pth'
   torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in sd.items()}}, path)

@@ -1,5 +1,6 @@
 """The training loop end to end at tiny size: outputs and their modes, the NaN guard, phases.
 (Faults injected in a subprocess: tests/test_faults.py.)"""
+
 import csv
 import json
 import os
@@ -56,6 +57,7 @@ def test_non_finite_loss_stops_the_run(tmp_path):
 
 def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
   from jaxseg.data import DataError
+
   monkeypatch.delenv("JAXSEG_DATA_DIR", raising=False)
   config = tiny_config("mean_teacher")
   config.data.name = "la"
@@ -76,6 +78,7 @@ class _TwoPhaseSupervised:
 
   def __init__(self, config):
     from jaxseg.methods.supervised import Supervised
+
     self.built.append(self)
     self.inner = Supervised(config)
     self.model, self.tx = self.inner.model, self.inner.tx
@@ -86,6 +89,7 @@ class _TwoPhaseSupervised:
         self.traces[name] += 1
         state, metrics = self.inner.train_step(state, batch)
         return state, dict(metrics, entered=state.aux["entered"])
+
       return fn
 
     def enter(state):
@@ -93,14 +97,18 @@ class _TwoPhaseSupervised:
       return state.replace(aux={"entered": state.aux["entered"] + 1})
 
     from jaxseg.methods import base
-    self._phases = (base.Phase("first", 0, step("first")),
-                    base.Phase("second", 2, step("second"), enter))
+
+    self._phases = (
+      base.Phase("first", 0, step("first")),
+      base.Phase("second", 2, step("second"), enter),
+    )
 
   def phases(self):
     return self._phases
 
   def init(self, rng, example_batch):
     import jax.numpy as jnp
+
     return self.inner.init(rng, example_batch).replace(aux={"entered": jnp.zeros((), jnp.int32)})
 
   def predict(self, state, images):
@@ -109,6 +117,7 @@ class _TwoPhaseSupervised:
 
 def test_phases_run_in_order_and_enter_once(tmp_path, monkeypatch):
   from jaxseg import methods
+
   built = _TwoPhaseSupervised.built
   built.clear()
   monkeypatch.setitem(methods.METHODS, "supervised", _TwoPhaseSupervised)
@@ -122,6 +131,7 @@ def test_phases_run_in_order_and_enter_once(tmp_path, monkeypatch):
 
   # Resuming at the phase boundary (checkpoint of step 2, taken before `enter`) enters again.
   import shutil
+
   shutil.rmtree(tmp_path / "checkpoints" / "4")
   shutil.rmtree(tmp_path / "eval")
   train.train_and_evaluate(config, tmp_path)
@@ -136,6 +146,7 @@ def test_phase_starts_are_checked():
   class Bad:
     def phases(self):
       return (base.Phase("a", 1, None),)
+
   with pytest.raises(ValueError, match="start at step 0"):
     base.phases_of(Bad())
   good = (base.Phase("a", 0, None), base.Phase("b", 5, None))
@@ -144,6 +155,7 @@ def test_phase_starts_are_checked():
 
 def test_log_window_averages_each_metric_over_its_own_steps():
   from jaxseg import train
+
   window = {}
   train._accumulate(window, {"loss": 1.0, "ce": 4.0})
   train._accumulate(window, {"loss": 3.0})  # a phase that logs fewer metrics

@@ -1,10 +1,13 @@
 """Tests for jaxseg.data.transforms: the upstream RandomRotFlip / RandomCrop quirks, numerically."""
+
 import collections
 
 import numpy as np
 import pytest
 
-from jaxseg.data.transforms import crop_padding, random_crop, random_rot_flip
+from jaxseg.data.transforms import crop_padding
+from jaxseg.data.transforms import random_crop
+from jaxseg.data.transforms import random_rot_flip
 
 
 def _dihedral(x):
@@ -46,12 +49,15 @@ def test_rot_flip_is_always_a_reflection():
     assert abs(n / 4000 - 0.25) < 0.03
 
 
-@pytest.mark.parametrize("shape, patch, expected", [
+@pytest.mark.parametrize(
+  "shape, patch, expected",
+  [
     ((10, 20, 30), (12, 16, 8), (4, 1, 0)),  # one axis short: every axis padded, floor division
     ((16, 16, 16), (16, 8, 8), (3, 0, 0)),  # equal counts as short (upstream uses <=)
     ((9, 9, 9), (8, 8, 8), (0, 0, 0)),  # all larger: no padding
     ((5, 9, 8), (8, 8, 8), (4, 2, 3)),  # (8-5)//2+3, (8-9)//2+3 = -1+3, 0//2+3
-])
+  ],
+)
 def test_crop_padding(shape, patch, expected):
   assert crop_padding(shape, patch) == expected
 
@@ -80,8 +86,11 @@ def test_random_crop_pads_with_zero_and_cuts_the_drawn_window():
 def test_random_crop_never_draws_last_start():
   # 12 x 11 x 10 volume, patch 8: starts are uniform on [0, dim - patch - 1].
   image = np.broadcast_to(
-      np.arange(12)[:, None, None] * 10000 + np.arange(11)[None, :, None] * 100
-      + np.arange(10)[None, None, :], (12, 11, 10)).astype(np.float32)
+    np.arange(12)[:, None, None] * 10000
+    + np.arange(11)[None, :, None] * 100
+    + np.arange(10)[None, None, :],
+    (12, 11, 10),
+  ).astype(np.float32)
   rng = np.random.default_rng(1)
   starts = collections.defaultdict(set)
   for _ in range(600):
@@ -107,8 +116,9 @@ def test_random_crop_equal_size_is_padded_not_a_crash():
   # dim == patch would be randint(0, 0) upstream without the pad; the <= rule pads it by 3 first.
   image = np.ones((8, 8, 8), np.float32)
   rng = np.random.default_rng(3)
-  totals = {float(random_crop(image, image.astype(np.uint8), (8, 8, 8), rng)[0].sum())
-            for _ in range(50)}
+  totals = {
+    float(random_crop(image, image.astype(np.uint8), (8, 8, 8), rng)[0].sum()) for _ in range(50)
+  }
   # Padded to 14^3 with the ones at [3, 11) per axis; starts 0..5 overlap them by 5..8 voxels.
   assert min(totals) >= 5 * 5 * 5 and max(totals) <= 8 * 8 * 8
   assert min(totals) < 512
@@ -127,6 +137,7 @@ def test_random_crop_rejects_mismatched_shapes():
 def _upstream_random_generator(image, label, size, rng):
   """SSL4MIS RandomGenerator written out with `rng` in place of `random` / `np.random`."""
   from scipy import ndimage
+
   branch = "none"
   if rng.random() > 0.5:
     k = rng.integers(0, 4)
@@ -147,13 +158,15 @@ def _upstream_random_generator(image, label, size, rng):
 
 def test_random_generator_2d_is_the_upstream_chain():
   from jaxseg.data.transforms import random_generator_2d
+
   image = np.random.default_rng(0).random((30, 22)).astype(np.float32)
   label = (np.arange(30 * 22).reshape(30, 22) % 4).astype(np.uint8)
   branches = collections.Counter()
   for seed in range(24):
     got_i, got_l = random_generator_2d(image, label, (32, 32), np.random.default_rng(seed))
-    want_i, want_l, branch = _upstream_random_generator(image, label, (32, 32),
-                                                        np.random.default_rng(seed))
+    want_i, want_l, branch = _upstream_random_generator(
+      image, label, (32, 32), np.random.default_rng(seed)
+    )
     branches[branch] += 1
     assert got_i.shape == got_l.shape == (32, 32)
     assert got_i.dtype == np.float32 and got_l.dtype == np.uint8
@@ -167,6 +180,7 @@ def test_random_generator_2d_is_the_upstream_chain():
 
 def test_random_generator_2d_deterministic_and_checks():
   from jaxseg.data.transforms import random_generator_2d
+
   image = np.random.default_rng(1).random((20, 24)).astype(np.float32)
   label = (image > 0.5).astype(np.uint8)
   a = random_generator_2d(image, label, (16, 16), np.random.default_rng(5))

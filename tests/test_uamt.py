@@ -3,6 +3,7 @@
 The losses_uamt.npz chain is also checked by tests/test_losses.py with inline jnp; here the same cases go
 through the functions UA-MT runs (`common.mc_uncertainty`, `uamt.certainty_masked_consistency`).
 """
+
 import math
 import pathlib
 import re
@@ -40,17 +41,26 @@ def test_mc_reduction_and_masked_consistency_parity(parity):
     passes = mc.shape[0] // stride
     assert passes * stride == mc.shape[0] and passes == args.get("T", passes)
     # Upstream rows are i * stride + b: a row-major regrouping gives [T, B, ...].
-    mean_probs, uncertainty = jax.jit(common.mc_uncertainty)(mc.reshape((passes, stride) + mc.shape[1:]))
-    np.testing.assert_allclose(mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name)
-    np.testing.assert_allclose(uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name)
+    mean_probs, uncertainty = jax.jit(common.mc_uncertainty)(
+      mc.reshape((passes, stride) + mc.shape[1:])
+    )
+    np.testing.assert_allclose(
+      mean_probs, channels_last(case["output/mean_probs"]), **MAP_TOL, err_msg=name
+    )
+    np.testing.assert_allclose(
+      uncertainty, channels_last(case["output/uncertainty"]), **MAP_TOL, err_msg=name
+    )
 
     max_iters = args.get("max_iterations", 6000)
     modes = sorted({k.split("/")[1] for k in case if re.match(r"output/[^/]+/iter\d+/", k)})
     assert set(modes) == {"mse", "kl"}, modes
     for mode in modes:
-      fn = jax.jit(lambda s, u, m=mode: uamt.certainty_masked_consistency(
-          student, teacher, u, s, max_iters, m))
-      iters = sorted({int(m.group(1)) for k in case for m in [re.match(rf"output/{mode}/iter(\d+)/", k)] if m})
+      fn = jax.jit(
+        lambda s, u, m=mode: uamt.certainty_masked_consistency(student, teacher, u, s, max_iters, m)
+      )
+      iters = sorted(
+        {int(m.group(1)) for k in case for m in [re.match(rf"output/{mode}/iter(\d+)/", k)] if m}
+      )
       assert iters
       for it in iters:
         pre, msg = f"output/{mode}/iter{it}/", f"{name}/{mode}/iter{it}"
@@ -58,7 +68,9 @@ def test_mc_reduction_and_masked_consistency_parity(parity):
         np.testing.assert_allclose(threshold, case[pre + "threshold"], rtol=1e-6, err_msg=msg)
         # Exact mask except where float32 rounding sits on the threshold.
         near = np.abs(np.asarray(uncertainty) - case[pre + "threshold"]) < 1e-6
-        np.testing.assert_array_equal(np.asarray(mask)[~near], channels_last(case[pre + "mask"])[~near], err_msg=msg)
+        np.testing.assert_array_equal(
+          np.asarray(mask)[~near], channels_last(case[pre + "mask"])[~near], err_msg=msg
+        )
         np.testing.assert_allclose(value, case[pre + "consistency_dist"], **SCALAR_TOL, err_msg=msg)
 
 
@@ -81,8 +93,12 @@ def test_mc_vmap_equals_loop_and_upstream_layout():
   images = batch["image"][2:]
   kw = dict(passes=8, noise_std=0.1, noise_clip=0.2)
   rng = jax.random.PRNGKey(7)
-  run = jax.jit(lambda impl, chunk, p, s, x, k: common.mc_passes(
-      method.model, p, s, x, k, impl=impl, chunk=chunk, **kw)[0], static_argnums=(0, 1))
+  run = jax.jit(
+    lambda impl, chunk, p, s, x, k: common.mc_passes(
+      method.model, p, s, x, k, impl=impl, chunk=chunk, **kw
+    )[0],
+    static_argnums=(0, 1),
+  )
   vmapped, looped = (run(impl, 0, params, stats, images, rng) for impl in ("vmap", "loop"))
   # Chunked vmapping (lax.map over groups of forwards) draws the same keys per forward.
   chunked = run("vmap", 1, params, stats, images, rng)
@@ -97,7 +113,9 @@ def test_mc_vmap_equals_loop_and_upstream_layout():
   noise_key, dropout_key = jax.random.split(jax.random.split(rng, 4)[0])
   tiled = jnp.concatenate([images, images])
   noisy = tiled + common.teacher_noise(noise_key, tiled.shape, 0.1, 0.2)
-  ref, _ = jax.jit(common.train_forward, static_argnums=0)(method.model, params, stats, noisy, dropout_key)
+  ref, _ = jax.jit(common.train_forward, static_argnums=0)(
+    method.model, params, stats, noisy, dropout_key
+  )
   # (separate programs: again only summation order differs)
   np.testing.assert_allclose(looped[:2], ref.reshape((2, 2) + ref.shape[1:]), rtol=1e-3, atol=1e-3)
   # Passes are distinct draws (dropout and noise differ).
@@ -106,7 +124,9 @@ def test_mc_vmap_equals_loop_and_upstream_layout():
 
 def test_step_compiles_once_and_matches_hand_computation():
   config = tiny_config("uamt")
-  config.uamt.consistency_on = "all"  # ..._certainty.py: noise, MC and consistency on the whole batch
+  config.uamt.consistency_on = (
+    "all"  # ..._certainty.py: noise, MC and consistency on the whole batch
+  )
   config.uamt.consistency_type = "kl"
   method = methods.build(config)
   batch = random_batch(config, seed=1)
@@ -121,11 +141,14 @@ def test_step_compiles_once_and_matches_hand_computation():
   noisy = images + jnp.clip(0.1 * jax.random.normal(noise_rng, images.shape), -0.2, 0.2)
   ema, ema_stats = state.aux["ema_params"], state.aux["ema_batch_stats"]
   t_logits, _ = common.train_forward(method.model, ema, ema_stats, noisy, teacher_rng)
-  mc, _ = common.mc_passes(method.model, ema, ema_stats, images, mc_rng, passes=hp.mc_passes,
-                           noise_std=0.1, noise_clip=0.2)
+  mc, _ = common.mc_passes(
+    method.model, ema, ema_stats, images, mc_rng, passes=hp.mc_passes, noise_std=0.1, noise_clip=0.2
+  )
   probs = jax.nn.softmax(mc, axis=-1).mean(axis=0)
   u = -jnp.sum(probs * jnp.log(probs + 1e-6), axis=-1, keepdims=True)
-  s_logits, _ = common.train_forward(method.model, state.params, state.batch_stats, images, student_rng)
+  s_logits, _ = common.train_forward(
+    method.model, state.params, state.batch_stats, images, student_rng
+  )
   sup, _, _ = losses.supervised_ce_dice(s_logits[:2], batch["label"][:2])
   threshold = (0.75 + 0.25 * np.exp(-5.0)) * np.log(2.0)  # sigmoid_rampup(0, total_steps)
   mask = (u < threshold).astype(jnp.float32)
@@ -163,11 +186,16 @@ def test_two_step_run_is_finite(tmp_path):
 def test_la_config_recipe():
   from jaxseg import config_check
   from jaxseg import config_lib
+
   c = config_lib.load_config_module(REPO / "configs" / "la_uamt.py").get_config("labeled=8,seed=3")
   config_check.validate(c)
   assert (c.method, c.data.labeled, c.seed, c.total_steps) == ("uamt", 8, 3, 6000)
   assert (c.uamt.consistency, c.uamt.consistency_rampup, c.uamt.ema_decay, c.uamt.mc_passes) == (
-      0.1, 40.0, 0.99, 8)
+    0.1,
+    40.0,
+    0.99,
+    8,
+  )
   assert (c.uamt.consistency_type, c.uamt.consistency_on) == ("mse", "unlabeled")
   assert c.model.kwargs.dropout_rate == 0.5 and c.model.kwargs.has_dropout
   assert "mt" not in c

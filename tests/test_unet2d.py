@@ -1,5 +1,6 @@
 """Tests for jaxseg/models/unet2d.py: parity with BCP `UNet_2d` (BCP_UNet2d.npz) and CML `UNet`
 (CML_UNet2d.npz) (docs/parity.md), the torch importer, and structural checks."""
+
 import functools
 
 import jax
@@ -59,8 +60,15 @@ def test_train_outputs_and_bn_stats_match_upstream(parity, fixture, name):
   """Train mode with dropout off; BN running stats after the step, including CML's double update
   (the shared encoder and decoder1 run twice per forward) and the untouched decoder2 / BCP heads."""
   pf, kw, variables, x = _load(parity, fixture, name)
-  assert_train_step_matches(pf, models.get(name, **kw), torch_import.key_map(name, **kw), variables,
-                            x, _train_forward, unmapped=_bcp_head)
+  assert_train_step_matches(
+    pf,
+    models.get(name, **kw),
+    torch_import.key_map(name, **kw),
+    variables,
+    x,
+    _train_forward,
+    unmapped=_bcp_head,
+  )
   # Two momentum steps per forward show as a counter step of 2 (CML) instead of 1 (BCP).
   if name == 'cml_unet2d':
     enc = 'encoder.in_conv.conv_conv.1.num_batches_tracked'
@@ -94,7 +102,8 @@ def test_importer_ignores_only_the_listed_bcp_heads(parity):
     torch_import.import_state_dict('unet2d', {**sd, 'extra_head.0.weight': np.zeros(3)}, **kw)
   with pytest.raises(ValueError, match='missing keys.*decoder.out_conv.bias'):
     torch_import.import_state_dict(
-        'unet2d', {k: v for k, v in sd.items() if k != 'decoder.out_conv.bias'}, **kw)
+      'unet2d', {k: v for k, v in sd.items() if k != 'decoder.out_conv.bias'}, **kw
+    )
 
 
 def test_cml_shared_branches_dropout_masks_differ_and_heterogeneous_variant():
@@ -141,6 +150,9 @@ def test_param_count_full_size():
   """BCP UNet_2d without its heads at upstream width, 4 classes: 1,813,764 trainable parameters
   (sum over the blocks of the module docstring: convs with bias, BN scale and bias)."""
   import math
-  shapes = jax.eval_shape(functools.partial(models.get('unet2d').init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32))
+
+  shapes = jax.eval_shape(
+    functools.partial(models.get('unet2d').init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32),
+  )
   assert sum(math.prod(a.shape) for a in jax.tree.leaves(shapes['params'])) == 1_813_764

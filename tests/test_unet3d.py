@@ -1,6 +1,7 @@
 """Tests for jaxseg/models/unet3d.py: parity with KU-CVML/DyCON code/networks/UNet3D_contrastive.py
 (fixture DyCON_UNet3D.npz, docs/parity.md), the two upsamplings against numpy
 references, and structural checks (init, dropout, input validation, torch import)."""
+
 import functools
 import math
 
@@ -40,8 +41,9 @@ def _load(parity):
 
 def _train_forward(model, variables, x):
   # The fixture's gradient step runs with every dropout at p=0 (docs/parity.md).
-  return model.apply(variables, x, train=True, turnoff_drop=True, return_all=True,
-                     mutable=['batch_stats'])
+  return model.apply(
+    variables, x, train=True, turnoff_drop=True, return_all=True, mutable=['batch_stats']
+  )
 
 
 def _eval_forward(model, variables, x):
@@ -58,15 +60,17 @@ def test_eval_outputs_match_upstream(parity):
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, model, variables, x = _load(parity)
-  assert_train_step_matches(pf, model, torch_import.key_map(MODEL, **kwargs), variables, x,
-                            _train_forward)
+  assert_train_step_matches(
+    pf, model, torch_import.key_map(MODEL, **kwargs), variables, x, _train_forward
+  )
 
 
 def test_gradients_match_upstream_float64(parity):
   pf, kwargs, _, variables, x = _load(parity)
   lossw = fixture_outputs(pf.group('lossw'))
-  loss64, grads64 = x64_loss_and_grads(MODEL, kwargs, lossw_loss(_train_forward), variables, x,
-                                       lossw)
+  loss64, grads64 = x64_loss_and_grads(
+    MODEL, kwargs, lossw_loss(_train_forward), variables, x, lossw
+  )
   # (jax.image.resize computes its weights in float32, which moved this sum by 2e-9; the decoder's
   # matrix upsampling is exact in float64.)
   np.testing.assert_allclose(loss64, float(pf['loss64']), rtol=1e-10)
@@ -104,8 +108,11 @@ def test_upsamplings_match_numpy_reference(align_corners):
   want = x
   for axis in (1, 2, 3):
     want = _np_linear_axis(want, axis, 2 * x.shape[axis], align_corners)
-  fn = ((lambda a: resize_linear_align_corners(a, [2 * s for s in a.shape[1:-1]]))
-        if align_corners else unet3d.upsample2x_trilinear)
+  fn = (
+    (lambda a: resize_linear_align_corners(a, [2 * s for s in a.shape[1:-1]]))
+    if align_corners
+    else unet3d.upsample2x_trilinear
+  )
   np.testing.assert_allclose(jax.jit(fn)(jnp.asarray(x)), want, rtol=1e-5, atol=1e-5)
 
 
@@ -136,20 +143,29 @@ def test_shapes_init_and_filters():
   np.testing.assert_allclose(k.std(), math.sqrt(2 / fan_in), rtol=0.1)
   assert float(np.abs(p['center']['conv2']['bias']).max()) <= 1 / math.sqrt(fan_in)
   # feature_scale 4 == n_filters 16 (upstream widths 16..256), counted without computing.
-  shapes = lambda m: jax.tree.map(lambda a: a.shape, jax.eval_shape(
-      functools.partial(m.init, jax.random.key(0)), jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32)))
+  shapes = lambda m: jax.tree.map(
+    lambda a: a.shape,
+    jax.eval_shape(
+      functools.partial(m.init, jax.random.key(0)),
+      jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+    ),
+  )
   assert shapes(models.get(MODEL, feature_scale=4)) == shapes(models.get(MODEL, n_filters=16))
 
 
 def test_dropout_is_train_only():
   model, x, variables = _small_init()
-  run = jax.jit(lambda v, x, **kw: model.apply(v, x, rngs={'dropout': jax.random.key(3)},
-                                                mutable=['batch_stats'], **kw)[0],
-                static_argnames=('train', 'turnoff_drop'))
+  run = jax.jit(
+    lambda v, x, **kw: model.apply(
+      v, x, rngs={'dropout': jax.random.key(3)}, mutable=['batch_stats'], **kw
+    )[0],
+    static_argnames=('train', 'turnoff_drop'),
+  )
   eval_logits = run(variables, x, train=False)
   # The logits path has no BatchNorm, so train mode without dropout equals eval mode.
-  np.testing.assert_allclose(run(variables, x, train=True, turnoff_drop=True), eval_logits,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    run(variables, x, train=True, turnoff_drop=True), eval_logits, rtol=1e-6, atol=1e-6
+  )
   assert float(jnp.abs(run(variables, x, train=True) - eval_logits).max()) > 1e-3
 
 

@@ -1,4 +1,5 @@
 """UPC (jaxseg.methods.upc): upc.npz parity for every case, the step's numbers, one trace, a run."""
+
 import pathlib
 
 import chex
@@ -35,7 +36,11 @@ def test_update_variance_parity(parity):
   fn = jax.jit(upc.update_variance)
   for name in pf.cases_of("update_variance"):
     case = pf.case(name)
-    loss, kl_map = fn(channels_last(case["input/pred1"]), channels_last(case["input/pred2"]), case["input/loss_origin"])
+    loss, kl_map = fn(
+      channels_last(case["input/pred1"]),
+      channels_last(case["input/pred2"]),
+      case["input/loss_origin"],
+    )
     np.testing.assert_allclose(kl_map, case["output/kl_map"], **MAP_TOL, err_msg=name)
     np.testing.assert_allclose(loss, case["output/loss"], **SCALAR_TOL, err_msg=name)
 
@@ -46,8 +51,12 @@ def test_update_consistency_loss_parity(parity):
   settings = set()
   for name in names:
     case, args = pf.case(name), pf.case_args(name)
-    kw = dict(pseudo=bool(args["pseudo"]), pseudo_rect=bool(args["pseudo_rect"]),
-              threshold=float(args["threshold"]), temperature=float(args["T"]))
+    kw = dict(
+      pseudo=bool(args["pseudo"]),
+      pseudo_rect=bool(args["pseudo_rect"]),
+      threshold=float(args["threshold"]),
+      temperature=float(args["T"]),
+    )
     settings.add((kw["pseudo"], kw["pseudo_rect"]))
     fn = jax.jit(lambda s, t, kw=kw: upc.consistency_loss(s, t, **kw))
     loss, aux = fn(channels_last(case["input/pred1"]), channels_last(case["input/pred2"]))
@@ -66,14 +75,24 @@ def test_consistency_weight_parity(parity):
     case, args = pf.case(name), pf.case_args(name)
     config = tiny_config("upc")
     hp = config.upc
-    assert (hp.consistency, hp.consistency_rampup) == (args["consistency"], args["consistency_rampup"])
-    got = schedules.consistency_weight(case["input/iter_num"], hp.consistency, hp.consistency_rampup,
-                                       hp.iters_per_epoch)
+    assert (hp.consistency, hp.consistency_rampup) == (
+      args["consistency"],
+      args["consistency_rampup"],
+    )
+    got = schedules.consistency_weight(
+      case["input/iter_num"], hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
     np.testing.assert_allclose(got, case["output/weight"], rtol=1e-12, err_msg=name)
-    traced = jax.jit(lambda s: schedules.consistency_weight(s, hp.consistency, hp.consistency_rampup,
-                                                            hp.iters_per_epoch))
-    np.testing.assert_allclose(jax.vmap(traced)(jnp.asarray(case["input/iter_num"], jnp.int32)),
-                               case["output/weight"], rtol=1e-6)
+    traced = jax.jit(
+      lambda s: schedules.consistency_weight(
+        s, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+      )
+    )
+    np.testing.assert_allclose(
+      jax.vmap(traced)(jnp.asarray(case["input/iter_num"], jnp.int32)),
+      case["output/weight"],
+      rtol=1e-6,
+    )
 
 
 def test_consistency_loss_hand_values():
@@ -105,15 +124,19 @@ def test_step_compiles_once_and_matches_hand_computation(pseudo_rect):
   images = batch["image"]
   noise = jnp.clip(0.2 * jax.random.normal(noise_rng, images.shape), -0.4, 0.4)
   model = common.build_model(config)
-  t_logits, _ = common.train_forward(model, state.aux["ema_params"], state.aux["ema_batch_stats"],
-                                     images, teacher_rng)  # clean teacher input
-  s_logits, _ = common.train_forward(model, state.params, state.batch_stats, images + noise,
-                                     student_rng)
+  t_logits, _ = common.train_forward(
+    model, state.aux["ema_params"], state.aux["ema_batch_stats"], images, teacher_rng
+  )  # clean teacher input
+  s_logits, _ = common.train_forward(
+    model, state.params, state.batch_stats, images + noise, student_rng
+  )
   sup, _, _ = losses.supervised_ce_dice(s_logits[:2], batch["label"][:2])
   q = jax.nn.softmax(t_logits, axis=-1)
   targets = jnp.argmax(q, axis=-1)
   ce = -jnp.take_along_axis(jax.nn.log_softmax(s_logits, -1), targets[..., None], axis=-1)[..., 0]
-  threshold = float(np.quantile(np.asarray(q.max(-1)), 0.5))  # the untrained teacher is rarely 0.9-sure
+  threshold = float(
+    np.quantile(np.asarray(q.max(-1)), 0.5)
+  )  # the untrained teacher is rarely 0.9-sure
   if pseudo_rect:
     kl = jnp.sum(jax.scipy.special.xlogy(q, q) - q * jax.nn.log_softmax(s_logits, -1), axis=-1)
     cons = jnp.mean(ce * jnp.exp(-kl)) + jnp.mean(kl)
@@ -151,7 +174,12 @@ def test_la_config_recipe():
   assert c.model.kwargs.has_dropout and c.model.kwargs.dropout_rate == 0.9
   hp = c.upc
   assert (hp.ema_decay, hp.consistency, hp.consistency_rampup, hp.noise_std, hp.noise_clip) == (
-      0.9999, 1.0, 40.0, 0.2, 0.4)
+    0.9999,
+    1.0,
+    40.0,
+    0.2,
+    0.4,
+  )
   assert (hp.pseudo, hp.pseudo_rect, hp.threshold, hp.temperature) == (True, False, 0.9, 1.0)
   assert "mt" not in c
   bad = c.copy_and_resolve_references()

@@ -1,5 +1,6 @@
 """Tests for jaxseg/models/vnet.py: parity with yulequan/UA-MT code/networks/vnet.py (fixture
 UA-MT_VNet.npz, docs/parity.md) plus structural checks (param count, dropout, norms)."""
+
 import functools
 import math
 
@@ -47,8 +48,9 @@ def test_eval_outputs_match_upstream(parity):
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, model, variables, x = _load(parity)
-  assert_train_step_matches(pf, model, torch_import.key_map('vnet', **kwargs), variables, x,
-                            _train_forward)
+  assert_train_step_matches(
+    pf, model, torch_import.key_map('vnet', **kwargs), variables, x, _train_forward
+  )
 
 
 def test_gradients_match_upstream_float64_and_float32(parity):
@@ -109,8 +111,10 @@ def _small_vars(normalization='batchnorm', n_filters=4):
   a real init costs seconds of XLA:CPU compile per network variant; init itself is tested in
   test_layers.py and test_init_is_torch_default). BN affine and running stats are non-trivial."""
   model = _small(normalization=normalization, n_filters=n_filters)
-  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))
+  shapes = jax.eval_shape(
+    functools.partial(model.init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+  )
   rng = np.random.default_rng(5)
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
   out = {}
@@ -132,8 +136,10 @@ def _small_vars(normalization='batchnorm', n_filters=4):
 def test_init_is_torch_default():
   model = _small()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)))
-  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))
+  shapes = jax.eval_shape(
+    functools.partial(model.init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+  )
   assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, shapes)
   bn = variables['batch_stats']['block_five']['bn2']
   np.testing.assert_array_equal(bn['mean'], 0)
@@ -152,8 +158,9 @@ def test_dropout_is_channelwise_and_train_only():
   variables = _small_vars()
   rngs = {'dropout': jax.random.key(1)}
   capture = lambda mdl, _: isinstance(mdl, (nn.Dropout, ConvBlock))
-  run = lambda **kw: _jit_apply(model, capture_intermediates=capture,
-                                mutable=['batch_stats', 'intermediates'], **kw)(variables, x, rngs)
+  run = lambda **kw: _jit_apply(
+    model, capture_intermediates=capture, mutable=['batch_stats', 'intermediates'], **kw
+  )(variables, x, rngs)
   _, state = run(train=True)
   inter = state['intermediates']
   (x5,), (x9,) = inter['block_five']['__call__'], inter['block_nine']['__call__']

@@ -5,6 +5,7 @@ listed in meta['cases']: eval and train forwards (train ones with the recorded D
 the ContBatchNorm running stats after each call, and a float64 gradient case. Every case is run;
 which checks apply follows from what the case holds.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,10 +36,15 @@ def _forward(model, variables, case, train, params=None, dtype=jnp.float32):
   """(log_softmax rows [B*D*H*W, 2] as upstream returns them, logits, updated batch_stats)."""
   up = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)
   x = up(np.moveaxis(case["input/x"], 1, -1))
-  masks = up({k[len(MASK):]: v for k, v in case.items() if k.startswith(MASK)})
+  masks = up({k[len(MASK) :]: v for k, v in case.items() if k.startswith(MASK)})
   params = up(variables["params"] if params is None else params)
-  logits, mutated = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                train=train, dropout_masks=masks, mutable=["batch_stats"])
+  logits, mutated = model.apply(
+    {"params": params, "batch_stats": variables["batch_stats"]},
+    x,
+    train=train,
+    dropout_masks=masks,
+    mutable=["batch_stats"],
+  )
   rows = jax.nn.log_softmax(logits, axis=-1).reshape(-1, logits.shape[-1])
   return rows, logits, mutated["batch_stats"]
 
@@ -49,8 +55,9 @@ def _assert_close(name, got, ref64, want):
   scale); the float32 port may miss by NOISE_FACTOR times it, never less than FLOOR_TOL."""
   err, scale = float(np.abs(ref64 - want).max()), float(np.abs(want).max())
   assert err <= REFERENCE_NOISE_CAP * scale, f"{name}: float64 port {err:.3e} from upstream"
-  np.testing.assert_allclose(got, want, rtol=FLOOR_TOL["rtol"],
-                             atol=max(FLOOR_TOL["atol"], NOISE_FACTOR * err), err_msg=name)
+  np.testing.assert_allclose(
+    got, want, rtol=FLOOR_TOL["rtol"], atol=max(FLOOR_TOL["atol"], NOISE_FACTOR * err), err_msg=name
+  )
 
 
 def _check_forward(pf, name, case, model, variables):
@@ -59,19 +66,25 @@ def _check_forward(pf, name, case, model, variables):
   forward = jax.jit(_forward, static_argnums=(0, 3, 5))
   rows, logits, stats = forward(model, variables, case, train)
   with jax.enable_x64(True):
-    rows64, logits64, _ = forward(model.clone(dtype=jnp.float64), variables, case, train, None,
-                                  jnp.float64)
+    rows64, logits64, _ = forward(
+      model.clone(dtype=jnp.float64), variables, case, train, None, jnp.float64
+    )
     rows64, logits64 = np.asarray(rows64), np.asarray(logits64)
   _assert_close(f"{name} y", rows, rows64, case["output/y"])
   if "output/logits_ncdhw" in case:
-    _assert_close(f"{name} logits", logits, logits64,
-                  np.moveaxis(case["output/logits_ncdhw"], 1, -1))
+    _assert_close(
+      f"{name} logits", logits, logits64, np.moveaxis(case["output/logits_ncdhw"], 1, -1)
+    )
   key_map = vnet_milletari.torch_key_map()
-  after = {k[len(STATE):]: v for k, v in case.items()
-           if k.startswith(STATE) and not k.endswith("num_batches_tracked")}
+  after = {
+    k[len(STATE) :]: v
+    for k, v in case.items()
+    if k.startswith(STATE) and not k.endswith("num_batches_tracked")
+  }
   for bn_key, want in after.items():
-    np.testing.assert_allclose(leaf(stats, key_map[bn_key]), want, rtol=1e-4, atol=1e-5,
-                               err_msg=f"{name} {bn_key}")
+    np.testing.assert_allclose(
+      leaf(stats, key_map[bn_key]), want, rtol=1e-4, atol=1e-5, err_msg=f"{name} {bn_key}"
+    )
   if after:
     # Every running stat of the model was updated, in eval mode too (ContBatchNorm3d).
     assert len(after) == len(jax.tree.leaves(variables["batch_stats"])), name
@@ -125,7 +138,8 @@ def test_channel_repeat_matches_batch1_cases_and_differs_for_larger_batches(pari
   name = larger[0]
   case = pf.case(name)
   rows, _, _ = jax.jit(_forward, static_argnums=(0, 3, 5))(
-      model, variables, case, "train" in pf.meta["cases"][name]["mode"])
+    model, variables, case, "train" in pf.meta["cases"][name]["mode"]
+  )
   assert float(np.abs(rows - case["output/y"]).max()) > 1e-2
 
 
@@ -150,7 +164,7 @@ def test_gradient_cases_float64_and_float32(parity):
   for name in names:
     case = pf.case(name)
     train = "train" in pf.meta["cases"][name]["mode"]
-    grads = {k[len(GRAD):]: v for k, v in case.items() if k.startswith(GRAD)}
+    grads = {k[len(GRAD) :]: v for k, v in case.items() if k.startswith(GRAD)}
     assert set(grads) == {k for k, e in key_map.items() if e.collection == "params"}, name
 
     def loss_and_grads(dtype):
@@ -161,7 +175,8 @@ def test_gradient_cases_float64_and_float32(parity):
         return jnp.sum(rows * jnp.asarray(case["input/w"], dtype)), rows
 
       (value, rows), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-          jax.tree.map(lambda a: jnp.asarray(a, dtype), variables["params"]))
+        jax.tree.map(lambda a: jnp.asarray(a, dtype), variables["params"])
+      )
       return float(value), np.asarray(rows), jax.tree.map(np.asarray, g)
 
     with jax.enable_x64(True):

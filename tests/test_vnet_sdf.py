@@ -1,5 +1,6 @@
 """Tests for jaxseg/models/vnet_sdf.py: parity with HiLab-git/DTC code/networks/vnet_sdf.py
 (fixture DTC_VNetSDF.npz, docs/parity.md) and structural checks."""
+
 import functools
 import math
 
@@ -45,8 +46,9 @@ def test_eval_outputs_match_upstream(parity):
 
 def test_train_outputs_and_bn_stats_match_upstream(parity):
   pf, kwargs, model, variables, x = _load(parity)
-  assert_train_step_matches(pf, model, torch_import.key_map(MODEL, **kwargs), variables, x,
-                            _train_forward)
+  assert_train_step_matches(
+    pf, model, torch_import.key_map(MODEL, **kwargs), variables, x, _train_forward
+  )
 
 
 def test_gradients_match_upstream_float64_and_float32(parity):
@@ -63,8 +65,10 @@ def test_gradients_match_upstream_float64_and_float32(parity):
 def test_param_count_and_tree_full_size():
   """docs/methods/dtc.md §1: n_filters=16, n_classes=1 -> 9,448,866 params (as the 2-class VNet)."""
   model = models.get(MODEL, n_channels=1, n_classes=1, n_filters=16)
-  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)),
-                          jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32))
+  shapes = jax.eval_shape(
+    functools.partial(model.init, jax.random.key(0)),
+    jax.ShapeDtypeStruct((1, 16, 16, 16, 1), jnp.float32),
+  )
   assert sum(math.prod(a.shape) for a in jax.tree.leaves(shapes['params'])) == 9_448_866
   # Upstream names at the top level (no trunk/ prefix): the torch key map covers them all.
   torch_shapes = torch_import.expected_torch_shapes(MODEL, n_filters=16, n_classes=1)
@@ -80,8 +84,11 @@ def test_heads_and_dropout():
   shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0)), x)
   rng = np.random.default_rng(1)
   variables = jax.tree.map(
-      lambda a: jnp.asarray(rng.uniform(0.5, 1.0, a.shape) * (1 if a.ndim == 1 else 0.3),
-                            jnp.float32), shapes)
+    lambda a: jnp.asarray(
+      rng.uniform(0.5, 1.0, a.shape) * (1 if a.ndim == 1 else 0.3), jnp.float32
+    ),
+    shapes,
+  )
 
   @jax.jit
   def run(key):

@@ -1,4 +1,5 @@
 """Metric writer (JSONL + TensorBoard, truncation on resume) and the progress line."""
+
 import io
 import json
 

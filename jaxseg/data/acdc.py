@@ -15,10 +15,11 @@ first ones of the slice list, SSL4MIS ``patients_to_slices`` (3 patients -> 68 s
 exactly the upstream table on the SSL4MIS list (tests/test_acdc.py checks every entry) and also
 works for the synthetic stand-in. The unlabeled slices are the rest of the list.
 """
+
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -26,7 +27,8 @@ from scipy import ndimage
 from jaxseg import io_utils
 from jaxseg.data import registry
 from jaxseg.data import splits as splits_lib
-from jaxseg.data.h5io import DataError, write_case
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import write_case
 from jaxseg.data.h5source import H5Source
 from jaxseg.data.registry import DatasetSpec
 
@@ -69,10 +71,13 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and how to obtain the data.
   """
   return registry.locate_root(
-      config_root, "ACDC", [TRAIN_LIST, VAL_LIST],
-      f"It holds {TRAIN_LIST}, {VAL_LIST}, data/slices/<slice>.h5 and data/<volume>.h5 (the "
-      "SSL4MIS preprocessed ACDC: github.com/HiLab-git/SSL4MIS, data/ACDC). For a run without "
-      "real data set data.synthetic.")
+    config_root,
+    "ACDC",
+    [TRAIN_LIST, VAL_LIST],
+    f"It holds {TRAIN_LIST}, {VAL_LIST}, data/slices/<slice>.h5 and data/<volume>.h5 (the "
+    "SSL4MIS preprocessed ACDC: github.com/HiLab-git/SSL4MIS, data/ACDC). For a run without "
+    "real data set data.synthetic.",
+  )
 
 
 def labeled_slice_count(slice_ids: Sequence[str], n_patients: int) -> int:
@@ -93,13 +98,20 @@ def labeled_slice_count(slice_ids: Sequence[str], n_patients: int) -> int:
       seen.add(p)
       order.append((p, i))
     elif order[-1][0] != p:
-      raise DataError(f"slice list: the slices of {p} are not contiguous (again at {s!r}); the "
-                      "labeled subset (the first N patients) is ambiguous")
+      raise DataError(
+        f"slice list: the slices of {p} are not contiguous (again at {s!r}); the "
+        "labeled subset (the first N patients) is ambiguous"
+      )
   if n_patients > len(order):
-    hint = (f" (SSL4MIS: {n_patients} patients = {PATIENTS_TO_SLICES[n_patients]} slices)"
-            if n_patients in PATIENTS_TO_SLICES else "")
-    raise DataError(f"data.labeled={n_patients} patients{hint}, but the slice list holds only "
-                    f"{len(order)} patients ({len(slice_ids)} slices)")
+    hint = (
+      f" (SSL4MIS: {n_patients} patients = {PATIENTS_TO_SLICES[n_patients]} slices)"
+      if n_patients in PATIENTS_TO_SLICES
+      else ""
+    )
+    raise DataError(
+      f"data.labeled={n_patients} patients{hint}, but the slice list holds only "
+      f"{len(order)} patients ({len(slice_ids)} slices)"
+    )
   return order[n_patients][1] if n_patients < len(order) else len(slice_ids)
 
 
@@ -119,8 +131,9 @@ def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
   for name, ids, path_of in ((train_list, train, slice_path), (val_list, val, volume_path)):
     absent = [str(path_of(root, i)) for i in ids if not path_of(root, i).is_file()]
     if absent:
-      raise DataError(f"{root / name}: {len(absent)} of {len(ids)} listed files are missing, e.g. "
-                      f"{absent[:3]}")
+      raise DataError(
+        f"{root / name}: {len(absent)} of {len(ids)} listed files are missing, e.g. {absent[:3]}"
+      )
   n = labeled_slice_count(train, int(data_config.labeled))
   return {"train": train, "val": val, "labeled": train[:n], "unlabeled": train[n:]}
 
@@ -140,8 +153,9 @@ def val_source(root, ids: Sequence[str], num_classes: int = NUM_CLASSES) -> H5So
 # ---------------------------------------------------------------------------------------------------
 
 
-def make_synthetic_volume(seed: int, index: int, shape: Sequence[int]
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def make_synthetic_volume(
+  seed: int, index: int, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
   """A cardiac-looking phantom: (image float32 [D, H, W] in [0, 1], label uint8 [D, H, W]).
 
   Per slice: an LV disc (3) inside a myocardium ring (2), and an RV crescent (1) hugging the ring
@@ -153,7 +167,9 @@ def make_synthetic_volume(seed: int, index: int, shape: Sequence[int]
   if d < 2 or min(h, w) < 16:
     raise ValueError(f"synthetic ACDC volume shape must be (D >= 2, H >= 16, W >= 16), got {shape}")
   rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-  yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+  yy, xx = np.meshgrid(
+    np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij"
+  )
   cy, cx = h * rng.uniform(0.42, 0.58), w * rng.uniform(0.42, 0.58)
   r_lv = min(h, w) * rng.uniform(0.10, 0.14)
   thick = min(h, w) * rng.uniform(0.05, 0.07)
@@ -193,10 +209,15 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
   Does nothing when ``<root>/synthetic_acdc_manifest.json`` already records the same settings and
   every file exists; the manifest is written last.
   """
-  get = (lambda k, v: synthetic_config.get(k, v)) if synthetic_config is not None else (
-      lambda k, v: v)
-  cfg = {"n_cases": int(get("n_cases", 4)), "n_val": int(get("n_val", 1)),
-         "shape": [int(s) for s in get("shape", (4, 40, 36))], "seed": int(get("seed", 0))}
+  get = (
+    (lambda k, v: synthetic_config.get(k, v)) if synthetic_config is not None else (lambda k, v: v)
+  )
+  cfg = {
+    "n_cases": int(get("n_cases", 4)),
+    "n_val": int(get("n_val", 1)),
+    "shape": [int(s) for s in get("shape", (4, 40, 36))],
+    "seed": int(get("seed", 0)),
+  }
   if cfg["n_cases"] < 1 or cfg["n_val"] < 1:
     raise ValueError(f"synthetic ACDC needs n_cases >= 1 and n_val >= 1, got {cfg}")
   if len(cfg["shape"]) != 3:
@@ -205,8 +226,9 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
   manifest = _synth_manifest(cfg)
   manifest_path = root / MANIFEST
   train_vols = [f"patient{i + 1:03d}_frame{f:02d}" for i in range(cfg["n_cases"]) for f in (1, 2)]
-  val_vols = [f"patient{cfg['n_cases'] + i + 1:03d}_frame{f:02d}"
-              for i in range(cfg["n_val"]) for f in (1, 2)]
+  val_vols = [
+    f"patient{cfg['n_cases'] + i + 1:03d}_frame{f:02d}" for i in range(cfg["n_val"]) for f in (1, 2)
+  ]
   d = cfg["shape"][0]
   slices = [f"{v}_slice_{z}" for v in train_vols for z in range(d)]
   if manifest_path.is_file():
@@ -214,8 +236,11 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
       existing = json.loads(manifest_path.read_text())
     except json.JSONDecodeError:
       existing = None
-    if existing == manifest and all(slice_path(root, s).is_file() for s in slices) and all(
-        volume_path(root, v).is_file() for v in val_vols):
+    if (
+      existing == manifest
+      and all(slice_path(root, s).is_file() for s in slices)
+      and all(volume_path(root, v).is_file() for v in val_vols)
+    ):
       return root
   root.mkdir(parents=True, exist_ok=True)
   if manifest_path.exists():
@@ -236,9 +261,26 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
   return root
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=train_source,
-                      val_source=val_source, synthesize=synthesize)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=train_source,
+  val_source=val_source,
+  synthesize=synthesize,
+)
 
-__all__ = ["DATASET", "H5Source", "NUM_CLASSES", "PATIENTS_TO_SLICES", "find_root",
-           "labeled_slice_count", "make_splits", "make_synthetic_volume", "slice_path",
-           "synthesize", "train_source", "val_source", "volume_path"]
+__all__ = [
+  "DATASET",
+  "H5Source",
+  "NUM_CLASSES",
+  "PATIENTS_TO_SLICES",
+  "find_root",
+  "labeled_slice_count",
+  "make_splits",
+  "make_synthetic_volume",
+  "slice_path",
+  "synthesize",
+  "train_source",
+  "val_source",
+  "volume_path",
+]

@@ -21,17 +21,18 @@ as 'brats') transposes for training AND evaluation (consistent orientation, = up
 training-time validation); `UPSTREAM_TEST_DATASET` evaluates untransposed volumes, reproducing the
 test-time mismatch.
 """
+
 import collections
 import json
 import os
 import pathlib
-from typing import Sequence
-
+from collections.abc import Sequence
 
 from jaxseg import io_utils
-from jaxseg.data import splits as splits_lib
-from jaxseg.data.h5io import DataError, write_case
 from jaxseg.data import registry
+from jaxseg.data import splits as splits_lib
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import write_case
 from jaxseg.data.h5source import H5Source
 from jaxseg.data.registry import DatasetSpec
 
@@ -72,11 +73,14 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and how to obtain the data.
   """
   return registry.locate_root(
-      config_root, "BraTS 2019", [TRAIN_LIST, VAL_LIST],
-      f"It holds {TRAIN_LIST}, {VAL_LIST}, {TEST_LIST} and data/<id>.h5 (keys image, label): the "
-      "SSL4MIS preprocessed BraTS2019 (github.com/HiLab-git/SSL4MIS, data/BraTS2019; split lists as "
-      "in KU-CVML/DyCON data/BraTS2019). It is not shipped with this project. For a run without "
-      "real data set data.synthetic (a generated stand-in in this layout).")
+    config_root,
+    "BraTS 2019",
+    [TRAIN_LIST, VAL_LIST],
+    f"It holds {TRAIN_LIST}, {VAL_LIST}, {TEST_LIST} and data/<id>.h5 (keys image, label): the "
+    "SSL4MIS preprocessed BraTS2019 (github.com/HiLab-git/SSL4MIS, data/BraTS2019; split lists as "
+    "in KU-CVML/DyCON data/BraTS2019). It is not shipped with this project. For a run without "
+    "real data set data.synthetic (a generated stand-in in this layout).",
+  )
 
 
 def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
@@ -88,12 +92,15 @@ def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
   val = read_list(root / val_name)
   overlap = sorted(set(train) & set(val))
   if overlap:
-    raise DataError(f"{root}: {len(overlap)} case ids are in both the train list and {val_name}: "
-                    f"{overlap[:5]}")
+    raise DataError(
+      f"{root}: {len(overlap)} case ids are in both the train list and {val_name}: {overlap[:5]}"
+    )
   labeled = data_config.labeled
   if not 1 <= labeled <= len(train):
-    raise DataError(f"data.labeled={labeled} must be in [1, {len(train)}] (the ids of "
-                    f"{root / data_config.get('list_file', TRAIN_LIST)})")
+    raise DataError(
+      f"data.labeled={labeled} must be in [1, {len(train)}] (the ids of "
+      f"{root / data_config.get('list_file', TRAIN_LIST)})"
+    )
   return {"train": train, "val": val, "labeled": train[:labeled], "unlabeled": train[labeled:]}
 
 
@@ -102,11 +109,22 @@ class BraTSSource(H5Source):
   [D, H, W], 'label': uint8 [D, H, W], 'case': id}``; with ``sagittal_to_axial`` both are transposed
   (2, 1, 0) as upstream's SagittalToAxial."""
 
-  def __init__(self, root: str | os.PathLike, case_ids: Sequence[str], num_classes: int = NUM_CLASSES,
-               sagittal_to_axial: bool = True):
+  def __init__(
+    self,
+    root: str | os.PathLike,
+    case_ids: Sequence[str],
+    num_classes: int = NUM_CLASSES,
+    sagittal_to_axial: bool = True,
+  ):
     self.sagittal_to_axial = bool(sagittal_to_axial)
-    super().__init__(root, case_ids, num_classes, case_path, ndim=3,
-                     transpose=SAGITTAL_TO_AXIAL if sagittal_to_axial else None)
+    super().__init__(
+      root,
+      case_ids,
+      num_classes,
+      case_path,
+      ndim=3,
+      transpose=SAGITTAL_TO_AXIAL if sagittal_to_axial else None,
+    )
 
 
 def train_source(root, ids: Sequence[str], num_classes: int = NUM_CLASSES) -> BraTSSource:
@@ -119,7 +137,9 @@ def val_source(root, ids: Sequence[str], num_classes: int = NUM_CLASSES) -> BraT
   return BraTSSource(root, ids, num_classes, sagittal_to_axial=True)
 
 
-def val_source_untransposed(root, ids: Sequence[str], num_classes: int = NUM_CLASSES) -> BraTSSource:
+def val_source_untransposed(
+  root, ids: Sequence[str], num_classes: int = NUM_CLASSES
+) -> BraTSSource:
   """Evaluation cases as stored, as upstream test_BraTS19.py reads them (orientation mismatch)."""
   return BraTSSource(root, ids, num_classes, sagittal_to_axial=False)
 
@@ -143,10 +163,18 @@ def synthesize(root: str | os.PathLike, cfg) -> pathlib.Path:
   if n_train < 1 or n_val < 1 or n_test < 0:
     raise ValueError(f"synthetic BraTS needs n_cases >= 1 and n_val >= 1, got {n_train}, {n_val}")
   shape, seed = tuple(int(s) for s in cfg.shape), int(cfg.seed)
-  lists = {TRAIN_LIST: synthetic_case_ids(n_train, "train"), VAL_LIST: synthetic_case_ids(n_val, "val"),
-           TEST_LIST: synthetic_case_ids(n_test, "test")}
-  manifest = {"generator": "jaxseg.data.brats", "version": _SYNTH_VERSION, "seed": seed,
-              "shape": list(shape), "lists": {k: len(v) for k, v in lists.items()}}
+  lists = {
+    TRAIN_LIST: synthetic_case_ids(n_train, "train"),
+    VAL_LIST: synthetic_case_ids(n_val, "val"),
+    TEST_LIST: synthetic_case_ids(n_test, "test"),
+  }
+  manifest = {
+    "generator": "jaxseg.data.brats",
+    "version": _SYNTH_VERSION,
+    "seed": seed,
+    "shape": list(shape),
+    "lists": {k: len(v) for k, v in lists.items()},
+  }
   all_ids = [i for ids in lists.values() for i in ids]
   manifest_path = root / MANIFEST
   if manifest_path.is_file():
@@ -169,15 +197,35 @@ def synthesize(root: str | os.PathLike, cfg) -> pathlib.Path:
   return root
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=train_source,
-                      val_source=val_source, synthesize=synthesize, test_list=TEST_LIST,
-                      read_list=read_list)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=train_source,
+  val_source=val_source,
+  synthesize=synthesize,
+  test_list=TEST_LIST,
+  read_list=read_list,
+)
 
 # Upstream test_BraTS19.py's protocol: trained on transposed volumes, evaluated on untransposed ones.
-UPSTREAM_TEST_DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits,
-                                    train_source=train_source, val_source=val_source_untransposed,
-                                    synthesize=synthesize, test_list=TEST_LIST,
-                                    read_list=read_list)
+UPSTREAM_TEST_DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=train_source,
+  val_source=val_source_untransposed,
+  synthesize=synthesize,
+  test_list=TEST_LIST,
+  read_list=read_list,
+)
 
-__all__ = ["DATASET", "UPSTREAM_TEST_DATASET", "BraTSSource", "DataError", "case_path", "find_root",
-           "make_splits", "read_list", "synthesize"]
+__all__ = [
+  "DATASET",
+  "UPSTREAM_TEST_DATASET",
+  "BraTSSource",
+  "DataError",
+  "case_path",
+  "find_root",
+  "make_splits",
+  "read_list",
+  "synthesize",
+]

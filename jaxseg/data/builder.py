@@ -2,6 +2,7 @@
 training iterator. The dataset is `jaxseg.data.DATASETS[config.data.name]`; what the batches hold
 besides images and labels (unlabeled samples, host-side targets) is declared by the method class
 `jaxseg.methods.METHODS[config.method]` (the protocol in jaxseg/methods/base.py)."""
+
 import dataclasses
 import pathlib
 
@@ -45,8 +46,10 @@ def build_datasets(config: ml_collections.ConfigDict, workdir) -> Datasets:
   spec = get_dataset(d.name, d)
   root = resolve_root(config, workdir)
   split = splits_lib.load_or_save_splits(
-      workdir, spec.make_splits(root, d), f"data.name={d.name}, n_val={d.get('n_val')}, "
-      f"labeled={d.labeled}")
+    workdir,
+    spec.make_splits(root, d),
+    f"data.name={d.name}, n_val={d.get('n_val')}, labeled={d.labeled}",
+  )
   train_ids = split["labeled"] + split["unlabeled"]
   train_source = spec.train_source(root, train_ids, d.num_classes)
   val_source = spec.val_source(root, split["val"], d.num_classes)
@@ -56,7 +59,15 @@ def build_datasets(config: ml_collections.ConfigDict, workdir) -> Datasets:
   # never draws from the unlabeled pool.
   unlabeled_idx = list(range(n_labeled, len(train_ids))) if method.samples_unlabeled else []
   iterator = pipeline.make_train_iterator(
-      train_source, list(range(n_labeled)), unlabeled_idx, config.batch_size,
-      config.labeled_batch_size, tuple(d.patch_size), seed=config.seed, augment=d.augment,
-      worker_count=d.worker_count, host_targets=method.host_targets)
+    train_source,
+    list(range(n_labeled)),
+    unlabeled_idx,
+    config.batch_size,
+    config.labeled_batch_size,
+    tuple(d.patch_size),
+    seed=config.seed,
+    augment=d.augment,
+    worker_count=d.worker_count,
+    host_targets=method.host_targets,
+  )
   return Datasets(root, split, train_source, val_source, iterator)

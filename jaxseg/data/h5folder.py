@@ -19,6 +19,7 @@ for this dataset, so write the h5 images through it (README "Bring your own data
 ``data.case_pattern`` is a data-config setting the sources need, so the spec is bound to the config
 (``DatasetSpec.configure``); ``DATASET`` alone reads the default pattern.
 """
+
 import collections
 import dataclasses
 import functools
@@ -51,15 +52,21 @@ def check_pattern(pattern: str) -> str:
   Raises:
     DataError: naming the problem.
   """
-  bad = (pattern.count("{case}") != 1 or pattern.replace("{case}", "").count("{")
-         or pattern.replace("{case}", "").count("}"))
+  bad = (
+    pattern.count("{case}") != 1
+    or pattern.replace("{case}", "").count("{")
+    or pattern.replace("{case}", "").count("}")
+  )
   if bad:
-    raise DataError(f"data.case_pattern={pattern!r}: must hold '{{case}}' exactly once and no other "
-                    "braces, e.g. 'data/{case}.h5' or 'cases/{case}/volume.h5'")
+    raise DataError(
+      f"data.case_pattern={pattern!r}: must hold '{{case}}' exactly once and no other "
+      "braces, e.g. 'data/{case}.h5' or 'cases/{case}/volume.h5'"
+    )
   path = pathlib.PurePath(pattern)
   if path.is_absolute() or ".." in path.parts:
-    raise DataError(f"data.case_pattern={pattern!r}: must be a path inside data.root (relative, "
-                    "no '..')")
+    raise DataError(
+      f"data.case_pattern={pattern!r}: must be a path inside data.root (relative, no '..')"
+    )
   return pattern
 
 
@@ -75,10 +82,13 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and what the folder must hold.
   """
   return registry.locate_root(
-      config_root, "h5folder", [LIST_FILE],
-      f"It holds {LIST_FILE} (case ids, one a line), optionally {VAL_LIST} and {TEST_LIST}, and "
-      "one h5 file per case at data.case_pattern (default data/{case}.h5) with datasets image and "
-      "label. The README section 'Bring your own data' shows how to write it from NIfTI files.")
+    config_root,
+    "h5folder",
+    [LIST_FILE],
+    f"It holds {LIST_FILE} (case ids, one a line), optionally {VAL_LIST} and {TEST_LIST}, and "
+    "one h5 file per case at data.case_pattern (default data/{case}.h5) with datasets image and "
+    "label. The README section 'Bring your own data' shows how to write it from NIfTI files.",
+  )
 
 
 def read_unique_list(path: pathlib.Path) -> list[str]:
@@ -95,12 +105,15 @@ def check_cases_exist(root: pathlib.Path, ids: Sequence[str], pattern: str, list
   the first read of a case deep into training)."""
   missing = [i for i in ids if not case_path(root, i, pattern).is_file()]
   if missing:
-    raise DataError(f"{root / list_name}: {len(missing)} of {len(ids)} listed cases have no file, "
-                    f"e.g. {case_path(root, missing[0], pattern)} (ids {missing[:5]})")
+    raise DataError(
+      f"{root / list_name}: {len(missing)} of {len(ids)} listed cases have no file, "
+      f"e.g. {case_path(root, missing[0], pattern)} (ids {missing[:5]})"
+    )
 
 
-def split_lists(root: pathlib.Path, train_list: str, val_list: str, labeled: int,
-                n_val: int | None, pattern: str) -> dict[str, list[str]]:
+def split_lists(
+  root: pathlib.Path, train_list: str, val_list: str, labeled: int, n_val: int | None, pattern: str
+) -> dict[str, list[str]]:
   """train / val / labeled / unlabeled from the list files.
 
   val = ``val_list`` when that file exists (train = all of ``train_list``), else the last ``n_val``
@@ -116,34 +129,46 @@ def split_lists(root: pathlib.Path, train_list: str, val_list: str, labeled: int
     val = read_unique_list(root / val_list)
     overlap = sorted(set(ids) & set(val))
     if overlap:
-      raise DataError(f"{root}: {len(overlap)} case ids are in both {train_list} and {val_list}: "
-                      f"{overlap[:5]}")
+      raise DataError(
+        f"{root}: {len(overlap)} case ids are in both {train_list} and {val_list}: {overlap[:5]}"
+      )
     if not 1 <= labeled <= len(ids):
-      raise DataError(f"data.labeled={labeled} must be in [1, {len(ids)}] (the ids of "
-                      f"{root / train_list})")
+      raise DataError(
+        f"data.labeled={labeled} must be in [1, {len(ids)}] (the ids of {root / train_list})"
+      )
     split = {"train": ids, "val": val, "labeled": ids[:labeled], "unlabeled": ids[labeled:]}
   else:
     if n_val is None:
-      raise DataError(f"{root / val_list} not found and data.n_val is not set: give a validation "
-                      "list or the number of train ids to hold out for validation")
+      raise DataError(
+        f"{root / val_list} not found and data.n_val is not set: give a validation "
+        "list or the number of train ids to hold out for validation"
+      )
     split = splits_lib.make_splits(ids, n_val, labeled)
   check_cases_exist(root, split["train"], pattern, train_list)
-  check_cases_exist(root, split["val"], pattern, val_list if (root / val_list).is_file() else
-                    train_list)
+  check_cases_exist(
+    root, split["val"], pattern, val_list if (root / val_list).is_file() else train_list
+  )
   return split
 
 
-def make_splits(root: pathlib.Path, data_config, pattern: str = CASE_PATTERN
-                ) -> dict[str, list[str]]:
+def make_splits(
+  root: pathlib.Path, data_config, pattern: str = CASE_PATTERN
+) -> dict[str, list[str]]:
   """``split_lists`` with the file names and counts of ``data_config`` (list_file, val_list,
   labeled, n_val)."""
-  return split_lists(root, data_config.get("list_file", LIST_FILE),
-                     data_config.get("val_list", VAL_LIST), data_config.labeled,
-                     data_config.get("n_val"), pattern)
+  return split_lists(
+    root,
+    data_config.get("list_file", LIST_FILE),
+    data_config.get("val_list", VAL_LIST),
+    data_config.labeled,
+    data_config.get("n_val"),
+    pattern,
+  )
 
 
-def source(root: str | os.PathLike, ids: Sequence[str], num_classes: int,
-           pattern: str = CASE_PATTERN) -> H5Source:
+def source(
+  root: str | os.PathLike, ids: Sequence[str], num_classes: int, pattern: str = CASE_PATTERN
+) -> H5Source:
   """Volumes at ``case_path(root, id, pattern)``: ``source[i]`` -> {'image': float32 [D, H, W],
   'label': uint8 [D, H, W], 'case': id}, validated on first read (h5source.py) and cached in RAM."""
   return H5Source(root, ids, num_classes, functools.partial(case_path, pattern=pattern), ndim=3)
@@ -161,8 +186,15 @@ def normalize(image: np.ndarray) -> np.ndarray:
   return ((image - image.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def write_stand_in(root: str | os.PathLike, lists: dict[str, list[str]], path_of, shape, seed: int,
-                   manifest_name: str, generator: str) -> pathlib.Path:
+def write_stand_in(
+  root: str | os.PathLike,
+  lists: dict[str, list[str]],
+  path_of,
+  shape,
+  seed: int,
+  manifest_name: str,
+  generator: str,
+) -> pathlib.Path:
   """Writes phantom cases (jaxseg/data/synthetic.py ``make_case``) for every id of ``lists``
   (list file name -> ids) at ``path_of(root, id)``, then the list files, then a manifest.
 
@@ -173,8 +205,13 @@ def write_stand_in(root: str | os.PathLike, lists: dict[str, list[str]], path_of
 
   root = pathlib.Path(root)
   shape, seed = [int(s) for s in shape], int(seed)
-  manifest = {"generator": generator, "version": _SYNTH_VERSION, "seed": seed, "shape": shape,
-              "lists": {name: len(ids) for name, ids in lists.items()}}
+  manifest = {
+    "generator": generator,
+    "version": _SYNTH_VERSION,
+    "seed": seed,
+    "shape": shape,
+    "lists": {name: len(ids) for name, ids in lists.items()},
+  }
   all_ids = [i for ids in lists.values() for i in ids]
   manifest_path = root / manifest_name
   if manifest_path.is_file():
@@ -205,31 +242,62 @@ def synthesize(root: str | os.PathLike, cfg, pattern: str = CASE_PATTERN) -> pat
   """
   n_train, n_val, n_test = int(cfg["n_cases"]), int(cfg.get("n_val", 0)), int(cfg.get("n_test", 0))
   if n_train < 1 or n_val < 0 or n_test < 0:
-    raise ValueError(f"synthetic h5folder needs n_cases >= 1, n_val >= 0, n_test >= 0, got "
-                     f"{n_train}, {n_val}, {n_test}")
+    raise ValueError(
+      f"synthetic h5folder needs n_cases >= 1, n_val >= 0, n_test >= 0, got "
+      f"{n_train}, {n_val}, {n_test}"
+    )
   names = [f"case{i:03d}" for i in range(n_train + n_val + n_test)]
   lists = {LIST_FILE: names[:n_train]}
   if n_val:
-    lists[VAL_LIST] = names[n_train:n_train + n_val]
+    lists[VAL_LIST] = names[n_train : n_train + n_val]
   if n_test:
-    lists[TEST_LIST] = names[n_train + n_val:]
-  return write_stand_in(root, lists, functools.partial(case_path, pattern=check_pattern(pattern)),
-                        cfg["shape"], cfg["seed"], MANIFEST, "jaxseg.data.h5folder")
+    lists[TEST_LIST] = names[n_train + n_val :]
+  return write_stand_in(
+    root,
+    lists,
+    functools.partial(case_path, pattern=check_pattern(pattern)),
+    cfg["shape"],
+    cfg["seed"],
+    MANIFEST,
+    "jaxseg.data.h5folder",
+  )
 
 
 def configure(data_config) -> DatasetSpec:
   """``DATASET`` reading ``data_config.case_pattern`` (default ``data/{case}.h5``)."""
   pattern = check_pattern(data_config.get("case_pattern", CASE_PATTERN))
   return dataclasses.replace(
-      DATASET, make_splits=functools.partial(make_splits, pattern=pattern),
-      train_source=functools.partial(source, pattern=pattern),
-      val_source=functools.partial(source, pattern=pattern),
-      synthesize=functools.partial(synthesize, pattern=pattern), configure=None)
+    DATASET,
+    make_splits=functools.partial(make_splits, pattern=pattern),
+    train_source=functools.partial(source, pattern=pattern),
+    val_source=functools.partial(source, pattern=pattern),
+    synthesize=functools.partial(synthesize, pattern=pattern),
+    configure=None,
+  )
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=source,
-                      val_source=source, synthesize=synthesize, test_list=TEST_LIST,
-                      read_list=read_unique_list, configure=configure)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=source,
+  val_source=source,
+  synthesize=synthesize,
+  test_list=TEST_LIST,
+  read_list=read_unique_list,
+  configure=configure,
+)
 
-__all__ = ["DATASET", "DataError", "case_path", "check_pattern", "configure", "find_root",
-           "make_splits", "normalize", "source", "split_lists", "synthesize", "write_stand_in"]
+__all__ = [
+  "DATASET",
+  "DataError",
+  "case_path",
+  "check_pattern",
+  "configure",
+  "find_root",
+  "make_splits",
+  "normalize",
+  "source",
+  "split_lists",
+  "synthesize",
+  "write_stand_in",
+]

@@ -4,6 +4,7 @@ Layout (upstream ``yulequan/UA-MT: code/dataloaders/la_heart_processing.py``): `
 ``label`` uint8 of the same shape, axis order (x, y, z) as pynrrd reads it, gzip-compressed, no
 attributes. We keep that order as (D, H, W) = (x, y, z).
 """
+
 import os
 import pathlib
 import tempfile
@@ -50,8 +51,9 @@ def load_case(path: PathLike, num_classes: int, ndim: int = 3) -> tuple[np.ndarr
   except DataError:
     raise
   except Exception as e:  # h5py reports truncation and corrupt chunks as OSError, KeyError, ...
-    raise DataError(f"{path}: cannot read as HDF5, the file is truncated or corrupt "
-                    f"({type(e).__name__}: {e})") from e
+    raise DataError(
+      f"{path}: cannot read as HDF5, the file is truncated or corrupt ({type(e).__name__}: {e})"
+    ) from e
 
   if image.shape != label.shape:
     raise DataError(f"{path}: image shape {image.shape} != label shape {label.shape}")
@@ -91,10 +93,10 @@ def write_case(path: PathLike, image: np.ndarray, label: np.ndarray) -> None:
   try:
     with h5py.File(tmp, "w") as f:
       # gzip level 4 is what the released LA files use.
-      f.create_dataset("image", data=image.astype(np.float32), compression="gzip",
-                       compression_opts=4)
-      f.create_dataset("label", data=label.astype(np.uint8), compression="gzip",
-                       compression_opts=4)
+      f.create_dataset(
+        "image", data=image.astype(np.float32), compression="gzip", compression_opts=4
+      )
+      f.create_dataset("label", data=label.astype(np.uint8), compression="gzip", compression_opts=4)
     io_utils.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

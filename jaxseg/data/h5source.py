@@ -6,6 +6,7 @@ key, shape, NaN, label range) on first access and kept in RAM (these datasets ar
 at most); returned arrays are read-only views of the cache. Grain-compatible (``__len__``,
 ``__getitem__``).
 """
+
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Sequence
@@ -29,9 +30,15 @@ class H5Source:
       SagittalToAxial (2, 1, 0)).
   """
 
-  def __init__(self, root: str | os.PathLike, case_ids: Sequence[str], num_classes: int,
-               path_of: Callable[[pathlib.Path, str], pathlib.Path], ndim: int = 3,
-               transpose: Sequence[int] | None = None):
+  def __init__(
+    self,
+    root: str | os.PathLike,
+    case_ids: Sequence[str],
+    num_classes: int,
+    path_of: Callable[[pathlib.Path, str], pathlib.Path],
+    ndim: int = 3,
+    transpose: Sequence[int] | None = None,
+  ):
     self.root = pathlib.Path(root)
     self.case_ids = list(case_ids)
     self.num_classes = num_classes
@@ -79,11 +86,15 @@ class H5Source:
     for index in range(len(self)):
       label = self[index]["label"]
       if index in labeled and self.ndim == 3 and not label.any():
-        raise DataError(f"{self.path(index)}: the label is empty (no foreground voxel) but the case "
-                        "is used as labeled ground truth; fix the file or drop the case from the list")
+        raise DataError(
+          f"{self.path(index)}: the label is empty (no foreground voxel) but the case "
+          "is used as labeled ground truth; fix the file or drop the case from the list"
+        )
 
   def __repr__(self) -> str:
     kind = "slices" if self.ndim == 2 else "volumes"
     extra = f", transpose={self.transpose}" if self.transpose is not None else ""
-    return (f"{type(self).__name__}(root={str(self.root)!r}, {len(self)} {kind}, "
-            f"num_classes={self.num_classes}{extra})")
+    return (
+      f"{type(self).__name__}(root={str(self.root)!r}, {len(self)} {kind}, "
+      f"num_classes={self.num_classes}{extra})"
+    )

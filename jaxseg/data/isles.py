@@ -18,6 +18,7 @@ applied to ISLES: 10 = 5 % of 200, 20 = 10 %), unlabeled = the other 190; valida
 test.list is the held-out list (``evaluate --split test``). Three cases have an empty lesion mask
 (sub-strokecase0150 and 0151 in train.list, 0170 in val.list).
 """
+
 import os
 import pathlib
 from collections.abc import Sequence
@@ -50,11 +51,14 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and how to obtain the data.
   """
   return registry.locate_root(
-      config_root, "ISLES-2022", [TRAIN_LIST, VAL_LIST, DATA_DIR + "/"],
-      f"It holds DyCON's {TRAIN_LIST}, {VAL_LIST}, {TEST_LIST} and {DATA_DIR}/<id>.h5 (keys image = "
-      "DWI, label). Download the 250 public training cases of ISLES'22 (BIDS NIfTI, Zenodo record "
-      "7960856) and run `python -m jaxseg.prepare isles --raw DIR --out DIR`. For a run without "
-      "real data set data.synthetic.")
+    config_root,
+    "ISLES-2022",
+    [TRAIN_LIST, VAL_LIST, DATA_DIR + "/"],
+    f"It holds DyCON's {TRAIN_LIST}, {VAL_LIST}, {TEST_LIST} and {DATA_DIR}/<id>.h5 (keys image = "
+    "DWI, label). Download the 250 public training cases of ISLES'22 (BIDS NIfTI, Zenodo record "
+    "7960856) and run `python -m jaxseg.prepare isles --raw DIR --out DIR`. For a run without "
+    "real data set data.synthetic.",
+  )
 
 
 def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
@@ -63,10 +67,17 @@ def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
   root = pathlib.Path(root)
   val_list = data_config.get("val_list", VAL_LIST)
   if not (root / val_list).is_file():
-    raise DataError(f"{root / val_list}: list file not found (ISLES validates on DyCON's "
-                    f"{VAL_LIST})")
-  return h5folder.split_lists(root, data_config.get("list_file", TRAIN_LIST), val_list,
-                              data_config.labeled, None, CASE_PATTERN)
+    raise DataError(
+      f"{root / val_list}: list file not found (ISLES validates on DyCON's {VAL_LIST})"
+    )
+  return h5folder.split_lists(
+    root,
+    data_config.get("list_file", TRAIN_LIST),
+    val_list,
+    data_config.labeled,
+    None,
+    CASE_PATTERN,
+  )
 
 
 def source(root: str | os.PathLike, ids: Sequence[str], num_classes: int = NUM_CLASSES) -> H5Source:
@@ -89,19 +100,36 @@ def synthesize(root: str | os.PathLike, cfg) -> pathlib.Path:
   """
   n_train, n_val, n_test = int(cfg["n_cases"]), int(cfg.get("n_val", 2)), int(cfg.get("n_test", 1))
   if n_train < 1 or n_val < 1 or n_test < 0:
-    raise ValueError(f"synthetic ISLES needs n_cases >= 1, n_val >= 1 and n_test >= 0, got "
-                     f"{n_train}, {n_val}, {n_test}")
+    raise ValueError(
+      f"synthetic ISLES needs n_cases >= 1, n_val >= 1 and n_test >= 0, got "
+      f"{n_train}, {n_val}, {n_test}"
+    )
   ids = synthetic_case_ids(n_train + n_val + n_test)
-  lists = {TRAIN_LIST: ids[:n_train], VAL_LIST: ids[n_train:n_train + n_val]}
+  lists = {TRAIN_LIST: ids[:n_train], VAL_LIST: ids[n_train : n_train + n_val]}
   if n_test:
-    lists[TEST_LIST] = ids[n_train + n_val:]
-  return h5folder.write_stand_in(root, lists, case_path, cfg["shape"], cfg["seed"], MANIFEST,
-                                 "jaxseg.data.isles")
+    lists[TEST_LIST] = ids[n_train + n_val :]
+  return h5folder.write_stand_in(
+    root, lists, case_path, cfg["shape"], cfg["seed"], MANIFEST, "jaxseg.data.isles"
+  )
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=source,
-                      val_source=source, synthesize=synthesize, test_list=TEST_LIST,
-                      read_list=h5folder.read_unique_list)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=source,
+  val_source=source,
+  synthesize=synthesize,
+  test_list=TEST_LIST,
+  read_list=h5folder.read_unique_list,
+)
 
-__all__ = ["DATASET", "DataError", "case_path", "find_root", "make_splits", "source",
-           "synthesize", "synthetic_case_ids"]
+__all__ = [
+  "DATASET",
+  "DataError",
+  "case_path",
+  "find_root",
+  "make_splits",
+  "source",
+  "synthesize",
+  "synthetic_case_ids",
+]

@@ -3,6 +3,7 @@
 Upstream reference: ``yulequan/UA-MT: code/dataloaders/la_heart.py`` (LAHeart reads
 ``<root>/2018LA_Seg_Training Set/<id>/mri_norm2.h5`` for each id of a list file).
 """
+
 import os
 import pathlib
 from collections.abc import Sequence
@@ -35,10 +36,13 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and how to obtain the data.
   """
   return registry.locate_root(
-      config_root, "LA", [LIST_FILE],
-      f"It holds {LIST_FILE} and '{CASES_DIR}/<id>/{CASE_FILE}'. Obtain it from the data/ folder of "
-      "the UA-MT repository (github.com/yulequan/UA-MT, preprocessed 2018 Atrial Segmentation "
-      "Challenge). For a run without real data use data.name='synthetic'.")
+    config_root,
+    "LA",
+    [LIST_FILE],
+    f"It holds {LIST_FILE} and '{CASES_DIR}/<id>/{CASE_FILE}'. Obtain it from the data/ folder of "
+    "the UA-MT repository (github.com/yulequan/UA-MT, preprocessed 2018 Atrial Segmentation "
+    "Challenge). For a run without real data use data.name='synthetic'.",
+  )
 
 
 class LASource(H5Source):
@@ -58,11 +62,17 @@ def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
 
 def synthesize(root: pathlib.Path, cfg) -> pathlib.Path:
   """Synthetic phantoms in this layout (jaxseg/data/synthetic.py)."""
-  return synthetic.generate(root, case_path, LIST_FILE, n_cases=cfg.n_cases, shape=tuple(cfg.shape),
-                            seed=cfg.seed)
+  return synthetic.generate(
+    root, case_path, LIST_FILE, n_cases=cfg.n_cases, shape=tuple(cfg.shape), seed=cfg.seed
+  )
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=LASource,
-                      val_source=LASource, synthesize=synthesize)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=LASource,
+  val_source=LASource,
+  synthesize=synthesize,
+)
 
 __all__ = ["DATASET", "DataError", "LASource", "case_path", "find_root", "make_splits"]

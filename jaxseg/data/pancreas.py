@@ -11,15 +11,17 @@ variance normalization" (HiLab-git/DTC issue #3). The paper setting is 82 volume
 12 labeled (docs/methods/dtc.md §5, unverified). As for LA, validation is OUR carve-out: the last
 ``data.n_val`` names of train.list; the labeled names are the first ``data.labeled`` of the rest.
 """
+
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxseg import io_utils
-from jaxseg.data import splits as splits_lib
-from jaxseg.data.h5io import DataError, write_case
 from jaxseg.data import registry
+from jaxseg.data import splits as splits_lib
+from jaxseg.data.h5io import DataError
+from jaxseg.data.h5io import write_case
 from jaxseg.data.h5source import H5Source
 from jaxseg.data.registry import DatasetSpec
 
@@ -46,14 +48,17 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and how to obtain the data.
   """
   return registry.locate_root(
-      config_root, "Pancreas", [LIST_FILE, DATA_DIR + "/"],
-      f"It holds {LIST_FILE}, {TEST_LIST} and {DATA_DIR}/<name>.h5 (keys image, label), DTC's "
-      "layout. The volumes are NIH Pancreas-CT (The Cancer Imaging Archive, collection "
-      "'Pancreas-CT'), which DTC does not redistribute or preprocess in its repository: its "
-      "maintainer describes the preprocessing as a crop around the pancreas and zero-mean "
-      "unit-variance normalisation (HiLab-git/DTC issue #3); ycwu1997/MC-Net ships a notebook that "
-      "writes this layout (data/Pancreas/Pre-processing.ipynb). For a run without real data set "
-      "data.synthetic.")
+    config_root,
+    "Pancreas",
+    [LIST_FILE, DATA_DIR + "/"],
+    f"It holds {LIST_FILE}, {TEST_LIST} and {DATA_DIR}/<name>.h5 (keys image, label), DTC's "
+    "layout. The volumes are NIH Pancreas-CT (The Cancer Imaging Archive, collection "
+    "'Pancreas-CT'), which DTC does not redistribute or preprocess in its repository: its "
+    "maintainer describes the preprocessing as a crop around the pancreas and zero-mean "
+    "unit-variance normalisation (HiLab-git/DTC issue #3); ycwu1997/MC-Net ships a notebook that "
+    "writes this layout (data/Pancreas/Pre-processing.ipynb). For a run without real data set "
+    "data.synthetic.",
+  )
 
 
 def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
@@ -80,10 +85,16 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
   exists; the manifest is written last, so an interrupted write is redone.
   """
   from jaxseg.data import synthetic  # pylint: disable=g-import-not-at-top
-  get = (lambda k, v: synthetic_config.get(k, v)) if synthetic_config is not None else (
-      lambda k, v: v)
-  cfg = {"n_cases": int(get("n_cases", 8)), "n_test": int(get("n_test", 2)),
-         "shape": [int(s) for s in get("shape", (40, 40, 36))], "seed": int(get("seed", 0))}
+
+  get = (
+    (lambda k, v: synthetic_config.get(k, v)) if synthetic_config is not None else (lambda k, v: v)
+  )
+  cfg = {
+    "n_cases": int(get("n_cases", 8)),
+    "n_test": int(get("n_test", 2)),
+    "shape": [int(s) for s in get("shape", (40, 40, 36))],
+    "seed": int(get("seed", 0)),
+  }
   if cfg["n_cases"] < 1 or cfg["n_test"] < 1:
     raise ValueError(f"synthetic Pancreas needs n_cases >= 1 and n_test >= 1, got {cfg}")
   root = pathlib.Path(root)
@@ -111,7 +122,13 @@ def synthesize(root: str | os.PathLike, synthetic_config=None) -> pathlib.Path:
   return root
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=source,
-                      val_source=source, synthesize=synthesize, test_list=TEST_LIST)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=source,
+  val_source=source,
+  synthesize=synthesize,
+  test_list=TEST_LIST,
+)
 
 __all__ = ["DATASET", "DataError", "case_path", "find_root", "make_splits", "source", "synthesize"]

@@ -15,6 +15,7 @@ stream is computed from n alone. The stream is therefore identical whatever the 
 count, and the grain iterator state (the next batch number, per worker with ``worker_count > 0``)
 restores it exactly.
 """
+
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -51,8 +52,14 @@ class TwoStreamSampler:
     seed: non-negative integer.
   """
 
-  def __init__(self, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int], batch_size: int,
-               labeled_batch_size: int, seed: int):
+  def __init__(
+    self,
+    labeled_idx: Sequence[int],
+    unlabeled_idx: Sequence[int],
+    batch_size: int,
+    labeled_batch_size: int,
+    seed: int,
+  ):
     self.labeled = np.asarray(labeled_idx, np.int64)
     self.unlabeled = np.asarray(unlabeled_idx, np.int64)
     self.batch_size = int(batch_size)
@@ -62,14 +69,18 @@ class TwoStreamSampler:
     if self.seed < 0:
       raise ValueError(f"seed must be >= 0, got {seed}")
     if not 1 <= self.labeled_batch_size <= self.batch_size:
-      raise ValueError(f"labeled_batch_size={labeled_batch_size} must be in [1, batch_size="
-                       f"{batch_size}]")
+      raise ValueError(
+        f"labeled_batch_size={labeled_batch_size} must be in [1, batch_size={batch_size}]"
+      )
     if len(self.labeled) < self.labeled_batch_size:
-      raise ValueError(f"{len(self.labeled)} labeled cases cannot fill labeled_batch_size="
-                       f"{labeled_batch_size}")
+      raise ValueError(
+        f"{len(self.labeled)} labeled cases cannot fill labeled_batch_size={labeled_batch_size}"
+      )
     if self.unlabeled_batch_size and len(self.unlabeled) == 0:
-      raise ValueError(f"batch_size={batch_size} > labeled_batch_size={labeled_batch_size} needs "
-                       "unlabeled cases, but unlabeled_idx is empty")
+      raise ValueError(
+        f"batch_size={batch_size} > labeled_batch_size={labeled_batch_size} needs "
+        "unlabeled cases, but unlabeled_idx is empty"
+      )
     self.batches_per_epoch = len(self.labeled) // self.labeled_batch_size
 
   def index(self, batch: int, slot: int) -> int:
@@ -91,8 +102,14 @@ class _MakeExample:
   """Example number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}
   (2D: [H, W, 1] and [H, W]), plus float32 `name: fn(label)` per host target."""
 
-  def __init__(self, source, sampler: TwoStreamSampler, patch_size: Sequence[int], augment: str,
-               host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]]):
+  def __init__(
+    self,
+    source,
+    sampler: TwoStreamSampler,
+    patch_size: Sequence[int],
+    augment: str,
+    host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+  ):
     self.source = source
     self.sampler = sampler
     self.patch_size = tuple(int(p) for p in patch_size)
@@ -119,12 +136,19 @@ class _MakeExample:
     return example
 
 
-def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
-                       batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
-                       seed: int, augment: str = "rot_flip_crop", worker_count: int = 0,
-                       num_threads: int = 2,
-                       host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
-                       ) -> grain.IterDataset:
+def make_train_dataset(
+  source,
+  labeled_idx: Sequence[int],
+  unlabeled_idx: Sequence[int],
+  batch_size: int,
+  labeled_batch_size: int,
+  patch_size: Sequence[int],
+  seed: int,
+  augment: str = "rot_flip_crop",
+  worker_count: int = 0,
+  num_threads: int = 2,
+  host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> grain.IterDataset:
   """The endless batched training stream as a grain IterDataset (see module docstring).
 
   Args:
@@ -161,8 +185,9 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
   # Example n = slot n % B of batch n // B; sys.maxsize makes the stream practically endless.
   # Batching happens on the MapDataset, so an element is a whole batch: grain worker processes then
   # deal out whole batches (round-robin, order kept) and the stream cannot depend on worker_count.
-  ds = grain.MapDataset.range(sys.maxsize).map(_MakeExample(source, sampler, patch_size, augment,
-                                                                host_targets or {}))
+  ds = grain.MapDataset.range(sys.maxsize).map(
+    _MakeExample(source, sampler, patch_size, augment, host_targets or {})
+  )
   ds = ds.batch(batch_size, drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))
   ids = ds.to_iter_dataset(read)
@@ -175,16 +200,33 @@ def make_train_dataset(source, labeled_idx: Sequence[int], unlabeled_idx: Sequen
   return ids
 
 
-def make_train_iterator(source, labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
-                        batch_size: int, labeled_batch_size: int, patch_size: Sequence[int],
-                        seed: int, augment: str = "rot_flip_crop",
-                        worker_count: int = 0,
-                        host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
-                        ) -> grain.DatasetIterator:
+def make_train_iterator(
+  source,
+  labeled_idx: Sequence[int],
+  unlabeled_idx: Sequence[int],
+  batch_size: int,
+  labeled_batch_size: int,
+  patch_size: Sequence[int],
+  seed: int,
+  augment: str = "rot_flip_crop",
+  worker_count: int = 0,
+  host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> grain.DatasetIterator:
   """``iter(make_train_dataset(...))``: a checkpointable iterator (``get_state``/``set_state``)."""
-  return iter(make_train_dataset(source, labeled_idx, unlabeled_idx, batch_size, labeled_batch_size,
-                                 patch_size, seed, augment, worker_count,
-                                 host_targets=host_targets))
+  return iter(
+    make_train_dataset(
+      source,
+      labeled_idx,
+      unlabeled_idx,
+      batch_size,
+      labeled_batch_size,
+      patch_size,
+      seed,
+      augment,
+      worker_count,
+      host_targets=host_targets,
+    )
+  )
 
 
 _INT_KEYS = "__int_keys__"

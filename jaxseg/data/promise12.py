@@ -17,6 +17,7 @@ the ``main.py`` parameters dstRes [1, 1, 1.5], VolSize [128, 128, 64]); its z-sc
 is the one ``VNet.py`` applies before training and testing. labeled = the first ``data.labeled``
 training ids (the supervised V-Net uses all of them).
 """
+
 import os
 import pathlib
 from collections.abc import Sequence
@@ -51,20 +52,28 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
     DataError: saying where it looked and how to obtain the data.
   """
   return registry.locate_root(
-      config_root, "PROMISE12", [TRAIN_LIST, DATA_DIR + "/"],
-      f"It holds {TRAIN_LIST} and {DATA_DIR}/<id>.h5 (keys image, label). Download the 50 training "
-      "cases of the MICCAI 2012 prostate challenge (promise12.grand-challenge.org, MetaImage "
-      "CaseNN.mhd and CaseNN_segmentation.mhd) and run `python -m jaxseg.prepare promise12 --raw "
-      "DIR --out DIR`. For a run without real data set data.synthetic.")
+    config_root,
+    "PROMISE12",
+    [TRAIN_LIST, DATA_DIR + "/"],
+    f"It holds {TRAIN_LIST} and {DATA_DIR}/<id>.h5 (keys image, label). Download the 50 training "
+    "cases of the MICCAI 2012 prostate challenge (promise12.grand-challenge.org, MetaImage "
+    "CaseNN.mhd and CaseNN_segmentation.mhd) and run `python -m jaxseg.prepare promise12 --raw "
+    "DIR --out DIR`. For a run without real data set data.synthetic.",
+  )
 
 
 def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
   """val = ``data.val_list`` when that file exists, else the last ``data.n_val`` ids of
   train.list; labeled = the first ``data.labeled`` of the training ids. Every listed case file
   must exist (h5folder.py ``split_lists``, which names the list and the missing files)."""
-  return h5folder.split_lists(pathlib.Path(root), data_config.get("list_file", TRAIN_LIST),
-                              data_config.get("val_list", VAL_LIST), data_config.labeled,
-                              data_config.get("n_val"), CASE_PATTERN)
+  return h5folder.split_lists(
+    pathlib.Path(root),
+    data_config.get("list_file", TRAIN_LIST),
+    data_config.get("val_list", VAL_LIST),
+    data_config.labeled,
+    data_config.get("n_val"),
+    CASE_PATTERN,
+  )
 
 
 def source(root: str | os.PathLike, ids: Sequence[str], num_classes: int = NUM_CLASSES) -> H5Source:
@@ -84,19 +93,41 @@ def synthesize(root: str | os.PathLike, cfg) -> pathlib.Path:
   get = cfg.get
   n_train, n_test = int(get("n_cases", 8)), int(get("n_test", 0))
   if n_train < 1 or n_test < 0:
-    raise ValueError(f"synthetic PROMISE12 needs n_cases >= 1 and n_test >= 0, got {n_train}, "
-                     f"{n_test}")
+    raise ValueError(
+      f"synthetic PROMISE12 needs n_cases >= 1 and n_test >= 0, got {n_train}, {n_test}"
+    )
   ids = [f"Case{i:02d}" for i in range(n_train + n_test)]
   lists = {TRAIN_LIST: ids[:n_train]}
   if n_test:
     lists[TEST_LIST] = ids[n_train:]
-  return h5folder.write_stand_in(root, lists, case_path, get("shape", (32, 32, 16)),
-                                 get("seed", 0), MANIFEST, "jaxseg.data.promise12")
+  return h5folder.write_stand_in(
+    root,
+    lists,
+    case_path,
+    get("shape", (32, 32, 16)),
+    get("seed", 0),
+    MANIFEST,
+    "jaxseg.data.promise12",
+  )
 
 
-DATASET = DatasetSpec(find_root=find_root, make_splits=make_splits, train_source=source,
-                      val_source=source, synthesize=synthesize, test_list=TEST_LIST,
-                      read_list=h5folder.read_unique_list)
+DATASET = DatasetSpec(
+  find_root=find_root,
+  make_splits=make_splits,
+  train_source=source,
+  val_source=source,
+  synthesize=synthesize,
+  test_list=TEST_LIST,
+  read_list=h5folder.read_unique_list,
+)
 
-__all__ = ["DATASET", "DataError", "SPACING", "case_path", "find_root", "make_splits", "source",
-           "synthesize"]
+__all__ = [
+  "DATASET",
+  "DataError",
+  "SPACING",
+  "case_path",
+  "find_root",
+  "make_splits",
+  "source",
+  "synthesize",
+]

@@ -3,10 +3,12 @@
 Each dataset module (la.py, pancreas.py, brats.py, acdc.py) defines one `DATASET = DatasetSpec(...)`;
 `jaxseg.data.DATASETS` maps `config.data.name` to it.
 """
+
 import dataclasses
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -17,8 +19,9 @@ Splits = dict[str, list[str]]
 ENV_VAR = "JAXSEG_DATA_DIR"
 
 
-def locate_root(config_root: str | os.PathLike | None, dataset: str, required: Sequence[str],
-                how_to_obtain: str) -> pathlib.Path:
+def locate_root(
+  config_root: str | os.PathLike | None, dataset: str, required: Sequence[str], how_to_obtain: str
+) -> pathlib.Path:
   """The first of `config_root`, `$JAXSEG_DATA_DIR` that holds every `required` entry (relative
   paths; a trailing '/' means a folder).
 
@@ -42,8 +45,10 @@ def locate_root(config_root: str | os.PathLike | None, dataset: str, required: S
   wanted = " + ".join(required)
   looked = "; ".join(f"{what} = {root} (no {wanted})" for what, root in candidates)
   looked = looked or f"data.root is empty and ${ENV_VAR} is not set"
-  raise DataError(f"{dataset} data not found: {looked}. Point data.root or ${ENV_VAR} at the "
-                  f"{dataset} folder. {how_to_obtain}")
+  raise DataError(
+    f"{dataset} data not found: {looked}. Point data.root or ${ENV_VAR} at the "
+    f"{dataset} folder. {how_to_obtain}"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,7 @@ class DatasetSpec:
       (h5folder's `data.case_pattern`); None where the layout is fixed. `get_dataset(name,
       config.data)` applies it.
   """
+
   find_root: Callable[[str | None], pathlib.Path]
   make_splits: Callable[[pathlib.Path, ml_collections.ConfigDict], Splits]
   train_source: Callable[[pathlib.Path, Sequence[str], int], Any]

@@ -6,11 +6,12 @@ N ids of ``train.list`` as labeled and the rest as unlabeled, and evaluates on t
 the LAST ``n_val`` ids of the list (in file order). The labeled ids are then the first
 ``labeled`` ids of what remains, so for LA the standard labeled cases stay labeled.
 """
+
 import collections
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxseg import io_utils
 from jaxseg.data.h5io import DataError
@@ -43,11 +44,13 @@ def make_splits(ids: Sequence[str], n_val: int, labeled: int) -> dict[str, list[
     raise DataError(f"case ids are duplicated: {dup}")
   if not 0 <= n_val < len(ids):
     raise DataError(f"n_val={n_val} must be in [0, {len(ids)}) for {len(ids)} case ids")
-  train = ids[:len(ids) - n_val]
-  val = ids[len(ids) - n_val:]
+  train = ids[: len(ids) - n_val]
+  val = ids[len(ids) - n_val :]
   if not 1 <= labeled <= len(train):
-    raise DataError(f"labeled={labeled} must be in [1, {len(train)}] (the {len(train)} train ids "
-                    f"left after holding out n_val={n_val} of {len(ids)})")
+    raise DataError(
+      f"labeled={labeled} must be in [1, {len(train)}] (the {len(train)} train ids "
+      f"left after holding out n_val={n_val} of {len(ids)})"
+    )
   return {"train": train, "val": val, "labeled": train[:labeled], "unlabeled": train[labeled:]}
 
 
@@ -68,19 +71,22 @@ def read_splits(path: str | os.PathLike) -> dict[str, list[str]]:
   return {k: list(splits[k]) for k in KEYS}
 
 
-def load_or_make_splits(workdir: str | os.PathLike, ids: Sequence[str], n_val: int,
-                        labeled: int) -> dict[str, list[str]]:
+def load_or_make_splits(
+  workdir: str | os.PathLike, ids: Sequence[str], n_val: int, labeled: int
+) -> dict[str, list[str]]:
   """The run's split: ``<workdir>/splits.json`` if present, else made and written there.
 
   A resumed run thus keeps its split. An existing file that differs from what the current
   ``ids``/``n_val``/``labeled`` give is an error (a changed config on an old workdir).
   """
-  return load_or_save_splits(workdir, make_splits(ids, n_val, labeled),
-                             f"n_val={n_val}, labeled={labeled}, {len(ids)} ids")
+  return load_or_save_splits(
+    workdir, make_splits(ids, n_val, labeled), f"n_val={n_val}, labeled={labeled}, {len(ids)} ids"
+  )
 
 
-def load_or_save_splits(workdir: str | os.PathLike, wanted: dict[str, list[str]],
-                        what: str = "") -> dict[str, list[str]]:
+def load_or_save_splits(
+  workdir: str | os.PathLike, wanted: dict[str, list[str]], what: str = ""
+) -> dict[str, list[str]]:
   """``wanted`` (a split made from the config) after checking it against ``<workdir>/splits.json``,
   which is written when absent. A stored split that differs is an error (a changed config on an old
   workdir); ``what`` describes the config's split settings in that message."""
@@ -94,9 +100,10 @@ def load_or_save_splits(workdir: str | os.PathLike, wanted: dict[str, list[str]]
     if stored != wanted:
       diff = [k for k in KEYS if stored[k] != wanted[k]]
       raise DataError(
-          f"{path}: stored split differs from the config ({what or 'data settings'}) in {diff}: "
-          f"stored sizes { {k: len(stored[k]) for k in KEYS} }, config sizes "
-          f"{ {k: len(wanted[k]) for k in KEYS} }. Use a fresh workdir or restore the config.")
+        f"{path}: stored split differs from the config ({what or 'data settings'}) in {diff}: "
+        f"stored sizes { {k: len(stored[k]) for k in KEYS} }, config sizes "
+        f"{ {k: len(wanted[k]) for k in KEYS} }. Use a fresh workdir or restore the config."
+      )
     return stored
   write_splits(path, wanted)
   return wanted

@@ -8,6 +8,7 @@ Intensity alone therefore does not segment it: a model has to use shape and cont
 
 Everything is a deterministic function of (seed, case index, shape).
 """
+
 import json
 import os
 import pathlib
@@ -54,8 +55,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
   return labels == (np.argmax(sizes) + 1)
 
 
-def _foreground(rng: np.random.Generator, shape: tuple[int, ...],
-                grid: list[np.ndarray]) -> np.ndarray:
+def _foreground(
+  rng: np.random.Generator, shape: tuple[int, ...], grid: list[np.ndarray]
+) -> np.ndarray:
   """One connected deformed ellipsoid covering a random 7-15 % of the volume."""
   shape_arr = np.asarray(shape, np.float64)
   centre = shape_arr * rng.uniform(0.38, 0.62, size=3)
@@ -68,8 +70,9 @@ def _foreground(rng: np.random.Generator, shape: tuple[int, ...],
   return _largest_component(mask)
 
 
-def _distractors(rng: np.random.Generator, shape: tuple[int, ...], grid: list[np.ndarray],
-                 fg: np.ndarray) -> np.ndarray:
+def _distractors(
+  rng: np.random.Generator, shape: tuple[int, ...], grid: list[np.ndarray], fg: np.ndarray
+) -> np.ndarray:
   """Two tubes and two small blobs, kept at least 2 voxels away from the foreground."""
   shape_arr = np.asarray(shape, np.float64)
   out = np.zeros(shape, bool)
@@ -80,7 +83,7 @@ def _distractors(rng: np.random.Generator, shape: tuple[int, ...], grid: list[np
   for _ in range(2):  # small round blobs
     c = rng.uniform(0.1, 0.9, size=3) * shape_arr
     radius = rng.uniform(0.08, 0.13) * shape_arr.min()
-    out |= sum((g - ci) ** 2 for g, ci in zip(grid, c)) <= radius ** 2
+    out |= sum((g - ci) ** 2 for g, ci in zip(grid, c)) <= radius**2
   near_fg = ndimage.binary_dilation(fg, iterations=2)
   return out & ~near_fg
 
@@ -106,14 +109,23 @@ def make_case(seed: int, index: int, shape: tuple[int, int, int]) -> tuple[np.nd
 
 
 def _manifest(n_cases: int, shape: tuple[int, ...], seed: int) -> dict:
-  return {"generator": "jaxseg.data.synthetic", "version": _VERSION, "seed": int(seed),
-          "n_cases": int(n_cases), "shape": [int(s) for s in shape]}
+  return {
+    "generator": "jaxseg.data.synthetic",
+    "version": _VERSION,
+    "seed": int(seed),
+    "n_cases": int(n_cases),
+    "shape": [int(s) for s in shape],
+  }
 
 
-def generate(root: str | os.PathLike,
-             case_path: Callable[[str | os.PathLike, str], pathlib.Path], list_file: str,
-             n_cases: int = 24, shape: tuple[int, int, int] = (48, 48, 32),
-             seed: int = 0) -> pathlib.Path:
+def generate(
+  root: str | os.PathLike,
+  case_path: Callable[[str | os.PathLike, str], pathlib.Path],
+  list_file: str,
+  n_cases: int = 24,
+  shape: tuple[int, int, int] = (48, 48, 32),
+  seed: int = 0,
+) -> pathlib.Path:
   """Writes ``n_cases`` phantom cases in a one-list layout under ``root``; returns ``root``.
 
   Files: ``case_path(root, 'synth_NNN')`` for each case (the LA layout passes

@@ -4,14 +4,16 @@ Volumes [D, H, W]: ``yulequan/UA-MT: code/dataloaders/la_heart.py`` (RandomRotFl
 Slices [H, W] (ACDC): ``HiLab-git/SSL4MIS: code/dataloaders/dataset.py`` (RandomGenerator), below.
 Randomness comes from an explicit ``numpy.random.Generator`` instead of the global numpy RNG.
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 
-def random_rot_flip(image: np.ndarray, label: np.ndarray,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_rot_flip(
+  image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """Rotates by k*90 degrees in the plane of axes (0, 1), then flips axis 0 or 1.
 
   k ~ U{0..3}, then axis ~ U{0, 1}. As upstream, there is ALWAYS exactly one flip, so the result
@@ -47,8 +49,9 @@ def crop_padding(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
   return (0,) * len(shape)
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, patch: Sequence[int],
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(
+  image: np.ndarray, label: np.ndarray, patch: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """Zero-pads as :func:`crop_padding` says, then crops a random ``patch``.
 
   Start per axis ~ ``rng.integers(0, dim - patch)``: the upper bound is exclusive as in upstream
@@ -89,8 +92,9 @@ def random_crop(image: np.ndarray, label: np.ndarray, patch: Sequence[int],
 ROTATE_ANGLES = (-20, 20)
 
 
-def random_rotate_2d(image: np.ndarray, label: np.ndarray,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_rotate_2d(
+  image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """Rotates image and label by the same integer angle ~ U{-20..19} degrees.
 
   ``scipy.ndimage.rotate(x, angle, order=0, reshape=False)`` for both (nearest neighbour, so label
@@ -120,8 +124,9 @@ def zoom_to(x: np.ndarray, size: Sequence[int], order: int = 0) -> np.ndarray:
   return out
 
 
-def random_generator_2d(image: np.ndarray, label: np.ndarray, output_size: Sequence[int],
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_generator_2d(
+  image: np.ndarray, label: np.ndarray, output_size: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """SSL4MIS ``RandomGenerator(output_size)`` for one 2D slice.
 
   With probability 1/2: ``random_rot_flip`` (rot90 by k ~ U{0..3}, then ALWAYS one flip of axis 0
@@ -142,8 +147,10 @@ def random_generator_2d(image: np.ndarray, label: np.ndarray, output_size: Seque
     (image float32 [oh, ow], label uint8 [oh, ow]).
   """
   if image.ndim != 2 or image.shape != label.shape:
-    raise ValueError(f"random_generator_2d: expected image and label [H, W] of the same shape, got "
-                     f"{image.shape} and {label.shape}")
+    raise ValueError(
+      f"random_generator_2d: expected image and label [H, W] of the same shape, got "
+      f"{image.shape} and {label.shape}"
+    )
   if len(tuple(output_size)) != 2:
     raise ValueError(f"random_generator_2d: output_size must have 2 sizes, got {output_size}")
   if rng.random() > 0.5:

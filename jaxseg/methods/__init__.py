@@ -3,6 +3,7 @@ attributes `name`, `samples_unlabeled`, `host_targets`; `init`, `phases()`, `pre
 config by `build`. Every step is pure and jit-compiled once per phase; all randomness comes from
 `jax.random.fold_in(state.rng, state.step)` and schedules are functions of `state.step`.
 """
+
 from jaxseg.methods.acmt import ACMT
 from jaxseg.methods.bcp import BCP
 from jaxseg.methods.cml import CML
@@ -15,16 +16,16 @@ from jaxseg.methods.uamt import UAMT
 from jaxseg.methods.upc import UPC
 
 METHODS = {
-    "supervised": Supervised,
-    "mean_teacher": MeanTeacher,
-    "uamt": UAMT,
-    "dtc": DTC,
-    "upc": UPC,
-    "acmt": ACMT,
-    "bcp": BCP,
-    "cml": CML,
-    "mcf": MCF,
-    "dycon": DyCON,
+  "supervised": Supervised,
+  "mean_teacher": MeanTeacher,
+  "uamt": UAMT,
+  "dtc": DTC,
+  "upc": UPC,
+  "acmt": ACMT,
+  "bcp": BCP,
+  "cml": CML,
+  "mcf": MCF,
+  "dycon": DyCON,
 }
 
 

@@ -5,6 +5,7 @@ A method is a class registered by name in `jaxseg.methods.METHODS` and built fro
 (`METHODS[name](config)`). The loop never asks which method it runs: everything it needs to know
 is declared here.
 """
+
 import dataclasses
 import types
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ class Phase:
   applied once right before the phase's first step (e.g. teacher := student, fresh momentum). It
   must keep the state's pytree structure: checkpoints of every phase restore against `init`'s.
   """
+
   name: str
   start: int
   train_step: Callable
@@ -59,24 +61,25 @@ class Method(Protocol):
     predict(state, images [B, *spatial, C]) -> probabilities [B, *spatial, n_classes]: the
       network(s) the upstream test script evaluates.
   """
+
   name: ClassVar[str]
   samples_unlabeled: ClassVar[bool]
   host_targets: ClassVar[Mapping[str, HostTarget]]
   model: Any
   tx: Any
 
-  def init(self, rng: jax.Array, example_batch: Mapping[str, Any]) -> Any:
-    ...
+  def init(self, rng: jax.Array, example_batch: Mapping[str, Any]) -> Any: ...
 
-  def phases(self) -> tuple[Phase, ...]:
-    ...
+  def phases(self) -> tuple[Phase, ...]: ...
 
-  def predict(self, state: Any, images: jax.Array) -> jax.Array:
-    ...
+  def predict(self, state: Any, images: jax.Array) -> jax.Array: ...
 
 
-def example_batch(config: ml_collections.ConfigDict, host_targets: Mapping[str, HostTarget] = None,
-                  batch_size: int | None = None) -> dict[str, np.ndarray]:
+def example_batch(
+  config: ml_collections.ConfigDict,
+  host_targets: Mapping[str, HostTarget] = None,
+  batch_size: int | None = None,
+) -> dict[str, np.ndarray]:
   """A zero batch with the shapes and dtypes the pipeline yields for `config`:
   image float32 [B, *patch, 1], label int32 [B, *patch], and one float32 [B, *patch] entry per
   host target. Used to initialise and trace a method (train loop, evaluation, bench)."""
@@ -93,8 +96,10 @@ def phases_of(method: Method) -> tuple[Phase, ...]:
   phases = tuple(method.phases())
   starts = [p.start for p in phases]
   if not phases or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
-    raise ValueError(f"{type(method).__name__}.phases() must start at step 0 with strictly "
-                     f"increasing starts; got {[(p.name, p.start) for p in phases]}")
+    raise ValueError(
+      f"{type(method).__name__}.phases() must start at step 0 with strictly "
+      f"increasing starts; got {[(p.name, p.start) for p in phases]}"
+    )
   return phases
 
 

@@ -35,6 +35,7 @@ Learning rate: pretrain `bcp.pretrain_lr_schedule` (constant upstream); self-tra
 `config.optimizer` whose schedule counts the optimizer's own steps, i.e. from the self-train start
 on LA (fresh state: 0.01 x 0.1^(t // 2500)) and constant on ACDC.
 """
+
 from __future__ import annotations
 
 import jax
@@ -65,8 +66,14 @@ ACDC_DICE_MASKS = ("head", "legacy")
 # masks [B, *spatial] (1 = the voxel counts).
 # ---------------------------------------------------------------------------------------------
 
-def acdc_dice_loss(probs: Array, labels: Array, mask: Array | None = None,
-                   legacy_mask: bool = False, smooth: float = 1e-10) -> Array:
+
+def acdc_dice_loss(
+  probs: Array,
+  labels: Array,
+  mask: Array | None = None,
+  legacy_mask: bool = False,
+  smooth: float = 1e-10,
+) -> Array:
   """BCP ACDC `DiceLoss(n_classes)(probs, target, mask)`: mean over classes of
   1 - (2 sum p t m + s) / (sum p^2 m + sum t^2 m + s), sums over the whole batch (squared
   denominators, smooth 1e-10).
@@ -94,9 +101,17 @@ def acdc_dice_loss(probs: Array, labels: Array, mask: Array | None = None,
   return jnp.mean(1.0 - (2.0 * inter + smooth) / (z_sum + y_sum + smooth))
 
 
-def mix_loss(logits: Array, img_l: Array, patch_l: Array, mask: Array, l_weight: float = 1.0,
-             u_weight: float = 0.5, unlab: bool = False, dice: str = "la",
-             legacy_mask: bool = False) -> tuple[Array, Array]:
+def mix_loss(
+  logits: Array,
+  img_l: Array,
+  patch_l: Array,
+  mask: Array,
+  l_weight: float = 1.0,
+  u_weight: float = 0.5,
+  unlab: bool = False,
+  dice: str = "la",
+  legacy_mask: bool = False,
+) -> tuple[Array, Array]:
   """BCP `mix_loss` as (dice, ce): `img_l` labels the mask == 1 region, `patch_l` the box.
 
   Weights (image, patch) = (l_weight, u_weight), swapped when `unlab`. dice = image_weight D(z,
@@ -108,16 +123,19 @@ def mix_loss(logits: Array, img_l: Array, patch_l: Array, mask: Array, l_weight:
   mask = mask.astype(jnp.float32)
   patch_mask = 1.0 - mask
   if dice == "la":
-    d = (image_w * losses.mask_dice_loss(logits, img_l, mask)
-         + patch_w * losses.mask_dice_loss(logits, patch_l, patch_mask))
+    d = image_w * losses.mask_dice_loss(logits, img_l, mask) + patch_w * losses.mask_dice_loss(
+      logits, patch_l, patch_mask
+    )
   elif dice == "acdc":
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    d = (image_w * acdc_dice_loss(probs, img_l, mask, legacy_mask)
-         + patch_w * acdc_dice_loss(probs, patch_l, patch_mask, legacy_mask))
+    d = image_w * acdc_dice_loss(probs, img_l, mask, legacy_mask) + patch_w * acdc_dice_loss(
+      probs, patch_l, patch_mask, legacy_mask
+    )
   else:
     raise ValueError(f"mix_loss: dice={dice!r}, expected 'la' or 'acdc'")
-  ce = (image_w * losses.masked_cross_entropy(logits, img_l, mask)
-        + patch_w * losses.masked_cross_entropy(logits, patch_l, patch_mask))
+  ce = image_w * losses.masked_cross_entropy(
+    logits, img_l, mask
+  ) + patch_w * losses.masked_cross_entropy(logits, patch_l, patch_mask)
   return d, ce
 
 
@@ -139,11 +157,13 @@ def sequential_running_stats(batch_stats, stacked, momentum: float = 0.1):
   r_k = (1 - m) r_{k-1} + m s_k, with m s_k = stacked[k] - (1 - m) r0. m is torch's momentum (0.1,
   `jaxseg.models.layers.BatchNorm`).
   """
+
   def combine(r0, rk):
     r = r0
     for k in range(rk.shape[0]):
       r = (1.0 - momentum) * r + (rk[k] - (1.0 - momentum) * r0)
     return r.astype(r0.dtype)
+
   return jax.tree.map(combine, batch_stats, stacked)
 
 
@@ -158,13 +178,15 @@ def paired_train_forward(model, params, batch_stats, xs: Array, keys: Array):
     (logits [K, B, *spatial, n_classes], batch_stats).
   """
   logits, stacked = jax.vmap(
-      lambda x, key: common.train_forward(model, params, batch_stats, x, key))(xs, keys)
+    lambda x, key: common.train_forward(model, params, batch_stats, x, key)
+  )(xs, keys)
   return logits, sequential_running_stats(batch_stats, stacked)
 
 
 # ---------------------------------------------------------------------------------------------
 # The method.
 # ---------------------------------------------------------------------------------------------
+
 
 class BCP:
   """Method protocol: init / phases (pretrain, selftrain) / predict (jaxseg/methods/base.py).
@@ -181,26 +203,33 @@ class BCP:
     hp = config.bcp
     lb, b = config.labeled_batch_size, config.batch_size
     if lb % 2 or b != 2 * lb:
-      raise ValueError(f"bcp: labeled_batch_size={lb} must be even and batch_size={b} twice it "
-                       "(two labeled and two unlabeled sub-batches of the same size, as upstream)")
+      raise ValueError(
+        f"bcp: labeled_batch_size={lb} must be even and batch_size={b} twice it "
+        "(two labeled and two unlabeled sub-batches of the same size, as upstream)"
+      )
     if hp.recipe not in RECIPES:
       raise ValueError(f"config.bcp.recipe={hp.recipe!r}: expected one of {sorted(RECIPES)}")
     if len(config.data.patch_size) != RECIPES[hp.recipe]:
-      raise ValueError(f"config.bcp.recipe={hp.recipe!r} is a {RECIPES[hp.recipe]}D recipe, but "
-                       f"config.data.patch_size={tuple(config.data.patch_size)}")
+      raise ValueError(
+        f"config.bcp.recipe={hp.recipe!r} is a {RECIPES[hp.recipe]}D recipe, but "
+        f"config.data.patch_size={tuple(config.data.patch_size)}"
+      )
     if hp.mask_bounds not in MASK_BOUNDS:
       raise ValueError(f"config.bcp.mask_bounds={hp.mask_bounds!r}: expected one of {MASK_BOUNDS}")
     if hp.get("acdc_dice_mask", "head") not in ACDC_DICE_MASKS:
-      raise ValueError(f"config.bcp.acdc_dice_mask={hp.acdc_dice_mask!r}: expected one of "
-                       f"{ACDC_DICE_MASKS}")
+      raise ValueError(
+        f"config.bcp.acdc_dice_mask={hp.acdc_dice_mask!r}: expected one of {ACDC_DICE_MASKS}"
+      )
     if not 0 <= hp.pretrain_steps:
       raise ValueError(f"config.bcp.pretrain_steps={hp.pretrain_steps} must be >= 0")
     self.config = config
     self.hp = hp
     self.sub = lb // 2
     self.model = common.build_model(config)
-    self.tx = common.sgd(config.optimizer, common.lr_schedule(
-        config.optimizer, config.total_steps, kind=hp.pretrain_lr_schedule))
+    self.tx = common.sgd(
+      config.optimizer,
+      common.lr_schedule(config.optimizer, config.total_steps, kind=hp.pretrain_lr_schedule),
+    )
     self.self_tx = common.make_optimizer(config)
 
   def phases(self) -> tuple[base.Phase, ...]:
@@ -210,8 +239,11 @@ class BCP:
     if pretrain > 0:
       phases.append(base.Phase("pretrain", 0, self.pretrain_step))
     if pretrain == 0 or pretrain < self.config.total_steps:
-      phases.append(base.Phase("selftrain", pretrain, self.selftrain_step,
-                               self.enter_selftrain if pretrain > 0 else None))
+      phases.append(
+        base.Phase(
+          "selftrain", pretrain, self.selftrain_step, self.enter_selftrain if pretrain > 0 else None
+        )
+      )
     return tuple(phases)
 
   # -- state ------------------------------------------------------------------------------------
@@ -219,21 +251,28 @@ class BCP:
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     """Student from `init`; the teacher (aux) a copy of it, replaced at the self-train entry anyway.
     Everything both phases need is in the state from the start (one checkpoint structure)."""
-    return common.new_state(self, rng, example_batch, aux_fn=lambda _, v: self._teacher_copy(
-        v["params"], v["batch_stats"]))
+    return common.new_state(
+      self,
+      rng,
+      example_batch,
+      aux_fn=lambda _, v: self._teacher_copy(v["params"], v["batch_stats"]),
+    )
 
   @staticmethod
   def _teacher_copy(params, batch_stats) -> dict:
     # Fresh buffers: the jitted steps donate the state, which must not alias a buffer twice.
-    return {"ema_params": jax.tree.map(jnp.copy, params),
-            "ema_batch_stats": jax.tree.map(jnp.copy, batch_stats)}
+    return {
+      "ema_params": jax.tree.map(jnp.copy, params),
+      "ema_batch_stats": jax.tree.map(jnp.copy, batch_stats),
+    }
 
   def enter_selftrain(self, state: TrainState) -> TrainState:
     """teacher := student (params and BN statistics); LA: a fresh optimizer (`load_net`), ACDC:
     the pre-train momentum kept (`load_net_opt`)."""
     opt_state = self.self_tx.init(state.params) if self.hp.reset_optimizer else state.opt_state
-    return state.replace(aux=self._teacher_copy(state.params, state.batch_stats),
-                         opt_state=opt_state)
+    return state.replace(
+      aux=self._teacher_copy(state.params, state.batch_stats), opt_state=opt_state
+    )
 
   # -- pieces -------------------------------------------------------------------------------------
 
@@ -246,9 +285,16 @@ class BCP:
 
   def _region_loss(self, logits, img_l, patch_l, mask, image_w, patch_w):
     """(dice, ce) of one mixed output; `img_l` labels mask == 1, `patch_l` the box."""
-    return mix_loss(logits, img_l, patch_l, mask, l_weight=image_w, u_weight=patch_w,
-                    dice=self.hp.recipe,
-                    legacy_mask=self.hp.get("acdc_dice_mask", "head") == "legacy")
+    return mix_loss(
+      logits,
+      img_l,
+      patch_l,
+      mask,
+      l_weight=image_w,
+      u_weight=patch_w,
+      dice=self.hp.recipe,
+      legacy_mask=self.hp.get("acdc_dice_mask", "head") == "legacy",
+    )
 
   # -- phases -------------------------------------------------------------------------------------
 
@@ -264,8 +310,9 @@ class BCP:
     loss_mask = jnp.broadcast_to(m, lab_a.shape)
 
     def loss_fn(params):
-      logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, x,
-                                                 student_rng)
+      logits, batch_stats = common.train_forward(
+        self.model, params, state.batch_stats, x, student_rng
+      )
       if self.hp.recipe == "la":
         y = mixing.copy_paste(lab_a, lab_b, m)
         ce = losses.cross_entropy(logits, y)
@@ -273,8 +320,10 @@ class BCP:
       else:
         dice, ce = self._region_loss(logits, lab_a, lab_b, loss_mask, 1.0, 1.0)
       loss = 0.5 * (dice + ce)
-      return loss, (batch_stats, {"loss": loss, "loss_ce": ce, "loss_dice": dice,
-                                  "mask_box_fraction": 1.0 - jnp.mean(m)})
+      return loss, (
+        batch_stats,
+        {"loss": loss, "loss_ce": ce, "loss_dice": dice, "mask_box_fraction": 1.0 - jnp.mean(m)},
+      )
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     return common.apply_gradients(self.tx, state, grads, batch_stats), metrics
@@ -287,32 +336,44 @@ class BCP:
     mask_rng, t_rng_a, t_rng_b, s_rng_1, s_rng_2 = jax.random.split(rng, 5)
     images, labels = batch["image"], batch["label"]
     img_a, img_b, lab_a, lab_b = images[:s], images[s:lb], labels[:s], labels[s:lb]
-    unimg_a, unimg_b = images[lb:lb + s], images[lb + s:]
+    unimg_a, unimg_b = images[lb : lb + s], images[lb + s :]
     ema_params, ema_stats = state.aux["ema_params"], state.aux["ema_batch_stats"]
 
     # Teacher in train mode on the two unlabeled halves: two forwards (BN batch statistics per call).
-    z, ema_stats = paired_train_forward(self.model, ema_params, ema_stats,
-                                        jnp.stack([unimg_a, unimg_b]), jnp.stack([t_rng_a, t_rng_b]))
-    plab = postprocess.cut_mask_pseudo_labels(z.reshape((2 * s,) + z.shape[2:]), hp.pseudo_threshold)
+    z, ema_stats = paired_train_forward(
+      self.model,
+      ema_params,
+      ema_stats,
+      jnp.stack([unimg_a, unimg_b]),
+      jnp.stack([t_rng_a, t_rng_b]),
+    )
+    plab = postprocess.cut_mask_pseudo_labels(
+      z.reshape((2 * s,) + z.shape[2:]), hp.pseudo_threshold
+    )
     plab_a, plab_b = plab[:s], plab[s:]
     m = self._mask(mask_rng, images.shape[1:-1])
     loss_mask = jnp.broadcast_to(m, lab_a.shape)
     u = hp.u_weight
     if hp.recipe == "la":
       # LA: mixl = img_a outside + unimg_a box; mixu = unimg_b outside + img_b box.
-      pairs = ((mixing.copy_paste(img_a, unimg_a, m), lab_a, plab_a, 1.0, u),
-               (mixing.copy_paste(unimg_b, img_b, m), plab_b, lab_b, u, 1.0))
+      pairs = (
+        (mixing.copy_paste(img_a, unimg_a, m), lab_a, plab_a, 1.0, u),
+        (mixing.copy_paste(unimg_b, img_b, m), plab_b, lab_b, u, 1.0),
+      )
     else:
       # ACDC: unl = uimg_a outside + img_a box; l = img_b outside + uimg_b box.
-      pairs = ((mixing.copy_paste(unimg_a, img_a, m), plab_a, lab_a, u, 1.0),
-               (mixing.copy_paste(img_b, unimg_b, m), lab_b, plab_b, 1.0, u))
+      pairs = (
+        (mixing.copy_paste(unimg_a, img_a, m), plab_a, lab_a, u, 1.0),
+        (mixing.copy_paste(img_b, unimg_b, m), lab_b, plab_b, 1.0, u),
+      )
 
     xs = jnp.stack([p[0] for p in pairs])
 
     def loss_fn(params):
       # The two mixed images are two student forwards (their own BN batches), as upstream.
-      logits, batch_stats = paired_train_forward(self.model, params, state.batch_stats, xs,
-                                                 jnp.stack([s_rng_1, s_rng_2]))
+      logits, batch_stats = paired_train_forward(
+        self.model, params, state.batch_stats, xs, jnp.stack([s_rng_1, s_rng_2])
+      )
       dices, ces = [], []
       for k, (_, y_out, y_in, w_out, w_in) in enumerate(pairs):
         d, c = self._region_loss(logits[k], y_out, y_in, loss_mask, w_out, w_in)
@@ -320,11 +381,15 @@ class BCP:
         ces.append(c)
       dice, ce = dices[0] + dices[1], ces[0] + ces[1]
       loss = 0.5 * (dice + ce)
-      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice,
-                 "loss_first": 0.5 * (dices[0] + ces[0]), "loss_second": 0.5 * (dices[1] + ces[1]),
-                 "pseudo_fg_fraction": jnp.mean((jnp.concatenate([plab_a, plab_b]) > 0)
-                                                .astype(jnp.float32)),
-                 "mask_box_fraction": 1.0 - jnp.mean(m)}
+      metrics = {
+        "loss": loss,
+        "loss_ce": ce,
+        "loss_dice": dice,
+        "loss_first": 0.5 * (dices[0] + ces[0]),
+        "loss_second": 0.5 * (dices[1] + ces[1]),
+        "pseudo_fg_fraction": jnp.mean((jnp.concatenate([plab_a, plab_b]) > 0).astype(jnp.float32)),
+        "mask_box_fraction": 1.0 - jnp.mean(m),
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)

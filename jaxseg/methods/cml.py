@@ -27,6 +27,7 @@ phase (LA: x0.1 every 2500 main steps, ACDC: constant). Differences from upstrea
 starts from the LAST pretrain state, not the best one on a validation pass (upstream picks the LA one
 on the test list); box corners come from jax.random, not numpy's global RNG.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -57,8 +58,9 @@ def features_discrepancy_loss(features_a: Array, features_b: Array) -> Array:
     Scalar in [0, 2].
   """
   if features_a.shape != features_b.shape:
-    raise ValueError(f"features_discrepancy_loss: shapes differ: {features_a.shape} vs "
-                     f"{features_b.shape}")
+    raise ValueError(
+      f"features_discrepancy_loss: shapes differ: {features_a.shape} vs {features_b.shape}"
+    )
   a = _l2_normalize(features_a.astype(jnp.float32), 1e-12)
   b = _l2_normalize(jax.lax.stop_gradient(features_b).astype(jnp.float32), 1e-12)
   cos = jnp.sum(_l2_normalize(a, 1e-6) * _l2_normalize(b, 1e-6), axis=-1)
@@ -118,8 +120,10 @@ def heterogeneous_targets(plab: Array, plab_sub: Array, mask: Array) -> tuple[Ar
     (target1, target2), each [U / 2, *spatial].
   """
   half = plab.shape[0] // 2
-  return (mix_pair(plab_sub[:half], plab[half:], mask),
-          mix_pair(plab[:half], plab_sub[half:], mask))
+  return (
+    mix_pair(plab_sub[:half], plab[half:], mask),
+    mix_pair(plab[:half], plab_sub[half:], mask),
+  )
 
 
 def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -144,11 +148,15 @@ class CML:
     hp = config.cml
     lb, ub = config.labeled_batch_size, config.batch_size - config.labeled_batch_size
     if lb < 2 or lb % 2 or ub < 2 or ub % 2:
-      raise ValueError(f"CML mixes the first half of the labeled (and of the unlabeled) samples with "
-                       f"the second half: labeled_batch_size={lb} and batch_size - "
-                       f"labeled_batch_size={ub} must both be even and >= 2")
+      raise ValueError(
+        f"CML mixes the first half of the labeled (and of the unlabeled) samples with "
+        f"the second half: labeled_batch_size={lb} and batch_size - "
+        f"labeled_batch_size={ub} must both be even and >= 2"
+      )
     if not 0 < hp.mask_ratio < 1:
-      raise ValueError(f"config.cml.mask_ratio={hp.mask_ratio}: the box side ratio must be in (0, 1)")
+      raise ValueError(
+        f"config.cml.mask_ratio={hp.mask_ratio}: the box side ratio must be in (0, 1)"
+      )
     if hp.pretrain_steps < 0:
       raise ValueError(f"config.cml.pretrain_steps={hp.pretrain_steps} must be >= 0")
     self.config = config
@@ -162,8 +170,11 @@ class CML:
     (params, BN stats, one SGD state, no aux), so a checkpoint of either restores against `init`'s."""
     pretrain = int(self.hp.pretrain_steps)
     main = base.Phase("main", pretrain, self.train_step)
-    return (base.Phase("pretrain", 0, self.pretrain_step), main) if pretrain > 0 else (
-        base.Phase("main", 0, self.train_step),)
+    return (
+      (base.Phase("pretrain", 0, self.pretrain_step), main)
+      if pretrain > 0
+      else (base.Phase("main", 0, self.train_step),)
+    )
 
   def init(self, rng: jax.Array, example_batch) -> TrainState:
     return common.new_state(self, rng, example_batch)
@@ -192,11 +203,14 @@ class CML:
     mask = cutmix_box(mask_rng, images, hp.mask_ratio)
 
     def loss_fn(params):
-      sup, dis, batch_stats = self._labeled_terms(params, state.batch_stats, images, labels, mask,
-                                                  fwd_rng)
+      sup, dis, batch_stats = self._labeled_terms(
+        params, state.batch_stats, images, labels, mask, fwd_rng
+      )
       loss = hp.l_weight * sup + hp.dis_weight * dis
-      return loss, (batch_stats, {"loss": loss, "loss_l": hp.l_weight * sup,
-                                  "loss_dis": hp.dis_weight * dis})
+      return loss, (
+        batch_stats,
+        {"loss": loss, "loss_l": hp.l_weight * sup, "loss_dis": hp.dis_weight * dis},
+      )
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     return common.apply_gradients(self.tx, state, grads, batch_stats), metrics
@@ -214,12 +228,14 @@ class CML:
     mixed_u = mix_pair(unlabeled[:half_u], unlabeled[half_u:], umask)
 
     def loss_fn(params):
-      sup_l, dis_l, batch_stats = self._labeled_terms(params, state.batch_stats, images, labels,
-                                                      lmask, l_rng)
+      sup_l, dis_l, batch_stats = self._labeled_terms(
+        params, state.batch_stats, images, labels, lmask, l_rng
+      )
       # Pseudo-labels: the same network, train mode, no gradient (upstream torch.no_grad()); its BN
       # running statistics are updated in between the two mixes' forwards, as upstream.
-      (u1, u2, _, _), batch_stats = self._forward(jax.lax.stop_gradient(params), batch_stats,
-                                                  unlabeled, pl_rng)
+      (u1, u2, _, _), batch_stats = self._forward(
+        jax.lax.stop_gradient(params), batch_stats, unlabeled, pl_rng
+      )
       plab = postprocess.cut_mask_pseudo_labels(u1)
       plab_sub = postprocess.cut_mask_pseudo_labels(u2)
       target1, target2 = heterogeneous_targets(plab, plab_sub, umask)
@@ -229,8 +245,13 @@ class CML:
       loss_l, loss_u = hp.l_weight * sup_l, hp.u_weight * sup_u
       loss_dis = hp.dis_weight * (dis_l + dis_u)
       loss = loss_l + loss_u + loss_dis
-      metrics = {"loss": loss, "loss_l": loss_l, "loss_u": loss_u, "loss_dis": loss_dis,
-                 "pseudo_label_fg": jnp.mean((plab > 0).astype(jnp.float32))}
+      metrics = {
+        "loss": loss,
+        "loss_l": loss_l,
+        "loss_u": loss_u,
+        "loss_dis": loss_dis,
+        "pseudo_label_fg": jnp.mean((plab > 0).astype(jnp.float32)),
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -239,7 +260,7 @@ class CML:
   def predict(self, state: TrainState, images):
     """softmax((z1 + z2) / 2) of the eval-mode network (logit averaging, docs/methods/cml.md §6); LA's
     rule p > 0.5 + largest component is argmax + `eval.largest_cc`, ACDC's is the argmax."""
-    z1, z2, _, _ = self.model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                    images, train=False)
+    z1, z2, _, _ = self.model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
+    )
     return jax.nn.softmax((z1.astype(jnp.float32) + z2.astype(jnp.float32)) / 2, axis=-1)
-

@@ -2,6 +2,7 @@
 
 Methods share code through these functions, not through inheritance.
 """
+
 from typing import Any
 
 import chex
@@ -28,18 +29,21 @@ def build_model(config: ml_collections.ConfigDict):
   return models.get(config.model.name, dtype=_DTYPES[dtype], **kwargs)
 
 
-def lr_schedule(opt: ml_collections.ConfigDict, steps: int, kind: str | None = None
-                ) -> optax.Schedule:
+def lr_schedule(
+  opt: ml_collections.ConfigDict, steps: int, kind: str | None = None
+) -> optax.Schedule:
   """The learning rate per optimizer step of `opt` (a config's `optimizer` block): `kind` (default
   `opt.lr_schedule`) 'step' (`lr_step_every`, `lr_step_factor`, `lr_step_begin`), 'poly' over
   `steps` steps (`poly_power`) or 'constant'."""
   kind = opt.lr_schedule if kind is None else kind
   if opt.get("lr_step_begin", 0) and kind != "step":
-    raise ValueError(f"config.optimizer.lr_step_begin={opt.lr_step_begin} needs lr_schedule='step', "
-                     f"got {kind!r}")
+    raise ValueError(
+      f"config.optimizer.lr_step_begin={opt.lr_step_begin} needs lr_schedule='step', got {kind!r}"
+    )
   if kind == "step":
-    return schedules.step_lr(opt.lr, opt.lr_step_every, opt.lr_step_factor,
-                             begin=opt.get("lr_step_begin", 0))
+    return schedules.step_lr(
+      opt.lr, opt.lr_step_every, opt.lr_step_factor, begin=opt.get("lr_step_begin", 0)
+    )
   if kind == "poly":
     return schedules.poly_lr(opt.lr, steps, opt.get("poly_power", 0.9))
   if kind == "constant":
@@ -57,8 +61,13 @@ def sgd(opt: ml_collections.ConfigDict, lr: optax.ScalarOrSchedule) -> optax.Gra
   buffer does not hold the lr, so a schedule here is torch SGD with its lr changed between steps.
   """
   if opt.name != "sgd":
-    raise ValueError(f"config.optimizer.name={opt.name!r}: only 'sgd' (the upstream optimizer) is implemented")
-  chain = [optax.add_decayed_weights(opt.weight_decay), optax.sgd(lr, momentum=opt.momentum or None)]
+    raise ValueError(
+      f"config.optimizer.name={opt.name!r}: only 'sgd' (the upstream optimizer) is implemented"
+    )
+  chain = [
+    optax.add_decayed_weights(opt.weight_decay),
+    optax.sgd(lr, momentum=opt.momentum or None),
+  ]
   if opt.get("clip_grad_norm", 0.0):
     # torch.nn.utils.clip_grad_norm_ before optimizer.step() clips the raw gradients, before SGD
     # adds the weight decay (DyCON: KU-CVML/DyCON code/train_DyCON_BraTS19.py).
@@ -87,8 +96,12 @@ def train_forward(model, params, batch_stats, images, dropout_rng):
   """Train-mode forward (batch-statistics BN, dropout on). Returns (logits, new batch_stats)."""
   check_images(images)
   logits, mutated = model.apply(
-      {"params": params, "batch_stats": batch_stats}, images, train=True,
-      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    {"params": params, "batch_stats": batch_stats},
+    images,
+    train=True,
+    rngs={"dropout": dropout_rng},
+    mutable=["batch_stats"],
+  )
   return logits, mutated.get("batch_stats", {})
 
 
@@ -125,9 +138,19 @@ MC_COPIES = 2
 MC_IMPLS = ("vmap", "loop")
 
 
-def mc_passes(model, params: Any, batch_stats: Any, images: jax.Array, rng: jax.Array, *,
-              passes: int, noise_std: float, noise_clip: float, impl: str = "vmap",
-              chunk: int = 0) -> tuple[jax.Array, Any]:
+def mc_passes(
+  model,
+  params: Any,
+  batch_stats: Any,
+  images: jax.Array,
+  rng: jax.Array,
+  *,
+  passes: int,
+  noise_std: float,
+  noise_clip: float,
+  impl: str = "vmap",
+  chunk: int = 0,
+) -> tuple[jax.Array, Any]:
   """T = `passes` stochastic train-mode predictions of `images`, as the UA-MT / AC-MT MC loops
   make them (yulequan/UA-MT train_LA_meanteacher_certainty_unlabel.py, lemoshu/AC-MT
   train_ACMT_MU_3D.py).
@@ -191,8 +214,9 @@ def mc_uncertainty(mc_logits: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, 
   return mean_probs, losses.entropy_map(mean_probs, eps=eps, keepdims=True)
 
 
-def compose_bn_stats(after: Any, start: Any, per_forward: Any,
-                     momentum: float = layers.BatchNorm.momentum) -> Any:
+def compose_bn_stats(
+  after: Any, start: Any, per_forward: Any, momentum: float = layers.BatchNorm.momentum
+) -> Any:
   """Running BN statistics as if K forwards had run one after the other on top of `after`.
 
   Each of the K vmapped forwards (leading axis of `per_forward`) started from `start` r0 and
@@ -217,12 +241,12 @@ def new_state(method, rng: jax.Array, example_batch, aux_fn=None) -> TrainState:
   variables = init_variables(method.model, init_rng, jnp.asarray(example_batch["image"]))
   aux = aux_fn(aux_rng, variables) if aux_fn is not None else {}
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=variables["params"],
-      batch_stats=variables["batch_stats"],
-      opt_state=method.tx.init(variables["params"]),
-      rng=step_rng,
-      aux=aux,
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=method.tx.init(variables["params"]),
+    rng=step_rng,
+    aux=aux,
   )
 
 
@@ -233,21 +257,26 @@ def new_teacher_state(method, rng: jax.Array, example_batch) -> TrainState:
   train_LA_meanteacher_certainty_unlabel.py `create_model(ema=True)`); the EMA warm-up
   (alpha = 0 at step 0) makes it a copy of the student at the first update.
   """
+
   def teacher(rng, _):
     variables = init_variables(method.model, rng, jnp.asarray(example_batch["image"]))
     return {"ema_params": variables["params"], "ema_batch_stats": variables["batch_stats"]}
+
   return new_state(method, rng, example_batch, aux_fn=teacher)
 
 
 def update_teacher(aux, params, step, decay: float, teacher_batch_stats) -> dict:
   """EMA of the student's parameters after the optimizer update (parameters only, not BN
   buffers); the teacher keeps the running statistics of its own train-mode forward."""
-  return {"ema_params": schedules.ema_update(aux["ema_params"], params, step, decay),
-          "ema_batch_stats": teacher_batch_stats}
+  return {
+    "ema_params": schedules.ema_update(aux["ema_params"], params, step, decay),
+    "ema_batch_stats": teacher_batch_stats,
+  }
 
 
-def apply_gradients_and_ema(tx, state: TrainState, grads, batch_stats, decay: float,
-                            teacher_batch_stats) -> TrainState:
+def apply_gradients_and_ema(
+  tx, state: TrainState, grads, batch_stats, decay: float, teacher_batch_stats
+) -> TrainState:
   """The optimizer update, then the teacher's EMA of the updated student (upstream order)."""
   new_state = apply_gradients(tx, state, grads, batch_stats)
   aux = update_teacher(state.aux, new_state.params, state.step, decay, teacher_batch_stats)
@@ -258,9 +287,9 @@ def apply_gradients(tx, state: TrainState, grads, batch_stats, aux=None) -> Trai
   """One optimizer update; the step counter advances and the new BN statistics are kept."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   return state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats,
-      opt_state=opt_state,
-      aux=state.aux if aux is None else aux,
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    aux=state.aux if aux is None else aux,
   )

@@ -24,6 +24,7 @@ same crop for both networks (upstream's two "views" are identical tensors):
     detached, so one gradient of loss_V + loss_R splits into the two upstream backward passes).
 `predict` = (softmax(VNet) + softmax(ResVNet)) / 2 in eval mode, no post-processing.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -60,8 +61,9 @@ def foreground(probs: Array) -> Array:
   return jax.lax.index_in_dim(probs, 1, axis=-1, keepdims=False)
 
 
-def difference_review(probs_v: Array, probs_r: Array, labels: Array
-                      ) -> tuple[Array, Array, Array, Array, Array]:
+def difference_review(
+  probs_v: Array, probs_r: Array, labels: Array
+) -> tuple[Array, Array, Array, Array, Array]:
   """The contrastive difference review of the labeled slice.
 
   Args:
@@ -81,8 +83,15 @@ def difference_review(probs_v: Array, probs_r: Array, labels: Array
   return (diff, dist_v, dist_r, losses.masked_mean(dist_v, diff), losses.masked_mean(dist_r, diff))
 
 
-def mcf_losses(logits_v: Array, logits_r: Array, labels: Array, labeled_batch_size: int,
-               weight, temperature: float = 0.1, cdr_weight: float = 0.5) -> dict[str, Array]:
+def mcf_losses(
+  logits_v: Array,
+  logits_r: Array,
+  labels: Array,
+  labeled_batch_size: int,
+  weight,
+  temperature: float = 0.1,
+  cdr_weight: float = 0.5,
+) -> dict[str, Array]:
   """Every loss of one MCF iteration (train_MCF.py's inline code), for both networks.
 
   Args:
@@ -110,7 +119,9 @@ def mcf_losses(logits_v: Array, logits_r: Array, labels: Array, labeled_batch_si
   diff, dist_v, dist_r, cdr_v, cdr_r = difference_review(probs_v[:lb], probs_r[:lb], y)
   out.update(diff_mask=diff, dist_v=dist_v, dist_r=dist_r, cdr_v=cdr_v, cdr_r=cdr_r)
   for key in ("v", "r"):
-    out[f"supervised_{key}"] = out[f"ce_{key}"] + out[f"dice_{key}"] + cdr_weight * out[f"cdr_{key}"]
+    out[f"supervised_{key}"] = (
+      out[f"ce_{key}"] + out[f"dice_{key}"] + cdr_weight * out[f"cdr_{key}"]
+    )
 
   # Strict <: ties go to the ResVNet, as upstream's `if v_dice < r_dice: 0 else: 1`.
   vnet_good = out["dice_v"] < out["dice_r"]
@@ -123,8 +134,12 @@ def mcf_losses(logits_v: Array, logits_r: Array, labels: Array, labeled_batch_si
   # Only the weaker network learns from the pseudo label (the other term is computed but unused).
   out["loss_v"] = out["supervised_v"] + jnp.where(vnet_good, 0.0, weight * cons_v)
   out["loss_r"] = out["supervised_r"] + jnp.where(vnet_good, weight * cons_r, 0.0)
-  out.update(good_student=good, pseudo_label_v=pl_v, pseudo_label_r=pl_r,
-             consistency=jnp.where(vnet_good, cons_r, cons_v))
+  out.update(
+    good_student=good,
+    pseudo_label_v=pl_v,
+    pseudo_label_r=pl_r,
+    consistency=jnp.where(vnet_good, cons_r, cons_v),
+  )
   return out
 
 
@@ -152,9 +167,14 @@ class MCF:
     self.model = common.build_model(config)  # the VNet branch
     # Same constructor arguments and compute dtype as the VNet (upstream builds both with
     # n_channels=1, n_classes=2, batchnorm, has_dropout=True).
-    self.second_model = common.build_model(ml_collections.ConfigDict(dict(
-        model=dict(name=hp.second_model, kwargs=dict(config.model.get("kwargs", {}))),
-        compute_dtype=config.get("compute_dtype", "float32"))))
+    self.second_model = common.build_model(
+      ml_collections.ConfigDict(
+        dict(
+          model=dict(name=hp.second_model, kwargs=dict(config.model.get("kwargs", {}))),
+          compute_dtype=config.get("compute_dtype", "float32"),
+        )
+      )
+    )
     self.networks = {"vnet": self.model, "resvnet": self.second_model}
     self.tx = common.make_optimizer(config)
 
@@ -175,8 +195,13 @@ class MCF:
         params[name] = resvnet.kaiming_normal_conv_kernels(params[name], kaiming_key)
       batch_stats[name] = variables["batch_stats"]
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-        opt_state={name: self.tx.init(params[name]) for name in NETWORKS}, rng=step_rng, aux={})
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state={name: self.tx.init(params[name]) for name in NETWORKS},
+      rng=step_rng,
+      aux={},
+    )
 
   def phases(self) -> tuple[base.Phase, ...]:
     return (base.Phase("train", 0, self.train_step),)
@@ -188,15 +213,24 @@ class MCF:
     dropout_rngs = dict(zip(NETWORKS, jax.random.split(rng, len(NETWORKS))))
     images, labels = batch["image"], batch["label"]
     weight = schedules.consistency_weight(
-        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+      state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
 
     def loss_fn(params):
       logits, new_stats = {}, {}
       for name, net in self.networks.items():
         logits[name], new_stats[name] = common.train_forward(
-            net, params[name], state.batch_stats[name], images, dropout_rngs[name])
-      out = mcf_losses(logits["vnet"], logits["resvnet"], labels, lb, weight,
-                       temperature=hp.temperature, cdr_weight=hp.cdr_weight)
+          net, params[name], state.batch_stats[name], images, dropout_rngs[name]
+        )
+      out = mcf_losses(
+        logits["vnet"],
+        logits["resvnet"],
+        labels,
+        lb,
+        weight,
+        temperature=hp.temperature,
+        cdr_weight=hp.cdr_weight,
+      )
       # d(loss_v + loss_r)/d vnet = d loss_v/d vnet and likewise for the ResVNet (no shared
       # parameters, pseudo label detached): the two upstream backward passes in one.
       return out["loss_v"] + out["loss_r"], (new_stats, out)
@@ -204,16 +238,21 @@ class MCF:
     grads, (batch_stats, out) = jax.grad(loss_fn, has_aux=True)(state.params)
     params, opt_state = {}, {}
     for name in NETWORKS:
-      updates, opt_state[name] = self.tx.update(grads[name], state.opt_state[name],
-                                                state.params[name])
+      updates, opt_state[name] = self.tx.update(
+        grads[name], state.opt_state[name], state.params[name]
+      )
       params[name] = optax.apply_updates(state.params[name], updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     metrics = {
-        "loss": out["loss_v"] + out["loss_r"], "loss_vnet": out["loss_v"],
-        "loss_resvnet": out["loss_r"], "good_student": out["good_student"],
-        "consistency": out["consistency"], "consistency_weight": weight,
-        "diff_fraction": jnp.mean(out["diff_mask"].astype(jnp.float32)),
+      "loss": out["loss_v"] + out["loss_r"],
+      "loss_vnet": out["loss_v"],
+      "loss_resvnet": out["loss_r"],
+      "good_student": out["good_student"],
+      "consistency": out["consistency"],
+      "consistency_weight": weight,
+      "diff_fraction": jnp.mean(out["diff_mask"].astype(jnp.float32)),
     }
     for key, name in (("v", "vnet"), ("r", "resvnet")):
       for term in ("ce", "dice", "cdr"):
@@ -222,6 +261,8 @@ class MCF:
 
   def predict(self, state: TrainState, images) -> Array:
     """(softmax(VNet) + softmax(ResVNet)) / 2, eval mode, as test_LA_MCF.py."""
-    probs = [common.eval_probabilities(net, state.params[name], state.batch_stats[name], images)
-             for name, net in self.networks.items()]
+    probs = [
+      common.eval_probabilities(net, state.params[name], state.batch_stats[name], images)
+      for name, net in self.networks.items()
+    ]
     return 0.5 * (probs[0] + probs[1])

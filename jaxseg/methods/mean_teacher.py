@@ -12,6 +12,7 @@ Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2:
   * loss = supervised + w(step) * consistency, w = 0.1 * sigmoid_rampup(step // 150, 40);
   * after the optimizer update: EMA with alpha = min(1 - 1/(step + 1), 0.99), parameters only.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,28 +53,38 @@ class MeanTeacher:
     consistency_images = images if hp.consistency_on == "all" else images[lb:]
 
     noisy = consistency_images + common.teacher_noise(
-        noise_rng, consistency_images.shape, hp.noise_std, hp.noise_clip)
+      noise_rng, consistency_images.shape, hp.noise_std, hp.noise_clip
+    )
     teacher_logits, teacher_stats = common.train_forward(
-        self.model, state.aux["ema_params"], state.aux["ema_batch_stats"], noisy, teacher_rng)
+      self.model, state.aux["ema_params"], state.aux["ema_batch_stats"], noisy, teacher_rng
+    )
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     weight = schedules.consistency_weight(
-        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+      state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
 
     def loss_fn(params):
-      logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, images,
-                                                 student_rng)
+      logits, batch_stats = common.train_forward(
+        self.model, params, state.batch_stats, images, student_rng
+      )
       supervised, ce, dice = losses.supervised_ce_dice(logits[:lb], labels[:lb])
       student = logits if hp.consistency_on == "all" else logits[lb:]
       consistency = jnp.mean(losses.softmax_mse_loss(student, teacher_logits))
       loss = supervised + weight * consistency
-      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice, "loss_consistency": consistency,
-                 "consistency_weight": weight}
+      metrics = {
+        "loss": loss,
+        "loss_ce": ce,
+        "loss_dice": dice,
+        "loss_consistency": consistency,
+        "consistency_weight": weight,
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     # The teacher's own running statistics are updated by its forward but never evaluated.
-    new_state = common.apply_gradients_and_ema(self.tx, state, grads, batch_stats, hp.ema_decay,
-                                               teacher_stats)
+    new_state = common.apply_gradients_and_ema(
+      self.tx, state, grads, batch_stats, hp.ema_decay, teacher_stats
+    )
     return new_state, metrics
 
   def predict(self, state: TrainState, images):

@@ -6,6 +6,7 @@ Deviation: upstream runs 6001 iterations (`iter_num > max_iterations`) and evalu
 iteration-6000 snapshot; jaxseg runs exactly `total_steps` and evaluates the final state, which
 is the same model.
 """
+
 import jax
 import ml_collections
 

@@ -17,6 +17,7 @@ Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2; S, the consistency s
   * loss = supervised + 0.1 sigmoid_rampup(step // 150, 40) * consistency;
   * EMA teacher with alpha = min(1 - 1/(step + 1), 0.99), parameters only.
 """
+
 import math
 
 import jax
@@ -41,9 +42,14 @@ def uamt_threshold(step, max_steps: float):
   return (0.75 + 0.25 * schedules.sigmoid_rampup(step, max_steps)) * math.log(2.0)
 
 
-def certainty_masked_consistency(student_logits: jax.Array, teacher_logits: jax.Array,
-                                 uncertainty: jax.Array, step, max_steps: float,
-                                 consistency_type: str = "mse"):
+def certainty_masked_consistency(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  uncertainty: jax.Array,
+  step,
+  max_steps: float,
+  consistency_type: str = "mse",
+):
   """The UA-MT consistency on voxels whose uncertainty is below the ramped threshold.
 
   Args:
@@ -58,8 +64,9 @@ def certainty_masked_consistency(student_logits: jax.Array, teacher_logits: jax.
   """
   if consistency_type not in _DISTANCES:
     raise ValueError(f"consistency_type={consistency_type!r}: expected one of {sorted(_DISTANCES)}")
-  dist = _DISTANCES[consistency_type](student_logits.astype(jnp.float32),
-                                      teacher_logits.astype(jnp.float32))
+  dist = _DISTANCES[consistency_type](
+    student_logits.astype(jnp.float32), teacher_logits.astype(jnp.float32)
+  )
   threshold = uamt_threshold(step, max_steps)
   mask = (uncertainty < threshold).astype(jnp.float32)
   return losses.masked_consistency(dist, mask, dist.shape[-1]), mask, threshold
@@ -78,18 +85,24 @@ class UAMT:
   # `mc_impl` / `mc_chunk` to time them as a vmap or a Python loop.
   mc_passes_field = "mc_passes"
 
-  def __init__(self, config: ml_collections.ConfigDict, mc_impl: str = "vmap",
-               mc_chunk: int | None = None):
+  def __init__(
+    self, config: ml_collections.ConfigDict, mc_impl: str = "vmap", mc_chunk: int | None = None
+  ):
     hp = config.uamt
     if hp.consistency_type not in _DISTANCES:
-      raise ValueError(f"config.uamt.consistency_type={hp.consistency_type!r}: expected one of "
-                       f"{sorted(_DISTANCES)}")
+      raise ValueError(
+        f"config.uamt.consistency_type={hp.consistency_type!r}: expected one of "
+        f"{sorted(_DISTANCES)}"
+      )
     if hp.consistency_on not in ("unlabeled", "all"):
-      raise ValueError(f"config.uamt.consistency_on={hp.consistency_on!r}: expected 'unlabeled' "
-                       "(train_LA_meanteacher_certainty_unlabel.py) or 'all' (..._certainty.py)")
+      raise ValueError(
+        f"config.uamt.consistency_on={hp.consistency_on!r}: expected 'unlabeled' "
+        "(train_LA_meanteacher_certainty_unlabel.py) or 'all' (..._certainty.py)"
+      )
     if hp.mc_passes < common.MC_COPIES or hp.mc_passes % common.MC_COPIES:
-      raise ValueError(f"config.uamt.mc_passes={hp.mc_passes}: must be a positive multiple of "
-                       f"{common.MC_COPIES}")
+      raise ValueError(
+        f"config.uamt.mc_passes={hp.mc_passes}: must be a positive multiple of {common.MC_COPIES}"
+      )
     if mc_impl not in common.MC_IMPLS:
       raise ValueError(f"UAMT: mc_impl={mc_impl!r}, expected one of {common.MC_IMPLS}")
     self.config = config
@@ -121,36 +134,56 @@ class UAMT:
     ema_params, ema_stats = state.aux["ema_params"], state.aux["ema_batch_stats"]
 
     noisy = consistency_images + common.teacher_noise(
-        noise_rng, consistency_images.shape, hp.noise_std, hp.noise_clip)
-    teacher_logits, teacher_stats = common.train_forward(self.model, ema_params, ema_stats, noisy,
-                                                         teacher_rng)
+      noise_rng, consistency_images.shape, hp.noise_std, hp.noise_clip
+    )
+    teacher_logits, teacher_stats = common.train_forward(
+      self.model, ema_params, ema_stats, noisy, teacher_rng
+    )
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     mc_logits, _ = common.mc_passes(
-        self.model, ema_params, ema_stats, consistency_images, mc_rng, passes=hp.mc_passes,
-        noise_std=hp.noise_std, noise_clip=hp.noise_clip, impl=self.mc_impl,
-        chunk=self.mc_chunk)
+      self.model,
+      ema_params,
+      ema_stats,
+      consistency_images,
+      mc_rng,
+      passes=hp.mc_passes,
+      noise_std=hp.noise_std,
+      noise_clip=hp.noise_clip,
+      impl=self.mc_impl,
+      chunk=self.mc_chunk,
+    )
     _, uncertainty = common.mc_uncertainty(mc_logits)
     weight = schedules.consistency_weight(
-        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+      state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
 
     def loss_fn(params):
-      logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, images,
-                                                 student_rng)
+      logits, batch_stats = common.train_forward(
+        self.model, params, state.batch_stats, images, student_rng
+      )
       supervised, ce, dice = losses.supervised_ce_dice(logits[:lb], labels[:lb])
       student = logits if hp.consistency_on == "all" else logits[lb:]
       consistency, mask, threshold = certainty_masked_consistency(
-          student, teacher_logits, uncertainty, state.step, self.threshold_rampup,
-          hp.consistency_type)
+        student, teacher_logits, uncertainty, state.step, self.threshold_rampup, hp.consistency_type
+      )
       loss = supervised + weight * consistency
-      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice, "loss_consistency": consistency,
-                 "consistency_weight": weight, "uncertainty_threshold": threshold,
-                 "certain_fraction": jnp.mean(mask), "uncertainty_mean": jnp.mean(uncertainty)}
+      metrics = {
+        "loss": loss,
+        "loss_ce": ce,
+        "loss_dice": dice,
+        "loss_consistency": consistency,
+        "consistency_weight": weight,
+        "uncertainty_threshold": threshold,
+        "certain_fraction": jnp.mean(mask),
+        "uncertainty_mean": jnp.mean(uncertainty),
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     # Teacher BN running statistics are never evaluated; keep the target forward's, drop the MC ones.
-    new_state = common.apply_gradients_and_ema(self.tx, state, grads, batch_stats, hp.ema_decay,
-                                               teacher_stats)
+    new_state = common.apply_gradients_and_ema(
+      self.tx, state, grads, batch_stats, hp.ema_decay, teacher_stats
+    )
     return new_state, metrics
 
   def predict(self, state: TrainState, images):

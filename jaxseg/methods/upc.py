@@ -15,6 +15,7 @@ Per step, batch [L1, L2, U1, U2] with labeled_batch_size 2:
 Both networks are VNet(has_dropout=True, dropout_rate=0.9) (`create_model(has_dropout=True)` for
 student and teacher); only the student is evaluated.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,8 +27,9 @@ from jaxseg.methods import common
 from jaxseg.state import TrainState
 
 
-def update_variance(student_logits: jax.Array, teacher_logits: jax.Array,
-                    loss_origin: jax.Array) -> tuple[jax.Array, jax.Array]:
+def update_variance(
+  student_logits: jax.Array, teacher_logits: jax.Array, loss_origin: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """KL rectification mean(loss_origin exp(-kl)) + mean(kl) (UPC `update_variance`).
 
   kl = sum_c softmax(t)_c (log softmax(t)_c - log_softmax(s)_c) per voxel (KLDivLoss 'none' summed
@@ -41,14 +43,22 @@ def update_variance(student_logits: jax.Array, teacher_logits: jax.Array,
   Returns:
     (loss scalar, kl_map [B, ...]).
   """
-  kl_map = jnp.sum(losses.softmax_kl_loss(student_logits.astype(jnp.float32),
-                                          teacher_logits.astype(jnp.float32)), axis=-1)
+  kl_map = jnp.sum(
+    losses.softmax_kl_loss(student_logits.astype(jnp.float32), teacher_logits.astype(jnp.float32)),
+    axis=-1,
+  )
   return jnp.mean(loss_origin * jnp.exp(-kl_map)) + jnp.mean(kl_map), kl_map
 
 
-def consistency_loss(student_logits: jax.Array, teacher_logits: jax.Array, *, pseudo: bool = True,
-                     pseudo_rect: bool = False, threshold: float = 0.9,
-                     temperature: float = 1.0) -> tuple[jax.Array, dict]:
+def consistency_loss(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  *,
+  pseudo: bool = True,
+  pseudo_rect: bool = False,
+  threshold: float = 0.9,
+  temperature: float = 1.0,
+) -> tuple[jax.Array, dict]:
   """UPC `update_consistency_loss(pred1=student, pred2=teacher)` for every `args` setting.
 
   * pseudo, not pseudo_rect (the shipped default): targets = argmax softmax(t / T) (ties -> class 0),
@@ -113,22 +123,35 @@ class UPC:
     images, labels = batch["image"], batch["label"]
 
     teacher_logits, teacher_stats = common.train_forward(
-        self.model, state.aux["ema_params"], state.aux["ema_batch_stats"], images, teacher_rng)
+      self.model, state.aux["ema_params"], state.aux["ema_batch_stats"], images, teacher_rng
+    )
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     noisy = images + common.teacher_noise(noise_rng, images.shape, hp.noise_std, hp.noise_clip)
     weight = schedules.consistency_weight(
-        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+      state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
 
     def loss_fn(params):
-      logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, noisy,
-                                                 student_rng)
+      logits, batch_stats = common.train_forward(
+        self.model, params, state.batch_stats, noisy, student_rng
+      )
       supervised, ce, dice = losses.supervised_ce_dice(logits[:lb], labels[:lb])
       consistency, aux = consistency_loss(
-          logits, teacher_logits, pseudo=hp.pseudo, pseudo_rect=hp.pseudo_rect,
-          threshold=hp.threshold, temperature=hp.temperature)
+        logits,
+        teacher_logits,
+        pseudo=hp.pseudo,
+        pseudo_rect=hp.pseudo_rect,
+        threshold=hp.threshold,
+        temperature=hp.temperature,
+      )
       loss = supervised + weight * consistency
-      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice, "loss_consistency": consistency,
-                 "consistency_weight": weight}
+      metrics = {
+        "loss": loss,
+        "loss_ce": ce,
+        "loss_dice": dice,
+        "loss_consistency": consistency,
+        "consistency_weight": weight,
+      }
       if "mask" in aux:
         metrics["confident_fraction"] = jnp.mean(aux["mask"])
       if "kl_map" in aux:
@@ -136,8 +159,9 @@ class UPC:
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-    new_state = common.apply_gradients_and_ema(self.tx, state, grads, batch_stats, hp.ema_decay,
-                                               teacher_stats)
+    new_state = common.apply_gradients_and_ema(
+      self.tx, state, grads, batch_stats, hp.ema_decay, teacher_stats
+    )
     return new_state, metrics
 
   def predict(self, state: TrainState, images):

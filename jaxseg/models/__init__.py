@@ -1,4 +1,5 @@
 """Model registry: `MODELS` maps a config's model name to its flax module class."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -14,15 +15,15 @@ from jaxseg.models.vnet_milletari import VNetMilletari
 from jaxseg.models.vnet_sdf import VNetSDF
 
 MODELS: dict[str, type[nn.Module]] = {
-    'vnet': VNet,
-    'resvnet': ResVNet,
-    'vnet_sdf': VNetSDF,
-    'bcp_vnet': BCPVNet,
-    'cml_vnet': CMLVNet,
-    'unet3d_dycon': UNet3D,
-    'unet2d': UNet2d,
-    'cml_unet2d': CMLUNet2d,
-    'vnet_milletari': VNetMilletari,
+  'vnet': VNet,
+  'resvnet': ResVNet,
+  'vnet_sdf': VNetSDF,
+  'bcp_vnet': BCPVNet,
+  'cml_vnet': CMLVNet,
+  'unet3d_dycon': UNet3D,
+  'unet2d': UNet2d,
+  'cml_unet2d': CMLUNet2d,
+  'vnet_milletari': VNetMilletari,
 }
 
 

@@ -18,6 +18,7 @@ down / transposed-up convs, additive skips, BN + ReLU, 1x1x1 out conv. Differenc
 Parameter tree: encoder/block_X/{convK,bnK}, encoder/block_X_dw/{conv0,bn0}, decoder/block_X_up/...,
 decoder/block_nine, decoder/out_conv; heads: <head>/{fc0, bn, fc1}.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,13 +46,16 @@ HEAD_CLASSES = 2  # upstream `for class_c in range(2)`
 
 def head_names() -> tuple[str, ...]:
   """The unused heads' module names, in upstream construction order."""
-  return (('projection_head', 'prediction_head')
-          + tuple(f'contrastive_class_selector_{c}' for c in range(HEAD_CLASSES))
-          + tuple(f'contrastive_class_selector_memory{c}' for c in range(HEAD_CLASSES)))
+  return (
+    ('projection_head', 'prediction_head')
+    + tuple(f'contrastive_class_selector_{c}' for c in range(HEAD_CLASSES))
+    + tuple(f'contrastive_class_selector_memory{c}' for c in range(HEAD_CLASSES))
+  )
 
 
 class _Head(nn.Module):
   """Linear -> BatchNorm1d -> (Leaky)ReLU -> Linear (never run by a forward; parameters only)."""
+
   features: int
   out_features: int
   leaky: bool
@@ -59,8 +63,8 @@ class _Head(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     dense = lambda n, name, fan_in: nn.Dense(
-        n, kernel_init=layers.torch_uniform(fan_in), bias_init=layers.torch_uniform(fan_in),
-        name=name)
+      n, kernel_init=layers.torch_uniform(fan_in), bias_init=layers.torch_uniform(fan_in), name=name
+    )
     x = dense(self.features, 'fc0', x.shape[-1])(x)
     x = layers.BatchNorm(name='bn')(x, False)
     x = nn.leaky_relu(x, 0.2) if self.leaky else nn.relu(x)
@@ -82,6 +86,7 @@ class BCPVNet(nn.Module):
   return_pooled=True returns `(logits, pooled)`, pooled = max_pool(x5, 3, stride 2, VALID)
   `[B, (D/16 - 3)//2 + 1, ..., 16f]` (upstream's second output; needs D, H, W >= 48).
   """
+
   n_channels: int = 1
   n_classes: int = 2
   n_filters: int = 16
@@ -94,13 +99,15 @@ class BCPVNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False,
-               return_pooled: bool = False):
+  def __call__(
+    self, x: Array, train: bool = False, turnoff_drop: bool = False, return_pooled: bool = False
+  ):
     check_input('BCPVNet', x, self.n_channels, self.normalization, self.dropout_rate)
     use_dropout = not turnoff_drop
     feats = Encoder(name='encoder', **part_kwargs(self))(x, train, use_dropout)
     logits = Decoder(n_classes=self.n_classes, name='decoder', **part_kwargs(self))(
-        feats, train, use_dropout)
+      feats, train, use_dropout
+    )
     if self.with_heads and self.is_initializing():
       # Run on a dummy batch at init only, so that the parameters exist; never at apply.
       dummy = jnp.zeros((2, HEAD_DIM_IN), jnp.float32)
@@ -112,8 +119,10 @@ class BCPVNet(nn.Module):
       return logits
     x5 = feats[4]
     if any(s < 3 for s in x5.shape[1:4]):
-      raise ValueError(f'BCPVNet: the pooled output needs a bottleneck of >= 3 voxels per axis '
-                       f'(input sides >= 48), got bottleneck {x5.shape[1:4]} for input {x.shape}')
+      raise ValueError(
+        f'BCPVNet: the pooled output needs a bottleneck of >= 3 voxels per axis '
+        f'(input sides >= 48), got bottleneck {x5.shape[1:4]} for input {x.shape}'
+      )
     pooled = nn.max_pool(x5, (3, 3, 3), strides=(2, 2, 2), padding='VALID')
     return logits, pooled.astype(jnp.promote_types(pooled.dtype, jnp.float32))
 
@@ -121,21 +130,24 @@ class BCPVNet(nn.Module):
 # --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---
 
 
-def torch_key_map(normalization: str = 'batchnorm', with_heads: bool = False, **unused
-                  ) -> torch_keys.KeyMap:
+def torch_key_map(
+  normalization: str = 'batchnorm', with_heads: bool = False, **unused
+) -> torch_keys.KeyMap:
   """BCP's VNet (DeepMed-Lab-ECNU/BCP code/networks/VNet.py): `encoder.block_one..block_five`,
   `decoder.block_five_up..block_nine`, `decoder.out_conv` (VNet block layout); with_heads adds the
   unused Linear/BatchNorm1d heads (`<head>.0` Linear -> fc0, `.1` BN -> bn, `.3` Linear -> fc1).
   Without them the heads' keys are dropped on import (`TORCH_MAP.ignored`)."""
   del unused
-  encoder_blocks = {name for name, _, _ in vnet.VNET_BLOCKS[:vnet.N_ENCODER_BLOCKS]}
+  encoder_blocks = {name for name, _, _ in vnet.VNET_BLOCKS[: vnet.N_ENCODER_BLOCKS]}
   out = {}
   for part in ('encoder', 'decoder'):
     entries = vnet.vnet_block_entries(normalization, prefix=f'{part}.', path=(part,))
-    out.update({k: e for k, e in entries.items()
-                if (e.path[1] in encoder_blocks) == (part == 'encoder')})
-  out.update(torch_keys.conv_entries('decoder.out_conv', ('decoder', 'out_conv'),
-                                     torch_keys.conv_perm(3)))
+    out.update(
+      {k: e for k, e in entries.items() if (e.path[1] in encoder_blocks) == (part == 'encoder')}
+    )
+  out.update(
+    torch_keys.conv_entries('decoder.out_conv', ('decoder', 'out_conv'), torch_keys.conv_perm(3))
+  )
   if with_heads:
     for head in head_names():
       out.update(torch_keys.conv_entries(f'{head}.0', (head, 'fc0'), torch_keys.LINEAR_PERM))
@@ -145,5 +157,6 @@ def torch_key_map(normalization: str = 'batchnorm', with_heads: bool = False, **
 
 
 # The heads carry the same names as BCP's UNet_2d heads.
-TORCH_MAP = torch_keys.TorchMap(torch_key_map, torch_keys.volume_example_shape,
-                                unet2d.TORCH_IGNORED_KEYS)
+TORCH_MAP = torch_keys.TorchMap(
+  torch_key_map, torch_keys.volume_example_shape, unet2d.TORCH_IGNORED_KEYS
+)

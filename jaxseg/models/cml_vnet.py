@@ -22,6 +22,7 @@ Parameter tree (torch name -> flax path, `torch_key_map` below):
   decoderK.block_X.conv.{3k} / .{3k+1}   -> decoderK/block_X/conv{k} / bn{k}
   decoderK.out_conv                      -> decoderK/out_conv
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,6 +50,7 @@ class CMLVNet(nn.Module):
   D, H, W must be divisible by 16. Dropout draws from the 'dropout' rng stream (four independent
   modules, so four independent masks per call).
   """
+
   n_channels: int = 1
   n_classes: int = 2
   n_filters: int = 16
@@ -83,13 +85,14 @@ def torch_key_map(normalization: str = 'batchnorm', **unused) -> torch_keys.KeyM
   conv = torch_keys.conv_perm(3)
   out = {}
   for k in (1, 2):
-    for name, _, stages in vnet.VNET_BLOCKS[:vnet.N_ENCODER_BLOCKS]:
+    for name, _, stages in vnet.VNET_BLOCKS[: vnet.N_ENCODER_BLOCKS]:
       for i in range(stages):
         t, path = f'encoder{k}.{name}.conv', (f'encoder{k}', name)
         out.update(torch_keys.conv_entries(f'{t}.{stride * i}', path + (f'conv{i}',), conv))
-        out.update(torch_keys.norm_entries(normalization, f'{t}.{stride * i + 1}',
-                                           path + (f'bn{i}',)))
-    for name, kind, stages in vnet.VNET_BLOCKS[vnet.N_ENCODER_BLOCKS:]:
+        out.update(
+          torch_keys.norm_entries(normalization, f'{t}.{stride * i + 1}', path + (f'bn{i}',))
+        )
+    for name, kind, stages in vnet.VNET_BLOCKS[vnet.N_ENCODER_BLOCKS :]:
       t, path = f'decoder{k}.{name}.conv', (f'decoder{k}', name)
       if kind == 'up':
         first = 0 if k == 1 else 1  # decoder2: index 0 is the parameter-free Upsample
@@ -99,8 +102,9 @@ def torch_key_map(normalization: str = 'batchnorm', **unused) -> torch_keys.KeyM
         continue
       for i in range(stages):
         out.update(torch_keys.conv_entries(f'{t}.{stride * i}', path + (f'conv{i}',), conv))
-        out.update(torch_keys.norm_entries(normalization, f'{t}.{stride * i + 1}',
-                                           path + (f'bn{i}',)))
+        out.update(
+          torch_keys.norm_entries(normalization, f'{t}.{stride * i + 1}', path + (f'bn{i}',))
+        )
     out.update(torch_keys.conv_entries(f'decoder{k}.out_conv', (f'decoder{k}', 'out_conv'), conv))
   return out
 

@@ -14,6 +14,7 @@ Parity notes (PyTorch semantics reproduced here, see docs/parity.md "Layout conv
   cin*prod(k) for convolutions and cout*prod(k) for transposed convolutions (torch computes it
   from dim 1 of the (cin, cout, *k) ConvTranspose weight).
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ def _dimension_numbers(nd: int) -> tuple[str, str, str]:
 
 def _check_rank(x: Array, nd: int, who: str) -> None:
   if x.ndim != nd + 2:
-    raise ValueError(f'{who}: expected input [B, *{nd} spatial dims, C] of rank {nd + 2}, '
-                     f'got shape {x.shape}')
+    raise ValueError(
+      f'{who}: expected input [B, *{nd} spatial dims, C] of rank {nd + 2}, got shape {x.shape}'
+    )
 
 
 class Conv(nn.Module):
@@ -91,6 +93,7 @@ class Conv(nn.Module):
   Input `[B, *spatial, cin]` -> `[B, *spatial', features]`; torch `Conv3d(cin, features, k,
   padding=padding, stride=strides)` with weight (O, I, *k) stored here as kernel (*k, I, O).
   """
+
   features: int
   kernel_size: Sequence[int]
   padding: int | Sequence[int] = 0
@@ -110,16 +113,18 @@ class Conv(nn.Module):
       kernel_init, bias_init = torch_uniform(fan_in), torch_uniform(fan_in)
     else:
       kernel_init, bias_init = lecun_normal(fan_in), nn.initializers.zeros
-    kernel = self.param('kernel', kernel_init, (*self.kernel_size, cin, self.features),
-                        self.param_dtype)
+    kernel = self.param(
+      'kernel', kernel_init, (*self.kernel_size, cin, self.features), self.param_dtype
+    )
     bias = None
     if self.use_bias:
       bias = self.param('bias', bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = (self.padding,) * nd if isinstance(self.padding, int) else tuple(self.padding)
     strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides)
-    y = lax.conv_general_dilated(x, kernel, strides, [(p, p) for p in pad],
-                                 dimension_numbers=_dimension_numbers(nd))
+    y = lax.conv_general_dilated(
+      x, kernel, strides, [(p, p) for p in pad], dimension_numbers=_dimension_numbers(nd)
+    )
     if bias is not None:
       y = y + bias
     return y
@@ -138,7 +143,9 @@ def _k2_params(module: nn.Module, x: Array, torch_fan_in: int):
     kernel_init, bias_init = torch_uniform(torch_fan_in), torch_uniform(torch_fan_in)
   else:
     kernel_init, bias_init = lecun_normal(cin * 2**nd), nn.initializers.zeros
-  kernel = module.param('kernel', kernel_init, (2,) * nd + (cin, module.features), module.param_dtype)
+  kernel = module.param(
+    'kernel', kernel_init, (2,) * nd + (cin, module.features), module.param_dtype
+  )
   bias = module.param('bias', bias_init, (module.features,), module.param_dtype)
   return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
 
@@ -151,6 +158,7 @@ class DownConv2x(nn.Module):
   (einsum); `fast=False` uses `lax.conv_general_dilated`. Both read the same parameters and give
   the same values and gradients (tests/test_layers.py). Odd spatial sizes are floored as in torch.
   """
+
   features: int
   fast: bool = True
   torch_init: bool = True
@@ -164,8 +172,9 @@ class DownConv2x(nn.Module):
     if self.fast:
       y = _space_to_depth_matmul(x, kernel)
     else:
-      y = lax.conv_general_dilated(x, kernel, (2,) * nd, 'VALID',
-                                   dimension_numbers=_dimension_numbers(nd))
+      y = lax.conv_general_dilated(
+        x, kernel, (2,) * nd, 'VALID', dimension_numbers=_dimension_numbers(nd)
+      )
     return y + bias
 
 
@@ -179,6 +188,7 @@ class UpConv2x(nn.Module):
   `lax.conv_transpose` (with the spatially flipped kernel). The fast path exists because 3D
   transposed-conv gradients are very slow through the generic path (jax#31662).
   """
+
   features: int
   fast: bool = True
   torch_init: bool = True
@@ -194,8 +204,14 @@ class UpConv2x(nn.Module):
       y = _matmul_depth_to_space(x, kernel)
     else:
       flipped = kernel[(slice(None, None, -1),) * nd]
-      y = lax.conv_transpose(x, flipped, (2,) * nd, 'VALID',
-                             dimension_numbers=_dimension_numbers(nd), transpose_kernel=False)
+      y = lax.conv_transpose(
+        x,
+        flipped,
+        (2,) * nd,
+        'VALID',
+        dimension_numbers=_dimension_numbers(nd),
+        transpose_kernel=False,
+      )
     return y + bias
 
 
@@ -234,6 +250,7 @@ class BatchNorm(nn.Module):
   device mesh, `jnp.mean` reduces over the global batch, so this is sync-BN.
   Variables: params `scale`, `bias`; batch_stats `mean`, `var`.
   """
+
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Dtype | None = jnp.float32
@@ -252,8 +269,10 @@ class BatchNorm(nn.Module):
     if train:
       n = x.size // c
       if n < 2:
-        raise ValueError(f'BatchNorm {self.name}: train mode needs more than one value per '
-                         f'channel (as torch), got input shape {x.shape}')
+        raise ValueError(
+          f'BatchNorm {self.name}: train mode needs more than one value per '
+          f'channel (as torch), got input shape {x.shape}'
+        )
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(xs, axes)
       var = jnp.mean(jnp.square(xs - mean), axes)  # Two-pass: biased variance, well conditioned.
@@ -274,6 +293,7 @@ class GroupNorm(nn.Module):
   `x [B, *spatial, C]`; `train` is accepted for a uniform norm interface and ignored.
   Variables: params `scale`, `bias`.
   """
+
   num_groups: int = 16
   epsilon: float = 1e-5
   dtype: Dtype | None = jnp.float32
@@ -284,8 +304,10 @@ class GroupNorm(nn.Module):
     del train
     c = x.shape[-1]
     if c % self.num_groups:
-      raise ValueError(f'GroupNorm {self.name}: {c} channels are not divisible into '
-                       f'{self.num_groups} groups (input shape {x.shape})')
+      raise ValueError(
+        f'GroupNorm {self.name}: {c} channels are not divisible into '
+        f'{self.num_groups} groups (input shape {x.shape})'
+      )
     scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
     out_dtype = self.dtype or jnp.result_type(x, scale)
@@ -304,6 +326,7 @@ class InstanceNorm(nn.Module):
   `x [B, *spatial, C]`: per sample and channel, (x - mean) / sqrt(biased var + eps) over the
   spatial axes, identical in train and eval. No variables.
   """
+
   epsilon: float = 1e-5
   dtype: Dtype | None = jnp.float32
 
@@ -320,6 +343,7 @@ class InstanceNorm(nn.Module):
 
 class Identity(nn.Module):
   """normalization='none': returns its input (cast to `dtype`). No variables."""
+
   dtype: Dtype | None = jnp.float32
 
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -327,8 +351,13 @@ class Identity(nn.Module):
     return x if self.dtype is None else x.astype(self.dtype)
 
 
-def norm(kind: str, *, dtype: Dtype | None = jnp.float32, param_dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Module:
+def norm(
+  kind: str,
+  *,
+  dtype: Dtype | None = jnp.float32,
+  param_dtype: Dtype = jnp.float32,
+  name: str | None = None,
+) -> nn.Module:
   """Normalisation layer by upstream name; every returned module is called as `m(x, train)`.
 
   kind: 'none' (identity), 'batchnorm' (`BatchNorm`), 'groupnorm' (`GroupNorm`, 16 groups as the

@@ -9,6 +9,7 @@ coordinate o * (n_in - 1) / (n_out - 1), so the corner samples coincide. This mo
 Each axis is resized by a small dense interpolation matrix (at most two non-zeros per row), so the
 forward is a matmul and its gradient a transposed matmul: no gather/scatter.
 """
+
 from collections.abc import Sequence
 
 import jax
@@ -45,8 +46,10 @@ def resize_linear_align_corners(x: jax.Array, spatial_shape: Sequence[int]) -> j
   spatial_shape = tuple(int(s) for s in spatial_shape)
   n_spatial = x.ndim - 2
   if len(spatial_shape) != n_spatial:
-    raise ValueError(f"x has {n_spatial} spatial axes (shape {x.shape}, channels-last) but "
-                     f"spatial_shape={spatial_shape}")
+    raise ValueError(
+      f"x has {n_spatial} spatial axes (shape {x.shape}, channels-last) but "
+      f"spatial_shape={spatial_shape}"
+    )
   for axis, n_out in enumerate(spatial_shape, start=1):
     n_in = x.shape[axis]
     if n_in == n_out:

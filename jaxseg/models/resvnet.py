@@ -29,6 +29,7 @@ Init: `init` gives torch-default draws (U(+-1/sqrt(fan_in)), `torch_init=True`).
 then re-draws every conv and transposed-conv weight kaiming-normal (`Resnet34.__init_weight`, and
 the same in MCF's vnet.py): `kaiming_normal_conv_kernels` does that on any VNet-family tree.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,16 @@ Array = jax.Array
 # BasicBlocks per layer of resnet34() (ResNet(BasicBlock, [3, 4, 6, 3])).
 RESNET34_DEPTHS = (3, 4, 6, 3)
 # The VNet decoder blocks ResVNet keeps (torch names), in forward order.
-DECODER_BLOCKS = ('block_five_up', 'block_six', 'block_six_up', 'block_seven', 'block_seven_up',
-                  'block_eight', 'block_eight_up', 'block_nine')
+DECODER_BLOCKS = (
+  'block_five_up',
+  'block_six',
+  'block_six_up',
+  'block_seven',
+  'block_seven_up',
+  'block_eight',
+  'block_eight_up',
+  'block_nine',
+)
 
 
 class BasicBlock(nn.Module):
@@ -61,6 +70,7 @@ class BasicBlock(nn.Module):
   conv3 (stride, pad 1, no bias) -> BN -> ReLU -> conv3 (pad 1, no bias) -> BN, plus the residual
   (Conv 1x1x1 stride `strides` no bias -> BN when `downsample`), then ReLU.
   """
+
   features: int
   strides: int = 1
   downsample: bool = False
@@ -70,21 +80,24 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     common = dict(use_bias=False, torch_init=self.torch_init, dtype=self.dtype)
-    out = layers.Conv(self.features, (3, 3, 3), padding=1, strides=self.strides, name='conv1',
-                      **common)(x)
+    out = layers.Conv(
+      self.features, (3, 3, 3), padding=1, strides=self.strides, name='conv1', **common
+    )(x)
     out = nn.relu(layers.BatchNorm(dtype=self.dtype, name='bn1')(out, train))
     out = layers.Conv(self.features, (3, 3, 3), padding=1, name='conv2', **common)(out)
     out = layers.BatchNorm(dtype=self.dtype, name='bn2')(out, train)
     residual = x
     if self.downsample:
-      residual = layers.Conv(self.features, (1, 1, 1), strides=self.strides,
-                             name='downsample_conv', **common)(x)
+      residual = layers.Conv(
+        self.features, (1, 1, 1), strides=self.strides, name='downsample_conv', **common
+      )(x)
       residual = layers.BatchNorm(dtype=self.dtype, name='downsample_bn')(residual, train)
     return nn.relu(out + residual)
 
 
 class ResNetEncoder(nn.Module):
   """3D ResNet-34 trunk: `x [B, D, H, W, cin]` -> [x1, x2, x3, x4, x5] (see module docstring)."""
+
   width: int = 16
   depths: Sequence[int] = RESNET34_DEPTHS
   torch_init: bool = True
@@ -92,8 +105,15 @@ class ResNetEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> list[Array]:
-    x = layers.Conv(self.width, (7, 7, 7), padding=3, use_bias=False, torch_init=self.torch_init,
-                    dtype=self.dtype, name='conv1')(x)
+    x = layers.Conv(
+      self.width,
+      (7, 7, 7),
+      padding=3,
+      use_bias=False,
+      torch_init=self.torch_init,
+      dtype=self.dtype,
+      name='conv1',
+    )(x)
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='bn1')(x, train))
     features = [x]
     for i, depth in enumerate(self.depths, start=1):
@@ -102,8 +122,14 @@ class ResNetEncoder(nn.Module):
         # resnet.py `_make_layer`: the first block of every layer (layer1 included) has stride 2,
         # so it always gets a downsample branch.
         first = j == 0
-        x = BasicBlock(planes, strides=2 if first else 1, downsample=first,
-                       torch_init=self.torch_init, dtype=self.dtype, name=f'layer{i}_{j}')(x, train)
+        x = BasicBlock(
+          planes,
+          strides=2 if first else 1,
+          downsample=first,
+          torch_init=self.torch_init,
+          dtype=self.dtype,
+          name=f'layer{i}_{j}',
+        )(x, train)
       features.append(x)
     return features
 
@@ -130,6 +156,7 @@ class ResVNet(nn.Module):
   Call: `apply(variables, x, train=False, turnoff_drop=False)`; train=True uses batch statistics
   (pass mutable=['batch_stats']) and, with has_dropout and not turnoff_drop, the 'dropout' rng.
   """
+
   n_channels: int = 1
   n_classes: int = 2
   n_filters: int = 16
@@ -144,21 +171,27 @@ class ResVNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False) -> Array:
     if self.normalization not in layers.NORMS:
-      raise ValueError(f'ResVNet: unknown normalization {self.normalization!r}; expected one of '
-                       f'{layers.NORMS}')
+      raise ValueError(
+        f'ResVNet: unknown normalization {self.normalization!r}; expected one of {layers.NORMS}'
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'ResVNet: dropout_rate must be in [0, 1), got {self.dropout_rate}')
     if len(self.depths) != 4 or min(self.depths) < 1:
       raise ValueError(f'ResVNet: depths must be 4 positive block counts, got {self.depths}')
     if x.ndim != 5 or x.shape[-1] != self.n_channels:
-      raise ValueError(f'ResVNet: expected input [B, D, H, W, {self.n_channels}] (channels-last), '
-                       f'got shape {x.shape}')
+      raise ValueError(
+        f'ResVNet: expected input [B, D, H, W, {self.n_channels}] (channels-last), '
+        f'got shape {x.shape}'
+      )
     if any(s % 16 for s in x.shape[1:4]):
-      raise ValueError(f'ResVNet: spatial dims (D, H, W) = {x.shape[1:4]} of input shape '
-                       f'{x.shape} must all be divisible by 16')
+      raise ValueError(
+        f'ResVNet: spatial dims (D, H, W) = {x.shape[1:4]} of input shape '
+        f'{x.shape} must all be divisible by 16'
+      )
     f = self.n_filters
-    x1, x2, x3, x4, x5 = ResNetEncoder(f, tuple(self.depths), torch_init=self.torch_init,
-                                       dtype=self.dtype, name='resnet_encoder')(x, train)
+    x1, x2, x3, x4, x5 = ResNetEncoder(
+      f, tuple(self.depths), torch_init=self.torch_init, dtype=self.dtype, name='resnet_encoder'
+    )(x, train)
     common = dict(normalization=self.normalization, torch_init=self.torch_init, dtype=self.dtype)
 
     def up(name, features):
@@ -174,9 +207,11 @@ class ResVNet(nn.Module):
     x9 = ConvBlock(1, f, name='block_nine', **common)(x, train)
     if self.has_dropout and train and not turnoff_drop:
       x9 = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2, 3), name='dropout')(
-          x9, deterministic=False)
-    logits = layers.Conv(self.n_classes, (1, 1, 1), torch_init=self.torch_init, dtype=self.dtype,
-                         name='out_conv')(x9)
+        x9, deterministic=False
+      )
+    logits = layers.Conv(
+      self.n_classes, (1, 1, 1), torch_init=self.torch_init, dtype=self.dtype, name='out_conv'
+    )(x9)
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
@@ -209,7 +244,7 @@ def kaiming_normal_conv_kernels(params: Any, rng: jax.Array) -> Any:
     leaf = flat[path]
     transposed = any(name.endswith('_up') for name in path[:-1])
     fan_in = math.prod(leaf.shape[:-2]) * (leaf.shape[-1] if transposed else leaf.shape[-2])
-    piece = draw[offset:offset + leaf.size] * math.sqrt(2.0 / fan_in)
+    piece = draw[offset : offset + leaf.size] * math.sqrt(2.0 / fan_in)
     flat[path] = piece.reshape(leaf.shape).astype(leaf.dtype)
     offset += leaf.size
   return flax.traverse_util.unflatten_dict(flat)
@@ -241,11 +276,13 @@ def torch_key_map(normalization: str = 'batchnorm', depths=None, **unused) -> to
         out.update(torch_keys.norm_entries('batchnorm', f'{t}.bn{k}', path + (f'bn{k}',)))
       if j == 0:
         out.update(conv(f'{t}.downsample.0', path + ('downsample_conv',)))
-        out.update(torch_keys.norm_entries('batchnorm', f'{t}.downsample.1',
-                                           path + ('downsample_bn',)))
+        out.update(
+          torch_keys.norm_entries('batchnorm', f'{t}.downsample.1', path + ('downsample_bn',))
+        )
   decoder = set(DECODER_BLOCKS)
-  out.update({k: e for k, e in vnet.vnet_block_entries(normalization).items()
-              if k.split('.')[0] in decoder})
+  out.update(
+    {k: e for k, e in vnet.vnet_block_entries(normalization).items() if k.split('.')[0] in decoder}
+  )
   out.update(torch_keys.conv_entries('out_conv', ('out_conv',), perm))
   return out
 

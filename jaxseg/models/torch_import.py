@@ -9,6 +9,7 @@ from `jaxseg.models.torch_keys`); `TORCH_MAPS` registers them by model name. Eve
 be present with the expected shape; the error lists all missing, unexpected and mis-shaped keys at
 once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,15 +41,15 @@ _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 # Model name (a `jaxseg.models.MODELS` key) -> its torch import.
 TORCH_MAPS: dict[str, TorchMap] = {
-    'vnet': vnet.TORCH_MAP,
-    'vnet_sdf': vnet_sdf.TORCH_MAP,
-    'resvnet': resvnet.TORCH_MAP,
-    'cml_vnet': cml_vnet.TORCH_MAP,
-    'bcp_vnet': bcp_vnet.TORCH_MAP,
-    'unet2d': unet2d.TORCH_MAP,
-    'cml_unet2d': unet2d.CML_TORCH_MAP,
-    'unet3d_dycon': unet3d.TORCH_MAP,
-    'vnet_milletari': vnet_milletari.TORCH_MAP,
+  'vnet': vnet.TORCH_MAP,
+  'vnet_sdf': vnet_sdf.TORCH_MAP,
+  'resvnet': resvnet.TORCH_MAP,
+  'cml_vnet': cml_vnet.TORCH_MAP,
+  'bcp_vnet': bcp_vnet.TORCH_MAP,
+  'unet2d': unet2d.TORCH_MAP,
+  'cml_unet2d': unet2d.CML_TORCH_MAP,
+  'unet3d_dycon': unet3d.TORCH_MAP,
+  'vnet_milletari': vnet_milletari.TORCH_MAP,
 }
 
 
@@ -70,8 +71,9 @@ def expected_torch_shapes(model_name: str, **model_kwargs) -> dict[str, tuple[in
   return {name: e.torch_shape(expected[(e.collection,) + e.path].shape) for name, e in keys.items()}
 
 
-def _expected_variables(model_name: str, **model_kwargs
-                        ) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+def _expected_variables(
+  model_name: str, **model_kwargs
+) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
   """Flat {(collection, *path): ShapeDtypeStruct} of the model's variables, without computing."""
   model = models.get(model_name, **model_kwargs)
   x = jax.ShapeDtypeStruct(_torch_map(model_name).example_shape(**model_kwargs), jnp.float32)
@@ -85,17 +87,22 @@ def _to_numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
-def _assemble(model_name: str, entries: Mapping[str, Entry], state_dict: Mapping[str, Any],
-              expected: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
-              model_kwargs: Mapping[str, Any]) -> Variables:
+def _assemble(
+  model_name: str,
+  entries: Mapping[str, Entry],
+  state_dict: Mapping[str, Any],
+  expected: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
+  model_kwargs: Mapping[str, Any],
+) -> Variables:
   """Checks `state_dict` against `entries` and the model's `expected` shapes; builds variables."""
   mapped = {(e.collection,) + e.path for e in entries.values()}
   if mapped != set(expected):
     # A key map out of sync with the module is a bug in jaxseg, not in the caller's checkpoint.
     raise RuntimeError(
-        f'jaxseg key map for {model_name!r} is out of sync with the model: unmapped model '
-        f'variables {sorted("/".join(k) for k in set(expected) - mapped)}, mapped but absent '
-        f'{sorted("/".join(k) for k in mapped - set(expected))}')
+      f'jaxseg key map for {model_name!r} is out of sync with the model: unmapped model '
+      f'variables {sorted("/".join(k) for k in set(expected) - mapped)}, mapped but absent '
+      f'{sorted("/".join(k) for k in mapped - set(expected))}'
+    )
   given = {k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
   missing = sorted(set(entries) - set(given))
   unexpected = sorted(set(given) - set(entries))
@@ -118,8 +125,9 @@ def _assemble(model_name: str, entries: Mapping[str, Entry], state_dict: Mapping
       parts.append(f'unexpected keys ({len(unexpected)}): {unexpected}')
     if misshaped:
       parts.append(f'mis-shaped keys ({len(misshaped)}): {misshaped}')
-    raise ValueError(f'state_dict does not fit model {model_name!r} with {dict(model_kwargs)}: '
-                     + '; '.join(parts))
+    raise ValueError(
+      f'state_dict does not fit model {model_name!r} with {dict(model_kwargs)}: ' + '; '.join(parts)
+    )
   variables = flax.traverse_util.unflatten_dict(flat)
   variables.setdefault('params', {})
   variables.setdefault('batch_stats', {})
@@ -130,15 +138,16 @@ def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
   """Plain state_dict from a checkpoint object: unwraps {'state_dict': sd} / {'model': sd} and
   strips a 'module.' prefix that (Distributed)DataParallel adds to every key."""
   if not isinstance(obj, Mapping):
-    raise TypeError(f'{source}: expected a state_dict mapping of names to arrays, got '
-                    f'{type(obj).__name__}')
+    raise TypeError(
+      f'{source}: expected a state_dict mapping of names to arrays, got {type(obj).__name__}'
+    )
   for wrapper in ('state_dict', 'model'):
     if isinstance(obj.get(wrapper), Mapping):
       obj = obj[wrapper]
       break
   keys = list(obj)
   if keys and all(isinstance(k, str) and k.startswith('module.') for k in keys):
-    obj = {k[len('module.'):]: v for k, v in obj.items()}
+    obj = {k[len('module.') :]: v for k, v in obj.items()}
   return obj
 
 
@@ -148,16 +157,19 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(f'reading {path} needs PyTorch: install torch (the CPU build is enough) or '
-                      'pass the state_dict as a mapping of names to numpy arrays') from e
+    raise ImportError(
+      f'reading {path} needs PyTorch: install torch (the CPU build is enough) or '
+      'pass the state_dict as a mapping of names to numpy arrays'
+    ) from e
   if not path.exists():
     raise FileNotFoundError(f'torch checkpoint {path} does not exist')
   obj = torch.load(path, map_location='cpu')
   return {k: _to_numpy(v) for k, v in _unwrap(obj, str(path)).items()}
 
 
-def import_state_dict(model_name: str, state_dict: Mapping[str, Any] | str | os.PathLike,
-                      **model_kwargs) -> Variables:
+def import_state_dict(
+  model_name: str, state_dict: Mapping[str, Any] | str | os.PathLike, **model_kwargs
+) -> Variables:
   """Flax variables `{'params', 'batch_stats'}` of `models.get(model_name, **model_kwargs)`.
 
   Args:
@@ -174,14 +186,18 @@ def import_state_dict(model_name: str, state_dict: Mapping[str, Any] | str | os.
   torch_map = _torch_map(model_name)
   if isinstance(state_dict, (str, os.PathLike)):
     if pathlib.Path(state_dict).suffix not in ('.pth', '.pt'):
-      raise ValueError(f'state_dict path {state_dict} must end in .pth or .pt (or pass a mapping '
-                       'of names to numpy arrays)')
+      raise ValueError(
+        f'state_dict path {state_dict} must end in .pth or .pt (or pass a mapping '
+        'of names to numpy arrays)'
+      )
     state_dict = load_torch_checkpoint(state_dict)
   else:
     state_dict = _unwrap(state_dict, 'state_dict argument')
   entries = torch_map.key_map(**model_kwargs)
   if torch_map.ignored is not None:
-    state_dict = {k: v for k, v in state_dict.items()
-                  if k in entries or not torch_map.ignored.fullmatch(k)}
-  return _assemble(model_name, entries, state_dict, _expected_variables(model_name, **model_kwargs),
-                   model_kwargs)
+    state_dict = {
+      k: v for k, v in state_dict.items() if k in entries or not torch_map.ignored.fullmatch(k)
+    }
+  return _assemble(
+    model_name, entries, state_dict, _expected_variables(model_name, **model_kwargs), model_kwargs
+  )

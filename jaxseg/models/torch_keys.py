@@ -9,6 +9,7 @@ no flip); Linear weight (O, I) -> kernel (I, O); BatchNorm weight/bias/running_m
 params scale/bias and batch_stats mean/var; `num_batches_tracked` is ignored (momentum is fixed, so
 it is only a counter).
 """
+
 from __future__ import annotations
 
 import re
@@ -20,6 +21,7 @@ import numpy as np
 
 class Entry(NamedTuple):
   """Where one torch tensor goes: `variables[collection][path...]`, axes permuted by `perm`."""
+
   collection: str
   path: tuple[str, ...]
   perm: tuple[int, ...] | None = None
@@ -49,6 +51,7 @@ class TorchMap(NamedTuple):
   ignored: upstream keys of modules the port does not build (no forward uses them); a key matching
     it and absent from the key map is dropped, anything else unexpected is an error.
   """
+
   key_map: Callable[..., KeyMap]
   example_shape: Callable[..., tuple[int, ...]]
   ignored: re.Pattern | None = None
@@ -69,8 +72,10 @@ LINEAR_PERM = (1, 0)  # torch Linear weight (O, I) -> flax Dense kernel (I, O)
 
 def conv_entries(torch_prefix: str, path: tuple[str, ...], perm: tuple[int, ...]) -> KeyMap:
   """`<prefix>.weight` -> kernel (permuted by `perm`), `<prefix>.bias` -> bias."""
-  return {f'{torch_prefix}.weight': Entry('params', path + ('kernel',), perm),
-          f'{torch_prefix}.bias': Entry('params', path + ('bias',))}
+  return {
+    f'{torch_prefix}.weight': Entry('params', path + ('kernel',), perm),
+    f'{torch_prefix}.bias': Entry('params', path + ('bias',)),
+  }
 
 
 def norm_entries(kind: str, torch_prefix: str, path: tuple[str, ...]) -> KeyMap:
@@ -79,10 +84,13 @@ def norm_entries(kind: str, torch_prefix: str, path: tuple[str, ...]) -> KeyMap:
   if kind in ('none', 'instancenorm'):
     return {}
   if kind not in ('batchnorm', 'groupnorm'):
-    raise ValueError(f'unknown normalization {kind!r}; expected none, batchnorm, groupnorm or '
-                     'instancenorm')
-  out = {f'{torch_prefix}.weight': Entry('params', path + ('scale',)),
-         f'{torch_prefix}.bias': Entry('params', path + ('bias',))}
+    raise ValueError(
+      f'unknown normalization {kind!r}; expected none, batchnorm, groupnorm or instancenorm'
+    )
+  out = {
+    f'{torch_prefix}.weight': Entry('params', path + ('scale',)),
+    f'{torch_prefix}.bias': Entry('params', path + ('bias',)),
+  }
   if kind == 'batchnorm':
     out[f'{torch_prefix}.running_mean'] = Entry('batch_stats', path + ('mean',))
     out[f'{torch_prefix}.running_var'] = Entry('batch_stats', path + ('var',))

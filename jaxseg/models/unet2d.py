@@ -23,6 +23,7 @@ Parameter tree (torch name -> flax path; `torch_key_map` at the end of this file
   <dec>.upK.conv1x1 | .up | .conv.conv_conv.* -> <dec>/upK/{conv1x1 | up | conv/...}
   <dec>.out_conv                              -> <dec>/out_conv
 """
+
 from __future__ import annotations
 
 import re
@@ -49,6 +50,7 @@ class ConvBlock(nn.Module):
 
   `[B, H, W, cin]` -> `[B, H, W, features]` (upstream `ConvBlock`).
   """
+
   features: int
   dropout_rate: float = 0.0
   torch_init: bool = True
@@ -56,20 +58,23 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, use_dropout: bool = True) -> Array:
-    x = layers.Conv(self.features, (3, 3), padding=1, torch_init=self.torch_init,
-                    dtype=self.dtype, name='conv0')(x)
+    x = layers.Conv(
+      self.features, (3, 3), padding=1, torch_init=self.torch_init, dtype=self.dtype, name='conv0'
+    )(x)
     x = layers.BatchNorm(dtype=self.dtype, name='bn0')(x, train)
     x = nn.leaky_relu(x, 0.01)
     if self.dropout_rate > 0 and train and use_dropout:
       x = nn.Dropout(self.dropout_rate, name='dropout')(x, deterministic=False)
-    x = layers.Conv(self.features, (3, 3), padding=1, torch_init=self.torch_init,
-                    dtype=self.dtype, name='conv1')(x)
+    x = layers.Conv(
+      self.features, (3, 3), padding=1, torch_init=self.torch_init, dtype=self.dtype, name='conv1'
+    )(x)
     x = layers.BatchNorm(dtype=self.dtype, name='bn1')(x, train)
     return nn.leaky_relu(x, 0.01)
 
 
 class Encoder(nn.Module):
   """`[B, H, W, cin]` -> [x0 .. x4], xK `[B, H/2^K, W/2^K, feature_chns[K]]` (upstream `Encoder`)."""
+
   feature_chns: Sequence[int] = FEATURE_CHNS
   dropout: Sequence[float] = DROPOUT
   torch_init: bool = True
@@ -78,12 +83,18 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False, use_dropout: bool = True) -> list[Array]:
     common = dict(torch_init=self.torch_init, dtype=self.dtype)
-    feats = [ConvBlock(self.feature_chns[0], self.dropout[0], name='in_conv', **common)(
-        x, train, use_dropout)]
+    feats = [
+      ConvBlock(self.feature_chns[0], self.dropout[0], name='in_conv', **common)(
+        x, train, use_dropout
+      )
+    ]
     for k in range(1, 5):
       x = nn.max_pool(feats[-1], (2, 2), (2, 2), 'VALID')
-      feats.append(ConvBlock(self.feature_chns[k], self.dropout[k], name=f'down{k}', **common)(
-          x, train, use_dropout))
+      feats.append(
+        ConvBlock(self.feature_chns[k], self.dropout[k], name=f'down{k}', **common)(
+          x, train, use_dropout
+        )
+      )
     return feats
 
 
@@ -92,6 +103,7 @@ class UpBlock(nn.Module):
 
   Returns `[B, 2h, 2w, features]` (upstream `UpBlock`, dropout 0).
   """
+
   features: int
   up_type: int = 1
   torch_init: bool = True
@@ -101,20 +113,21 @@ class UpBlock(nn.Module):
   def __call__(self, x: Array, skip: Array, train: bool = False) -> Array:
     c_lo = skip.shape[-1]
     if self.up_type == 1:
-      x = layers.Conv(c_lo, (1, 1), torch_init=self.torch_init, dtype=self.dtype,
-                      name='conv1x1')(x)
+      x = layers.Conv(c_lo, (1, 1), torch_init=self.torch_init, dtype=self.dtype, name='conv1x1')(x)
       x = resize.upsample2x_linear_align_corners(x)
     elif self.up_type == 0:
       x = layers.UpConv2x(c_lo, torch_init=self.torch_init, dtype=self.dtype, name='up')(x)
     else:
       raise ValueError(f'UpBlock: up_type must be one of {UP_TYPES}, got {self.up_type}')
     x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)
-    return ConvBlock(self.features, 0.0, torch_init=self.torch_init, dtype=self.dtype,
-                     name='conv')(x, train)
+    return ConvBlock(self.features, 0.0, torch_init=self.torch_init, dtype=self.dtype, name='conv')(
+      x, train
+    )
 
 
 class Decoder(nn.Module):
   """[x0 .. x4] -> (logits `[B, H, W, n_classes]`, last feature map `[B, H, W, feature_chns[0]]`)."""
+
   n_classes: int = 4
   up_type: int = 1
   torch_init: bool = True
@@ -124,27 +137,39 @@ class Decoder(nn.Module):
   def __call__(self, feats: Sequence[Array], train: bool = False) -> tuple[Array, Array]:
     x = feats[4]
     for k, skip in zip(range(1, 5), (feats[3], feats[2], feats[1], feats[0])):
-      x = UpBlock(skip.shape[-1], self.up_type, torch_init=self.torch_init, dtype=self.dtype,
-                  name=f'up{k}')(x, skip, train)
-    logits = layers.Conv(self.n_classes, (3, 3), padding=1, torch_init=self.torch_init,
-                         dtype=self.dtype, name='out_conv')(x)
+      x = UpBlock(
+        skip.shape[-1], self.up_type, torch_init=self.torch_init, dtype=self.dtype, name=f'up{k}'
+      )(x, skip, train)
+    logits = layers.Conv(
+      self.n_classes,
+      (3, 3),
+      padding=1,
+      torch_init=self.torch_init,
+      dtype=self.dtype,
+      name='out_conv',
+    )(x)
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), x
 
 
 def _check(name: str, x: Array, n_channels: int, feature_chns, dropout, up_type) -> None:
   if len(feature_chns) != 5 or len(dropout) != 5:
-    raise ValueError(f'{name}: feature_chns and dropout need 5 entries, got {tuple(feature_chns)} '
-                     f'and {tuple(dropout)}')
+    raise ValueError(
+      f'{name}: feature_chns and dropout need 5 entries, got {tuple(feature_chns)} '
+      f'and {tuple(dropout)}'
+    )
   if any(not 0.0 <= p < 1.0 for p in dropout):
     raise ValueError(f'{name}: dropout rates must be in [0, 1), got {tuple(dropout)}')
   if up_type not in UP_TYPES:
     raise ValueError(f'{name}: up_type must be 0 (transposed conv) or 1 (bilinear), got {up_type}')
   if x.ndim != 4 or x.shape[-1] != n_channels:
-    raise ValueError(f'{name}: expected input [B, H, W, {n_channels}] (channels-last), got shape '
-                     f'{x.shape}')
+    raise ValueError(
+      f'{name}: expected input [B, H, W, {n_channels}] (channels-last), got shape {x.shape}'
+    )
   if any(s % 16 for s in x.shape[1:3]):
-    raise ValueError(f'{name}: spatial dims (H, W) = {x.shape[1:3]} of input shape {x.shape} must '
-                     'be divisible by 16')
+    raise ValueError(
+      f'{name}: spatial dims (H, W) = {x.shape[1:3]} of input shape {x.shape} must '
+      'be divisible by 16'
+    )
 
 
 class UNet2d(nn.Module):
@@ -168,6 +193,7 @@ class UNet2d(nn.Module):
   f4], 'last': decoder output before out_conv [B, H, W, f0]})` (the second output of upstream
   `UNet.forward`).
   """
+
   n_channels: int = 1
   n_classes: int = 4
   feature_chns: Sequence[int] = FEATURE_CHNS
@@ -177,12 +203,14 @@ class UNet2d(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False,
-               return_features: bool = False):
+  def __call__(
+    self, x: Array, train: bool = False, turnoff_drop: bool = False, return_features: bool = False
+  ):
     _check('UNet2d', x, self.n_channels, self.feature_chns, self.dropout, self.up_type)
     common = dict(torch_init=self.torch_init, dtype=self.dtype)
     feats = Encoder(tuple(self.feature_chns), tuple(self.dropout), name='encoder', **common)(
-        x, train, not turnoff_drop)
+      x, train, not turnoff_drop
+    )
     logits, last = Decoder(self.n_classes, self.up_type, name='decoder', **common)(feats, train)
     if return_features:
       return logits, {'x4': feats[4], 'last': last}
@@ -206,6 +234,7 @@ class CMLUNet2d(nn.Module):
   Attributes and call arguments as `UNet2d` (up types are fixed: decoder1 bilinear, decoder2
   transposed conv), plus shared_branches.
   """
+
   n_channels: int = 1
   n_classes: int = 4
   feature_chns: Sequence[int] = FEATURE_CHNS
@@ -231,7 +260,8 @@ class CMLUNet2d(nn.Module):
         decoder2(feats1, train)  # only so that its (unused) parameters exist, as upstream
     else:
       feats2 = Encoder(tuple(self.feature_chns), tuple(self.dropout), name='encoder2', **common)(
-          x, train, use_dropout)
+        x, train, use_dropout
+      )
       seg1, _ = decoder1(feats1, train)
       seg2, _ = decoder2(feats2, train)
     return seg1, seg2, feats1[4], feats2[4]
@@ -244,18 +274,23 @@ class CMLUNet2d(nn.Module):
 # Sequential of Linear / BatchNorm1d). jaxseg's UNet2d does not build them: the importer accepts and
 # ignores exactly these keys (anything else unexpected is still an error).
 TORCH_IGNORED_KEYS = re.compile(
-    r'(projection_head|prediction_head|contrastive_class_selector_(memory)?\d+)\.\d+\.'
-    r'(weight|bias|running_mean|running_var|num_batches_tracked)')
+  r'(projection_head|prediction_head|contrastive_class_selector_(memory)?\d+)\.\d+\.'
+  r'(weight|bias|running_mean|running_var|num_batches_tracked)'
+)
 
 
 def _conv_block_entries(torch_prefix: str, path: tuple[str, ...]) -> torch_keys.KeyMap:
   """SSL4MIS ConvBlock: Sequential [Conv, BN, LeakyReLU, Dropout, Conv, BN, LeakyReLU]."""
   out = {}
   for k, (conv_i, bn_i) in enumerate(((0, 1), (4, 5))):
-    out.update(torch_keys.conv_entries(f'{torch_prefix}.conv_conv.{conv_i}', path + (f'conv{k}',),
-                                       torch_keys.conv_perm(2)))
-    out.update(torch_keys.norm_entries('batchnorm', f'{torch_prefix}.conv_conv.{bn_i}',
-                                       path + (f'bn{k}',)))
+    out.update(
+      torch_keys.conv_entries(
+        f'{torch_prefix}.conv_conv.{conv_i}', path + (f'conv{k}',), torch_keys.conv_perm(2)
+      )
+    )
+    out.update(
+      torch_keys.norm_entries('batchnorm', f'{torch_prefix}.conv_conv.{bn_i}', path + (f'bn{k}',))
+    )
   return out
 
 
@@ -271,14 +306,17 @@ def _decoder_entries(prefix: str, up_type: int) -> torch_keys.KeyMap:
   for k in range(1, 5):
     t, path = f'{prefix}.up{k}', (prefix, f'up{k}')
     if up_type == 1:
-      out.update(torch_keys.conv_entries(f'{t}.conv1x1', path + ('conv1x1',),
-                                         torch_keys.conv_perm(2)))
+      out.update(
+        torch_keys.conv_entries(f'{t}.conv1x1', path + ('conv1x1',), torch_keys.conv_perm(2))
+      )
     else:
-      out.update(torch_keys.conv_entries(f'{t}.up', path + ('up',),
-                                         torch_keys.conv_transpose_perm(2)))
+      out.update(
+        torch_keys.conv_entries(f'{t}.up', path + ('up',), torch_keys.conv_transpose_perm(2))
+      )
     out.update(_conv_block_entries(f'{t}.conv', path + ('conv',)))
-  out.update(torch_keys.conv_entries(f'{prefix}.out_conv', (prefix, 'out_conv'),
-                                     torch_keys.conv_perm(2)))
+  out.update(
+    torch_keys.conv_entries(f'{prefix}.out_conv', (prefix, 'out_conv'), torch_keys.conv_perm(2))
+  )
   return out
 
 
@@ -293,8 +331,11 @@ def cml_torch_key_map(shared_branches: bool = True, **unused) -> torch_keys.KeyM
   (bilinear), `decoder2` (transposed conv, never run upstream but in its state_dict); `encoder2`
   only for the heterogeneous shared_branches=False variant (no upstream checkpoint has it)."""
   del unused
-  out = {**_encoder_entries('encoder'), **_decoder_entries('decoder1', 1),
-         **_decoder_entries('decoder2', 0)}
+  out = {
+    **_encoder_entries('encoder'),
+    **_decoder_entries('decoder1', 1),
+    **_decoder_entries('decoder2', 0),
+  }
   if not shared_branches:
     out.update(_encoder_entries('encoder2'))
   return out

@@ -30,6 +30,7 @@ Parameter tree (torch name -> flax path, `torch_key_map` at the end of this file
   final, out_conv2        -> final, out_conv2
   projection.0 / .1 / .3 / .4 -> projection/conv0 / bn1 / conv3 / bn4
 """
+
 from __future__ import annotations
 
 import math
@@ -68,6 +69,7 @@ class KaimingConv(nn.Module):
   torch_init: upstream init (kaiming-normal weight, U(+-1/sqrt(fan_in)) bias); else flax's lecun
   normal and zero bias.
   """
+
   features: int
   kernel_size: int = 3
   torch_init: bool = True
@@ -77,7 +79,7 @@ class KaimingConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     k, cin = self.kernel_size, x.shape[-1]
-    fan_in = cin * k ** 3
+    fan_in = cin * k**3
     if self.torch_init:
       kernel_init, bias_init = kaiming_normal(fan_in), layers.torch_uniform(fan_in)
     else:
@@ -86,13 +88,15 @@ class KaimingConv(nn.Module):
     bias = self.param('bias', bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = (k - 1) // 2
-    y = lax.conv_general_dilated(x, kernel, (1, 1, 1), [(pad, pad)] * 3,
-                                 dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+    y = lax.conv_general_dilated(
+      x, kernel, (1, 1, 1), [(pad, pad)] * 3, dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')
+    )
     return y + bias
 
 
 class UnetConv3(nn.Module):
   """2 x [Conv 3^3 (pad 1, bias) -> InstanceNorm -> ReLU]: `[B, D, H, W, cin]` -> `[.., features]`."""
+
   features: int
   torch_init: bool = True
   dtype: Any = jnp.float32
@@ -136,6 +140,7 @@ class UnetUp3CT(nn.Module):
   `UnetUp3_CT`). `skip [B, 2D, 2H, 2W, cs]`, `deep [B, D, H, W, cd]` -> `[B, 2D, 2H, 2W, features]`.
   Upstream zero-pads the skip when the sizes differ; the input check (sides divisible by 16) rules
   that out, so there is no padding here."""
+
   features: int
   torch_init: bool = True
   dtype: Any = jnp.float32
@@ -151,6 +156,7 @@ class ProjectionHead(nn.Module):
   """Upsample x scale_factor (trilinear, align_corners=True) -> 1x1 conv -> BN -> ReLU -> 1x1 conv
   -> BN: `[B, d, h, w, cin]` -> `[B, s d, s h, s w, out_features]` (upstream `self.projection` after
   `F.interpolate(center, scale_factor=s, mode='trilinear', align_corners=True)`)."""
+
   scale_factor: int = 2
   hidden_features: int = 512
   out_features: int = 256
@@ -161,11 +167,13 @@ class ProjectionHead(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     s = self.scale_factor
     x = resize_linear_align_corners(x, [s * n for n in x.shape[1:-1]])
-    x = KaimingConv(self.hidden_features, 1, torch_init=self.torch_init, dtype=self.dtype,
-                    name='conv0')(x)
+    x = KaimingConv(
+      self.hidden_features, 1, torch_init=self.torch_init, dtype=self.dtype, name='conv0'
+    )(x)
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='bn1')(x, train))
-    x = KaimingConv(self.out_features, 1, torch_init=self.torch_init, dtype=self.dtype,
-                    name='conv3')(x)
+    x = KaimingConv(
+      self.out_features, 1, torch_init=self.torch_init, dtype=self.dtype, name='conv3'
+    )(x)
     return layers.BatchNorm(dtype=self.dtype, name='bn4')(x, train)
 
 
@@ -195,6 +203,7 @@ class UNet3D(nn.Module):
   [B, sD/16, sH/16, sW/16, proj_features])`; all three are always computed (jit drops what is
   unused), so `init` creates every variable either way.
   """
+
   in_channels: int = 1
   n_classes: int = 2
   feature_scale: int = 4
@@ -207,16 +216,21 @@ class UNet3D(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False,
-               return_all: bool = False):
+  def __call__(
+    self, x: Array, train: bool = False, turnoff_drop: bool = False, return_all: bool = False
+  ):
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'UNet3D: dropout_rate must be in [0, 1), got {self.dropout_rate}')
     if x.ndim != 5 or x.shape[-1] != self.in_channels:
-      raise ValueError(f'UNet3D: expected input [B, D, H, W, {self.in_channels}] (channels-last), '
-                       f'got shape {x.shape}')
+      raise ValueError(
+        f'UNet3D: expected input [B, D, H, W, {self.in_channels}] (channels-last), '
+        f'got shape {x.shape}'
+      )
     if any(s % 16 for s in x.shape[1:4]):
-      raise ValueError(f'UNet3D: spatial dims (D, H, W) = {x.shape[1:4]} of input shape {x.shape} '
-                       'must all be divisible by 16')
+      raise ValueError(
+        f'UNet3D: spatial dims (D, H, W) = {x.shape[1:4]} of input shape {x.shape} '
+        'must all be divisible by 16'
+      )
     if self.n_filters > 0:
       f = [self.n_filters * 2**k for k in range(len(BASE_FILTERS))]
     else:
@@ -247,12 +261,14 @@ class UNet3D(nn.Module):
       # Still build the other heads so that `init` creates all variables whatever the flag.
       if self.is_initializing():
         KaimingConv(self.n_classes, 1, name='final', **common)(up1)
-        ProjectionHead(self.scale_factor, self.proj_hidden, self.proj_features,
-                       name='projection', **common)(center, train)
+        ProjectionHead(
+          self.scale_factor, self.proj_hidden, self.proj_features, name='projection', **common
+        )(center, train)
       return logits
     sdf = jnp.tanh(KaimingConv(self.n_classes, 1, name='final', **common)(up1)).astype(out_dtype)
-    features = ProjectionHead(self.scale_factor, self.proj_hidden, self.proj_features,
-                              name='projection', **common)(center, train).astype(out_dtype)
+    features = ProjectionHead(
+      self.scale_factor, self.proj_hidden, self.proj_features, name='projection', **common
+    )(center, train).astype(out_dtype)
     return sdf, logits, features
 
 

@@ -16,6 +16,7 @@ its own scope (flat parameter tree above), the `Encoder` / `Decoder` modules und
 (BCP's and CML's VNets: `encoder/block_X...`, `decoderK/block_X_up...`). `check_input` is the input
 validation all of them share.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,22 +38,27 @@ _NAMES = ('one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'
 _STAGES = (1, 2, 3, 3, 3, 3, 3, 2, 1)  # ConvBlock stages of block_one .. block_nine
 
 
-def check_input(model: str, x: Array, n_channels: int, normalization: str,
-                dropout_rate: float) -> None:
+def check_input(
+  model: str, x: Array, n_channels: int, normalization: str, dropout_rate: float
+) -> None:
   """Raises ValueError (naming `model`) unless `normalization` is one of `layers.NORMS`,
   0 <= dropout_rate < 1 and `x` is `[B, D, H, W, n_channels]` with D, H, W divisible by 16 (the
   four stride-2 downsamplings)."""
   if normalization not in layers.NORMS:
-    raise ValueError(f'{model}: unknown normalization {normalization!r}; expected one of '
-                     f'{layers.NORMS}')
+    raise ValueError(
+      f'{model}: unknown normalization {normalization!r}; expected one of {layers.NORMS}'
+    )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f'{model}: dropout_rate must be in [0, 1), got {dropout_rate}')
   if x.ndim != 5 or x.shape[-1] != n_channels:
-    raise ValueError(f'{model}: expected input [B, D, H, W, {n_channels}] (channels-last), '
-                     f'got shape {x.shape}')
+    raise ValueError(
+      f'{model}: expected input [B, D, H, W, {n_channels}] (channels-last), got shape {x.shape}'
+    )
   if any(s % 16 for s in x.shape[1:4]):
-    raise ValueError(f'{model}: spatial dims (D, H, W) = {x.shape[1:4]} of input shape {x.shape} '
-                     'must all be divisible by 16')
+    raise ValueError(
+      f'{model}: spatial dims (D, H, W) = {x.shape[1:4]} of input shape {x.shape} '
+      'must all be divisible by 16'
+    )
 
 
 def dropout3d(rate: float) -> nn.Dropout:
@@ -65,6 +71,7 @@ class ConvBlock(nn.Module):
 
   `[B, D, H, W, cin]` -> `[B, D, H, W, features]` (upstream `ConvBlock`).
   """
+
   n_stages: int
   features: int
   normalization: str = 'batchnorm'
@@ -74,8 +81,14 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for k in range(self.n_stages):
-      x = layers.Conv(self.features, (3, 3, 3), padding=1, torch_init=self.torch_init,
-                      dtype=self.dtype, name=f'conv{k}')(x)
+      x = layers.Conv(
+        self.features,
+        (3, 3, 3),
+        padding=1,
+        torch_init=self.torch_init,
+        dtype=self.dtype,
+        name=f'conv{k}',
+      )(x)
       x = layers.norm(self.normalization, dtype=self.dtype, name=f'bn{k}')(x, train)
       x = nn.relu(x)
     return x
@@ -87,6 +100,7 @@ class ResampleBlock(nn.Module):
   down: `[B, D, H, W, cin]` -> `[B, D/2, H/2, W/2, features]` (upstream `DownsamplingConvBlock`);
   up: `[B, D, H, W, cin]` -> `[B, 2D, 2H, 2W, features]` (upstream `UpsamplingDeconvBlock`).
   """
+
   features: int
   up: bool
   normalization: str = 'batchnorm'
@@ -97,14 +111,22 @@ class ResampleBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     cls = layers.UpConv2x if self.up else layers.DownConv2x
-    x = cls(self.features, fast=self.fast, torch_init=self.torch_init, dtype=self.dtype,
-            name='conv0')(x)
+    x = cls(
+      self.features, fast=self.fast, torch_init=self.torch_init, dtype=self.dtype, name='conv0'
+    )(x)
     x = layers.norm(self.normalization, dtype=self.dtype, name='bn0')(x, train)
     return nn.relu(x)
 
 
-def encoder_blocks(x: Array, train: bool, *, n_filters: int, fast_updown: bool,
-                   dropout: nn.Dropout | None = None, **common) -> list[Array]:
+def encoder_blocks(
+  x: Array,
+  train: bool,
+  *,
+  n_filters: int,
+  fast_updown: bool,
+  dropout: nn.Dropout | None = None,
+  **common,
+) -> list[Array]:
   """`x [B, D, H, W, cin]` -> `[x1, x2, x3, x4, x5]` (channels f .. 16f at full .. 1/16 resolution),
   x5 after `dropout` when given. Builds block_one .. block_five and block_one_dw .. block_four_dw
   in the calling module's scope; `common`: normalization, torch_init, dtype."""
@@ -114,16 +136,25 @@ def encoder_blocks(x: Array, train: bool, *, n_filters: int, fast_updown: bool,
     x = ConvBlock(_STAGES[k], width, name=f'block_{_NAMES[k]}', **common)(x, train)
     feats.append(x)
     if k < 4:
-      x = ResampleBlock(2 * width, up=False, fast=fast_updown, name=f'block_{_NAMES[k]}_dw',
-                        **common)(x, train)
+      x = ResampleBlock(
+        2 * width, up=False, fast=fast_updown, name=f'block_{_NAMES[k]}_dw', **common
+      )(x, train)
   if dropout is not None:
     feats[4] = dropout(feats[4], deterministic=False)
   return feats
 
 
-def decoder_blocks(feats: list[Array], train: bool, *, n_classes: int, n_filters: int,
-                   fast_updown: bool, up_type: int = 0, dropout: nn.Dropout | None = None,
-                   **common) -> tuple[Array, list[Array]]:
+def decoder_blocks(
+  feats: list[Array],
+  train: bool,
+  *,
+  n_classes: int,
+  n_filters: int,
+  fast_updown: bool,
+  up_type: int = 0,
+  dropout: nn.Dropout | None = None,
+  **common,
+) -> tuple[Array, list[Array]]:
   """`[x1, .., x5]` -> `(logits [B, D, H, W, n_classes], [x6, x7, x8, x9])` with additive skips
   (x9 after `dropout` when given; logits in at least float32). Builds block_five_up ..
   block_eight_up (`UP_TYPES`), block_six .. block_nine and out_conv in the calling module's
@@ -132,7 +163,7 @@ def decoder_blocks(feats: list[Array], train: bool, *, n_classes: int, n_filters
     raise ValueError(f'VNet decoder: up_type must be one of {UP_TYPES}, got {up_type}')
   x, outs = feats[4], []
   for k in range(4):
-    width, name = n_filters * 2**(3 - k), f'block_{_NAMES[k + 4]}_up'
+    width, name = n_filters * 2 ** (3 - k), f'block_{_NAMES[k + 4]}_up'
     if up_type == 0:
       x = ResampleBlock(width, up=True, fast=fast_updown, name=name, **common)(x, train)
     else:  # CML's Upsampling_function: parameter-free x2 upsample, then block_X_up/{conv0, bn0}
@@ -142,19 +173,27 @@ def decoder_blocks(feats: list[Array], train: bool, *, n_classes: int, n_filters
     outs.append(x)
   if dropout is not None:
     outs[3] = dropout(outs[3], deterministic=False)
-  logits = layers.Conv(n_classes, (1, 1, 1), torch_init=common['torch_init'],
-                       dtype=common['dtype'], name='out_conv')(outs[3])
+  logits = layers.Conv(
+    n_classes, (1, 1, 1), torch_init=common['torch_init'], dtype=common['dtype'], name='out_conv'
+  )(outs[3])
   return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), outs
 
 
 def _block_kwargs(module: nn.Module, dropout: nn.Dropout | None) -> dict[str, Any]:
   """`encoder_blocks` / `decoder_blocks` keyword arguments from a module with VNet's attributes."""
-  return dict(n_filters=module.n_filters, fast_updown=module.fast_updown, dropout=dropout,
-              normalization=module.normalization, torch_init=module.torch_init, dtype=module.dtype)
+  return dict(
+    n_filters=module.n_filters,
+    fast_updown=module.fast_updown,
+    dropout=dropout,
+    normalization=module.normalization,
+    torch_init=module.torch_init,
+    dtype=module.dtype,
+  )
 
 
 class _Part(nn.Module):
   """Attributes shared by `Encoder` and `Decoder` (as `VNet`'s)."""
+
   n_filters: int = 16
   normalization: str = 'batchnorm'
   has_dropout: bool = False
@@ -170,8 +209,18 @@ class _Part(nn.Module):
 
 def part_kwargs(net: nn.Module) -> dict[str, Any]:
   """The `Encoder` / `Decoder` attributes of `net`, a network with VNet's attributes."""
-  return {k: getattr(net, k) for k in ('n_filters', 'normalization', 'has_dropout', 'dropout_rate',
-                                       'torch_init', 'fast_updown', 'dtype')}
+  return {
+    k: getattr(net, k)
+    for k in (
+      'n_filters',
+      'normalization',
+      'has_dropout',
+      'dropout_rate',
+      'torch_init',
+      'fast_updown',
+      'dtype',
+    )
+  }
 
 
 class Encoder(_Part):
@@ -187,13 +236,19 @@ class Decoder(_Part):
   """VNet decoder as a submodule: `[x1, .., x5]` -> logits `[B, D, H, W, n_classes]`
   (`decoder_blocks`; up_type in `UP_TYPES`), with its own Dropout3d on x9 (train mode,
   has_dropout, use_dropout)."""
+
   n_classes: int = 2
   up_type: int = 0
 
   @nn.compact
   def __call__(self, feats: list[Array], train: bool = False, use_dropout: bool = True) -> Array:
-    return decoder_blocks(feats, train, n_classes=self.n_classes, up_type=self.up_type,
-                          **self._kwargs(train, use_dropout))[0]
+    return decoder_blocks(
+      feats,
+      train,
+      n_classes=self.n_classes,
+      up_type=self.up_type,
+      **self._kwargs(train, use_dropout),
+    )[0]
 
 
 class VNet(nn.Module):
@@ -225,6 +280,7 @@ class VNet(nn.Module):
   'x9' `[B, D, H, W, f]` (block_nine's output after dropout: what out_conv reads; DTC's VNetSDF
   puts its second head on it). Same parameters either way.
   """
+
   n_channels: int = 1
   n_classes: int = 2
   n_filters: int = 16
@@ -236,8 +292,9 @@ class VNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False,
-               return_features: bool = False):
+  def __call__(
+    self, x: Array, train: bool = False, turnoff_drop: bool = False, return_features: bool = False
+  ):
     check_input('VNet', x, self.n_channels, self.normalization, self.dropout_rate)
     # One module at both sites, as upstream's single nn.Dropout3d; each call draws its own mask.
     dropout = dropout3d(self.dropout_rate)
@@ -253,21 +310,30 @@ class VNet(nn.Module):
 
 # (name, kind, stages) of the UA-MT VNet, in forward order (yulequan/UA-MT code/networks/vnet.py).
 VNET_BLOCKS = (
-    ('block_one', 'conv', 1), ('block_one_dw', 'down', 1),
-    ('block_two', 'conv', 2), ('block_two_dw', 'down', 1),
-    ('block_three', 'conv', 3), ('block_three_dw', 'down', 1),
-    ('block_four', 'conv', 3), ('block_four_dw', 'down', 1),
-    ('block_five', 'conv', 3), ('block_five_up', 'up', 1),
-    ('block_six', 'conv', 3), ('block_six_up', 'up', 1),
-    ('block_seven', 'conv', 3), ('block_seven_up', 'up', 1),
-    ('block_eight', 'conv', 2), ('block_eight_up', 'up', 1),
-    ('block_nine', 'conv', 1),
+  ('block_one', 'conv', 1),
+  ('block_one_dw', 'down', 1),
+  ('block_two', 'conv', 2),
+  ('block_two_dw', 'down', 1),
+  ('block_three', 'conv', 3),
+  ('block_three_dw', 'down', 1),
+  ('block_four', 'conv', 3),
+  ('block_four_dw', 'down', 1),
+  ('block_five', 'conv', 3),
+  ('block_five_up', 'up', 1),
+  ('block_six', 'conv', 3),
+  ('block_six_up', 'up', 1),
+  ('block_seven', 'conv', 3),
+  ('block_seven_up', 'up', 1),
+  ('block_eight', 'conv', 2),
+  ('block_eight_up', 'up', 1),
+  ('block_nine', 'conv', 1),
 )
 N_ENCODER_BLOCKS = 9  # block_one .. block_five in VNET_BLOCKS
 
 
-def vnet_block_entries(normalization: str = 'batchnorm', prefix: str = '',
-                       path: tuple[str, ...] = ()) -> torch_keys.KeyMap:
+def vnet_block_entries(
+  normalization: str = 'batchnorm', prefix: str = '', path: tuple[str, ...] = ()
+) -> torch_keys.KeyMap:
   """Key map of the 17 VNet blocks (not out_conv), for networks that reuse them.
 
   Upstream blocks are `nn.Sequential`s of [conv, norm, ReLU] per stage (or [conv, ReLU] with
@@ -280,8 +346,9 @@ def vnet_block_entries(normalization: str = 'batchnorm', prefix: str = '',
     for k in range(stages):
       t = f'{prefix}{name}.conv'
       out.update(torch_keys.conv_entries(f'{t}.{stride * k}', path + (name, f'conv{k}'), perm))
-      out.update(torch_keys.norm_entries(normalization, f'{t}.{stride * k + 1}',
-                                         path + (name, f'bn{k}')))
+      out.update(
+        torch_keys.norm_entries(normalization, f'{t}.{stride * k + 1}', path + (name, f'bn{k}'))
+      )
   return out
 
 

@@ -32,6 +32,7 @@ Behaviour kept from upstream, with f = `n_filters` (16 upstream):
 Flax variable names follow the torch module names (`ops.k` becomes `ops_k`), so `torch_key_map`
 below is the identity up to leaf names and kernel layouts.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,10 +51,18 @@ Array = jax.Array
 
 # (torch name, n LUConvs, dropout on the input) of the down and up stages at width 16; the stage
 # names keep the upstream channel counts whatever the width, as the state_dict keys do.
-DOWN_STAGES = (('down_tr32', 1, False), ('down_tr64', 2, False), ('down_tr128', 3, True),
-               ('down_tr256', 2, True))
-UP_STAGES = (('up_tr256', 2, True), ('up_tr128', 2, True), ('up_tr64', 1, False),
-             ('up_tr32', 1, False))
+DOWN_STAGES = (
+  ('down_tr32', 1, False),
+  ('down_tr64', 2, False),
+  ('down_tr128', 3, True),
+  ('down_tr256', 2, True),
+)
+UP_STAGES = (
+  ('up_tr256', 2, True),
+  ('up_tr128', 2, True),
+  ('up_tr64', 1, False),
+  ('up_tr32', 1, False),
+)
 
 
 def _kaiming_normal(fan_in: int) -> layers.Initializer:
@@ -71,6 +80,7 @@ class Conv3d(nn.Module):
 
   `[B, D, H, W, cin]` -> `[B, D', H', W', features]`; kernel (k, k, k, cin, features).
   """
+
   features: int
   kernel: int
   stride: int = 1
@@ -84,8 +94,13 @@ class Conv3d(nn.Module):
     w = self.param('kernel', _kaiming_normal(cin * math.prod(k)), (*k, cin, self.features))
     b = self.param('bias', nn.initializers.zeros, (self.features,))
     x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
-    y = lax.conv_general_dilated(x, w, (self.stride,) * 3, [(self.padding, self.padding)] * 3,
-                                 dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+    y = lax.conv_general_dilated(
+      x,
+      w,
+      (self.stride,) * 3,
+      [(self.padding, self.padding)] * 3,
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+    )
     return y + b
 
 
@@ -97,6 +112,7 @@ class ContBatchNorm(nn.Module):
   `var`, never read) follow torch: mean <- 0.9 mean + 0.1 batch_mean, var <- 0.9 var + 0.1
   unbiased batch_var, updated only when the collection is mutable and not while initialising.
   """
+
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -110,9 +126,11 @@ class ContBatchNorm(nn.Module):
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
     n = x.size // c
     if n < 2:
-      raise ValueError(f'ContBatchNorm {self.name}: batch statistics need more than one value per '
-                       f'channel, got input shape {x.shape} (the bottleneck is 1/16 of each '
-                       'spatial size)')
+      raise ValueError(
+        f'ContBatchNorm {self.name}: batch statistics need more than one value per '
+        f'channel, got input shape {x.shape} (the bottleneck is 1/16 of each '
+        'spatial size)'
+      )
     sdt = jnp.promote_types(jnp.result_type(x, scale), jnp.float32)
     xs = x.astype(sdt)
     axes = tuple(range(x.ndim - 1))
@@ -128,6 +146,7 @@ class ContBatchNorm(nn.Module):
 
 class PReLU(nn.Module):
   """torch `PReLU(C)`: max(0, x) + a_c min(0, x), one slope per channel (param `slope`, init 0.25)."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -141,6 +160,7 @@ class Dropout3d(nn.Module):
   """torch `Dropout3d(rate)` on `[B, D, H, W, C]`: keeps or zeroes whole (sample, channel) maps,
   scaling kept ones by 1/(1-rate); identity when not training. `mask` ([B, C] of 0/1) replaces
   the random draw (replay of a recorded torch mask)."""
+
   rate: float
 
   @nn.compact
@@ -148,11 +168,15 @@ class Dropout3d(nn.Module):
     if not train or self.rate == 0.0:
       return x
     if mask is None:
-      keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.rate, (x.shape[0], x.shape[-1]))
+      keep = jax.random.bernoulli(
+        self.make_rng('dropout'), 1.0 - self.rate, (x.shape[0], x.shape[-1])
+      )
     else:
       if tuple(mask.shape) != (x.shape[0], x.shape[-1]):
-        raise ValueError(f'Dropout3d {self.name}: mask shape {tuple(mask.shape)} does not match '
-                         f'(batch, channels) = {(x.shape[0], x.shape[-1])}')
+        raise ValueError(
+          f'Dropout3d {self.name}: mask shape {tuple(mask.shape)} does not match '
+          f'(batch, channels) = {(x.shape[0], x.shape[-1])}'
+        )
       keep = mask
     scale = (keep.astype(x.dtype) / (1.0 - self.rate))[:, None, None, None, :]
     return x * scale
@@ -160,6 +184,7 @@ class Dropout3d(nn.Module):
 
 class LUConv(nn.Module):
   """PReLU(BN(conv 5x5x5, padding 2)) at constant width (upstream `LUConv`)."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -178,6 +203,7 @@ class VNetMilletari(nn.Module):
     literal_batch_repeat: reproduce the 2017 input transition that mixes the samples of a batch.
     dtype: compute dtype (parameters stay float32 unless the caller passes float64 ones).
   """
+
   n_filters: int = 16
   n_classes: int = 2
   dropout_rate: float = 0.5
@@ -185,8 +211,9 @@ class VNetMilletari(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False,
-               dropout_masks: Mapping[str, Array] | None = None) -> Array:
+  def __call__(
+    self, x: Array, train: bool = False, dropout_masks: Mapping[str, Array] | None = None
+  ) -> Array:
     """`dropout_masks`: torch module name (e.g. 'up_tr64.do2') -> [B, C] mask to replay."""
     if x.ndim != 5 or x.shape[-1] != 1:
       raise ValueError(f'VNetMilletari: expected input [B, D, H, W, 1], got shape {x.shape}')
@@ -196,8 +223,10 @@ class VNetMilletari(nn.Module):
     known = {f'{n}.do1' for n, _, d in DOWN_STAGES + UP_STAGES if d}
     known |= {f'{n}.do2' for n, _, _ in UP_STAGES}
     if set(masks) - known:
-      raise ValueError(f'VNetMilletari: unknown dropout modules {sorted(set(masks) - known)}; '
-                       f'known: {sorted(known)}')
+      raise ValueError(
+        f'VNetMilletari: unknown dropout modules {sorted(set(masks) - known)}; '
+        f'known: {sorted(known)}'
+      )
     dt = self.dtype
 
     def drop(name, h):
@@ -216,7 +245,9 @@ class VNetMilletari(nn.Module):
     skips = [y]
     for i, (name, n_convs, has_dropout) in enumerate(DOWN_STAGES):
       down = Conv3d(f * 2 ** (i + 1), 2, stride=2, dtype=dt, name=f'{name}_down_conv')(y)
-      down = PReLU(dtype=dt, name=f'{name}_relu1')(ContBatchNorm(dtype=dt, name=f'{name}_bn1')(down))
+      down = PReLU(dtype=dt, name=f'{name}_relu1')(
+        ContBatchNorm(dtype=dt, name=f'{name}_bn1')(down)
+      )
       h = drop(f'{name}.do1', down) if has_dropout else down
       y = PReLU(dtype=dt, name=f'{name}_relu2')(residual_stage(name, h, n_convs) + down)
       skips.append(y)
@@ -253,7 +284,7 @@ def _flax_path(torch_name: str) -> tuple[str, tuple[str, ...]]:
     return 'params', mods + ('slope',)
   if layer == 'bn1':
     if leaf.startswith('running_'):
-      return 'batch_stats', mods + (leaf[len('running_'):],)
+      return 'batch_stats', mods + (leaf[len('running_') :],)
     return 'params', mods + ({'weight': 'scale', 'bias': 'bias'}[leaf],)
   return 'params', mods + ({'weight': 'kernel', 'bias': 'bias'}[leaf],)
 
@@ -271,24 +302,42 @@ def torch_key_map(**unused) -> torch_keys.KeyMap:
 
   def luconvs(prefix, n):
     for k in range(n):
-      names.extend([f'{prefix}.ops.{k}.relu1.weight', f'{prefix}.ops.{k}.conv1.weight',
-                    f'{prefix}.ops.{k}.conv1.bias'])
+      names.extend(
+        [
+          f'{prefix}.ops.{k}.relu1.weight',
+          f'{prefix}.ops.{k}.conv1.weight',
+          f'{prefix}.ops.{k}.conv1.bias',
+        ]
+      )
       bn(f'{prefix}.ops.{k}')
 
   names += ['in_tr.conv1.weight', 'in_tr.conv1.bias', 'in_tr.relu1.weight']
   bn('in_tr')
   for name, n_convs, _ in DOWN_STAGES:
-    names += [f'{name}.down_conv.weight', f'{name}.down_conv.bias', f'{name}.relu1.weight',
-              f'{name}.relu2.weight']
+    names += [
+      f'{name}.down_conv.weight',
+      f'{name}.down_conv.bias',
+      f'{name}.relu1.weight',
+      f'{name}.relu2.weight',
+    ]
     bn(name)
     luconvs(name, n_convs)
   for name, n_convs, _ in UP_STAGES:
-    names += [f'{name}.up_conv.weight', f'{name}.up_conv.bias', f'{name}.relu1.weight',
-              f'{name}.relu2.weight']
+    names += [
+      f'{name}.up_conv.weight',
+      f'{name}.up_conv.bias',
+      f'{name}.relu1.weight',
+      f'{name}.relu2.weight',
+    ]
     bn(name)
     luconvs(name, n_convs)
-  names += ['out_tr.conv1.weight', 'out_tr.conv1.bias', 'out_tr.relu1.weight',
-            'out_tr.conv2.weight', 'out_tr.conv2.bias']
+  names += [
+    'out_tr.conv1.weight',
+    'out_tr.conv1.bias',
+    'out_tr.relu1.weight',
+    'out_tr.conv2.weight',
+    'out_tr.conv2.bias',
+  ]
   bn('out_tr')
   out = {}
   for name in names:

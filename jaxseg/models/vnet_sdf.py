@@ -15,6 +15,7 @@ trunk's own output conv *is* `out_conv`, so the parameter tree has exactly upstr
 Call: `apply(variables, x, train=False, turnoff_drop=False)` returns the tuple
 `(out_tanh, out_seg)`, SDF first, as upstream's forward. Both come back in at least float32.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,6 +38,7 @@ class VNetSDF(nn.Module):
   Attributes are those of `jaxseg.models.vnet.VNet` (n_classes is 1 for DTC: one foreground
   channel per head).
   """
+
   n_channels: int = 1
   n_classes: int = 1
   n_filters: int = 16
@@ -49,20 +51,29 @@ class VNetSDF(nn.Module):
 
   def setup(self):
     self.trunk = VNet(
-        n_channels=self.n_channels, n_classes=self.n_classes, n_filters=self.n_filters,
-        normalization=self.normalization, has_dropout=self.has_dropout,
-        dropout_rate=self.dropout_rate, torch_init=self.torch_init, fast_updown=self.fast_updown,
-        dtype=self.dtype)
+      n_channels=self.n_channels,
+      n_classes=self.n_classes,
+      n_filters=self.n_filters,
+      normalization=self.normalization,
+      has_dropout=self.has_dropout,
+      dropout_rate=self.dropout_rate,
+      torch_init=self.torch_init,
+      fast_updown=self.fast_updown,
+      dtype=self.dtype,
+    )
     # The trunk's variables live at this module's level (block_one, ..., out_conv), so the tree
     # reads like upstream's state_dict rather than trunk/....
     nn.share_scope(self, self.trunk)
-    self.out_conv2 = layers.Conv(self.n_classes, (1, 1, 1), torch_init=self.torch_init,
-                                 dtype=self.dtype)
+    self.out_conv2 = layers.Conv(
+      self.n_classes, (1, 1, 1), torch_init=self.torch_init, dtype=self.dtype
+    )
 
-  def __call__(self, x: Array, train: bool = False, turnoff_drop: bool = False
-               ) -> tuple[Array, Array]:
-    sdf_logits, features = self.trunk(x, train=train, turnoff_drop=turnoff_drop,
-                                      return_features=True)
+  def __call__(
+    self, x: Array, train: bool = False, turnoff_drop: bool = False
+  ) -> tuple[Array, Array]:
+    sdf_logits, features = self.trunk(
+      x, train=train, turnoff_drop=turnoff_drop, return_features=True
+    )
     out_seg = self.out_conv2(features['x9'])
     out_seg = out_seg.astype(jnp.promote_types(out_seg.dtype, jnp.float32))
     return jnp.tanh(sdf_logits), out_seg

@@ -4,6 +4,7 @@ One module per dataset (la, acdc, brats, pancreas, promise12, isles), each follo
 preprocessing its docstring names; common.py holds the driver (checks, atomic writes, resume, list
 files, the ``dataset.json`` fingerprint).
 """
+
 from jaxseg.prepare.common import PrepareError
 from jaxseg.prepare.common import run
 

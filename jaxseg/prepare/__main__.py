@@ -14,6 +14,7 @@ Re-running the same command skips the cases already prepared with the same setti
 interrupted preparation is finished by running it again. Exit status 2 and a message naming the
 file for bad raw input.
 """
+
 import argparse
 import importlib
 import pathlib
@@ -33,18 +34,29 @@ def _int_triple(text: str) -> tuple[int, int, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m jaxseg.prepare", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m jaxseg.prepare",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("dataset", choices=DATASETS)
   p.add_argument("--raw", required=True, type=pathlib.Path, help="the unpacked public release")
   p.add_argument("--out", required=True, type=pathlib.Path, help="the data.root to train from")
   p.add_argument("--overwrite", action="store_true", help="redo cases already prepared")
-  p.add_argument("--splits", type=pathlib.Path, default=None,
-                 help="folder holding the upstream split lists to copy (e.g. UA-MT's data/ for la: "
-                 "train.list, test.list); default: the split each module documents")
+  p.add_argument(
+    "--splits",
+    type=pathlib.Path,
+    default=None,
+    help="folder holding the upstream split lists to copy (e.g. UA-MT's data/ for la: "
+    "train.list, test.list); default: the split each module documents",
+  )
   p.add_argument("--seed", type=int, default=0, help="la: seed of the random crop margins")
-  p.add_argument("--vol_size", type=_int_triple, default=None,
-                 help="promise12: the centre crop X,Y,Z after resampling (default 128,128,64)")
+  p.add_argument(
+    "--vol_size",
+    type=_int_triple,
+    default=None,
+    help="promise12: the centre crop X,Y,Z after resampling (default 128,128,64)",
+  )
   return p
 
 

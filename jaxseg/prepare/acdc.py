@@ -20,6 +20,7 @@ Split: ``--splits DIR`` copies SSL4MIS's ``train.list``, ``val.list`` and ``test
 data/ACDC folder); otherwise patients in sorted order, the last 10 % val, the 20 % before them test
 (SSL4MIS's 70 / 10 / 20 of 100 patients), both frames of a patient in the same list.
 """
+
 import pathlib
 import re
 
@@ -41,7 +42,7 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
   """
   cases = []
   for image in sorted(raw.rglob("patient*_frame*.nii.gz")):
-    case_id = image.name[:-len(".nii.gz")]
+    case_id = image.name[: -len(".nii.gz")]
     if case_id.endswith("_gt"):
       continue
     if not FRAME.match(case_id):
@@ -56,8 +57,9 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
 def check(case: common.RawCase) -> None:
   grids = {role: common.nifti_header(path) for role, path in case.files.items()}
   if len(grids["image"][0]) != 3:
-    raise PrepareError(f"{case.files['image']}: expected a 3-D frame, got shape "
-                       f"{grids['image'][0]}")
+    raise PrepareError(
+      f"{case.files['image']}: expected a 3-D frame, got shape {grids['image'][0]}"
+    )
   common.check_same_grid(case.files, grids, "image")
 
 
@@ -70,32 +72,52 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   label = np.transpose(label, (2, 1, 0)).astype(np.uint8)
   lo, hi = image.min(), image.max()
   if hi == lo:
-    raise PrepareError(f"{case.files['image']}: constant image ({lo}); min-max normalisation is "
-                       "undefined")
+    raise PrepareError(
+      f"{case.files['image']}: constant image ({lo}); min-max normalisation is undefined"
+    )
   image = ((image - lo) / (hi - lo)).astype(np.float32)
   outputs = [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})]
-  outputs += [common.Output(f"data/slices/{case.case_id}_slice_{k}.h5",
-                            {"image": image[k], "label": label[k]}) for k in range(image.shape[0])]
-  return common.Processed(outputs, {
-      "spacing": list(spacing), "raw_shape": list(label.shape[::-1]), "shape": list(image.shape),
-      "n_slices": int(image.shape[0]), "intensity": common.array_stats(image),
-      "label_values": np.unique(label).tolist()})
+  outputs += [
+    common.Output(
+      f"data/slices/{case.case_id}_slice_{k}.h5", {"image": image[k], "label": label[k]}
+    )
+    for k in range(image.shape[0])
+  ]
+  return common.Processed(
+    outputs,
+    {
+      "spacing": list(spacing),
+      "raw_shape": list(label.shape[::-1]),
+      "shape": list(image.shape),
+      "n_slices": int(image.shape[0]),
+      "intensity": common.array_stats(image),
+      "label_values": np.unique(label).tolist(),
+    },
+  )
 
 
-def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
-                ) -> dict[str, list[str]]:
+def write_lists(
+  out: pathlib.Path, ids: list[str], records: dict, options: dict
+) -> dict[str, list[str]]:
   lists = common.read_split_lists(options.get("splits"), LISTS)
   if lists is None:
     patients = sorted({FRAME.match(i).group(1) for i in ids})
     train_p, val_p, test_p = common.default_split(patients, 0.1, 0.2)
     by = lambda ps: [i for i in sorted(ids) if FRAME.match(i).group(1) in set(ps)]
     lists = {"train.list": by(train_p), "val.list": by(val_p), "test.list": by(test_p)}
-  lists["train_slices.list"] = [f"{v}_slice_{k}" for v in lists["train.list"]
-                                for k in range(records[v]["n_slices"])]
+  lists["train_slices.list"] = [
+    f"{v}_slice_{k}" for v in lists["train.list"] for k in range(records[v]["n_slices"])
+  ]
   for name, names in lists.items():
     common.write_list(out, name, names)
   return lists
 
 
-PREPARER = common.Preparer(name="acdc", find_cases=find_cases, check=check, process=process,
-                           write_lists=write_lists, split_lists=LISTS)
+PREPARER = common.Preparer(
+  name="acdc",
+  find_cases=find_cases,
+  check=check,
+  process=process,
+  write_lists=write_lists,
+  split_lists=LISTS,
+)

@@ -24,6 +24,7 @@ Processing follows ``HiLab-git/SSL4MIS: code/dataloaders/brats_proprecessing.py`
 
 Split without ``--splits``: sorted ids, the last 10 % val, the 20 % before them test.
 """
+
 import pathlib
 
 import numpy as np
@@ -43,8 +44,14 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
   Raises:
     PrepareError: a case folder without its FLAIR or its seg file.
   """
-  folders = sorted({p.parent for suffix in (*MODALITIES, "seg")
-                    for p in raw.rglob(f"*_{suffix}.nii.gz") if p.name.startswith(p.parent.name)})
+  folders = sorted(
+    {
+      p.parent
+      for suffix in (*MODALITIES, "seg")
+      for p in raw.rglob(f"*_{suffix}.nii.gz")
+      if p.name.startswith(p.parent.name)
+    }
+  )
   cases = []
   for folder in folders:
     files = {role: folder / f"{folder.name}_{role}.nii.gz" for role in USED}
@@ -93,13 +100,20 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   image = ((image - pixels.mean()) / pixels.std()).astype(np.float32)
   label = (label > 0).astype(np.uint8)
   return common.Processed(
-      [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})],
-      {"spacing": list(spacing), "shape": list(image.shape), "crop": [list(b) for b in box],
-       "intensity": common.array_stats(image), "label_values": np.unique(label).tolist()})
+    [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})],
+    {
+      "spacing": list(spacing),
+      "shape": list(image.shape),
+      "crop": [list(b) for b in box],
+      "intensity": common.array_stats(image),
+      "label_values": np.unique(label).tolist(),
+    },
+  )
 
 
-def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
-                ) -> dict[str, list[str]]:
+def write_lists(
+  out: pathlib.Path, ids: list[str], records: dict, options: dict
+) -> dict[str, list[str]]:
   lists = common.read_split_lists(options.get("splits"), LISTS)
   if lists is None:
     train, val, test = common.default_split(ids, 0.1, 0.2)
@@ -109,5 +123,11 @@ def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
   return lists
 
 
-PREPARER = common.Preparer(name="brats", find_cases=find_cases, check=check, process=process,
-                           write_lists=write_lists, split_lists=LISTS)
+PREPARER = common.Preparer(
+  name="brats",
+  find_cases=find_cases,
+  check=check,
+  process=process,
+  write_lists=write_lists,
+  split_lists=LISTS,
+)

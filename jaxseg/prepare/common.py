@@ -17,6 +17,7 @@ list files. `run` drives it:
    intensity statistics, label values, checksums), last, so ``dataset.json`` exists only for a
    complete preparation.
 """
+
 import collections
 import dataclasses
 import hashlib
@@ -45,6 +46,7 @@ class PrepareError(ValueError):
 @dataclasses.dataclass
 class RawCase:
   """One raw case: its output id and its input files by role (e.g. 'image', 'label', 'flair')."""
+
   case_id: str
   files: dict[str, pathlib.Path]
 
@@ -52,6 +54,7 @@ class RawCase:
 @dataclasses.dataclass
 class Output:
   """One h5 file to write: ``relpath`` under the output folder, its datasets (name -> array)."""
+
   relpath: str
   arrays: dict[str, np.ndarray]
 
@@ -60,6 +63,7 @@ class Output:
 class Processed:
   """What processing one case gives: its h5 files and facts for the fingerprint (spacing, shapes,
   crop box, ...; JSON-serialisable)."""
+
   outputs: list[Output]
   info: dict[str, Any]
 
@@ -78,6 +82,7 @@ class Preparer:
       processed: every listed id must be a raw case).
     settings: options -> the settings that change the output (recorded; a change redoes cases).
   """
+
   name: str
   find_cases: Callable[[pathlib.Path], list[RawCase]]
   check: Callable[[RawCase], None]
@@ -118,16 +123,21 @@ def sha256(path: pathlib.Path) -> str:
 
 def array_stats(image: np.ndarray) -> dict[str, float]:
   x = np.asarray(image, np.float64)
-  return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
-          "max": float(x.max())}
+  return {
+    "mean": float(x.mean()),
+    "std": float(x.std()),
+    "min": float(x.min()),
+    "max": float(x.max()),
+  }
 
 
 def write_list(out: pathlib.Path, name: str, ids: Sequence[str]) -> None:
   io_utils.write_text(out / name, "".join(f"{i}\n" for i in ids))
 
 
-def read_split_lists(splits_dir: pathlib.Path | None, names: Sequence[str]
-                     ) -> dict[str, list[str]] | None:
+def read_split_lists(
+  splits_dir: pathlib.Path | None, names: Sequence[str]
+) -> dict[str, list[str]] | None:
   """The list files ``names`` of ``splits_dir`` (e.g. an upstream checkout's data folder), one id a
   line (text after a comma dropped, as the BraTS lists); None when ``splits_dir`` is None.
 
@@ -156,12 +166,14 @@ def check_listed(lists: dict[str, list[str]], prepared: Sequence[str], where: st
   for name, ids in lists.items():
     absent = [i for i in ids if i not in have]
     if absent:
-      raise PrepareError(f"{where}/{name}: {len(absent)} listed case(s) not in the raw data, e.g. "
-                         f"{absent[:3]}")
+      raise PrepareError(
+        f"{where}/{name}: {len(absent)} listed case(s) not in the raw data, e.g. {absent[:3]}"
+      )
 
 
-def default_split(ids: Sequence[str], val_fraction: float, test_fraction: float
-                  ) -> tuple[list[str], list[str], list[str]]:
+def default_split(
+  ids: Sequence[str], val_fraction: float, test_fraction: float
+) -> tuple[list[str], list[str], list[str]]:
   """(train, val, test) of sorted ``ids`` when no upstream list is given: val = the last
   ``round(val_fraction * n)`` (at least 1), test = the ``round(test_fraction * n)`` (at least 1)
   before them, train = the rest; with fewer than 3 cases everything is train."""
@@ -172,7 +184,7 @@ def default_split(ids: Sequence[str], val_fraction: float, test_fraction: float
   n_val = max(1, round(val_fraction * n))
   n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
   cut = n - n_val - n_test
-  return ids[:cut], ids[n - n_val:], ids[cut:n - n_val]
+  return ids[:cut], ids[n - n_val :], ids[cut : n - n_val]
 
 
 def _load_record(path: pathlib.Path) -> dict | None:
@@ -182,8 +194,9 @@ def _load_record(path: pathlib.Path) -> dict | None:
     return None
 
 
-def run(preparer: Preparer, raw: pathlib.Path, out: pathlib.Path, options: dict,
-        overwrite: bool = False) -> dict:
+def run(
+  preparer: Preparer, raw: pathlib.Path, out: pathlib.Path, options: dict, overwrite: bool = False
+) -> dict:
   """Prepares every case of ``raw`` into ``out``; returns the fingerprint written to
   ``out/dataset.json``.
 
@@ -195,8 +208,10 @@ def run(preparer: Preparer, raw: pathlib.Path, out: pathlib.Path, options: dict,
     raise PrepareError(f"{raw}: raw folder not found")
   cases = preparer.find_cases(raw)
   if not cases:
-    raise PrepareError(f"{raw}: no {preparer.name} cases found (see `python -m jaxseg.prepare "
-                       f"--help` for the expected release layout)")
+    raise PrepareError(
+      f"{raw}: no {preparer.name} cases found (see `python -m jaxseg.prepare "
+      f"--help` for the expected release layout)"
+    )
   dup = sorted(i for i, k in collections.Counter(c.case_id for c in cases).items() if k > 1)
   if dup:
     raise PrepareError(f"{raw}: case id(s) {dup} found more than once")
@@ -205,15 +220,21 @@ def run(preparer: Preparer, raw: pathlib.Path, out: pathlib.Path, options: dict,
   splits = read_split_lists(options.get("splits"), preparer.split_lists)
   if splits is not None:
     check_listed(splits, [c.case_id for c in cases], str(options["splits"]))
-  settings = {"dataset": preparer.name, "format_version": FORMAT_VERSION,
-              **preparer.settings(options)}
+  settings = {
+    "dataset": preparer.name,
+    "format_version": FORMAT_VERSION,
+    **preparer.settings(options),
+  }
   records = {}
   n = len(cases)
   for i, case in enumerate(cases, 1):
     record_path = out / DONE_DIR / f"{case.case_id}.json"
     record = None if overwrite else _load_record(record_path)
-    if (record is not None and record.get("settings") == settings
-        and all((out / p).is_file() for p in record["outputs"])):
+    if (
+      record is not None
+      and record.get("settings") == settings
+      and all((out / p).is_file() for p in record["outputs"])
+    ):
       records[case.case_id] = record
       progress(preparer.name, i, n, case.case_id, "already prepared, skipped")
       continue
@@ -222,22 +243,32 @@ def run(preparer: Preparer, raw: pathlib.Path, out: pathlib.Path, options: dict,
     for output in processed.outputs:
       write_h5(out / output.relpath, output.arrays)
       outputs[output.relpath] = {
-          "sha256": sha256(out / output.relpath),
-          "shapes": {k: list(v.shape) for k, v in output.arrays.items()},
-          "dtypes": {k: str(v.dtype) for k, v in output.arrays.items()}}
-    record = {"case": case.case_id, "settings": settings, "outputs": outputs,
-              "inputs": {role: str(path) for role, path in sorted(case.files.items())},
-              **processed.info}
+        "sha256": sha256(out / output.relpath),
+        "shapes": {k: list(v.shape) for k, v in output.arrays.items()},
+        "dtypes": {k: str(v.dtype) for k, v in output.arrays.items()},
+      }
+    record = {
+      "case": case.case_id,
+      "settings": settings,
+      "outputs": outputs,
+      "inputs": {role: str(path) for role, path in sorted(case.files.items())},
+      **processed.info,
+    }
     io_utils.write_json(record_path, record)
     records[case.case_id] = record
     progress(preparer.name, i, n, case.case_id, f"-> {len(outputs)} file(s)")
   ids = [c.case_id for c in cases]
   lists = preparer.write_lists(out, ids, records, options)
-  fingerprint = {**settings, "raw": str(raw.resolve()), "n_cases": n,
-                 "lists": {name: len(v) for name, v in lists.items()},
-                 "list_sha256": {name: sha256(out / name) for name in lists},
-                 "cases": {k: {f: v for f, v in r.items() if f not in ("settings", "case")}
-                           for k, r in records.items()}}
+  fingerprint = {
+    **settings,
+    "raw": str(raw.resolve()),
+    "n_cases": n,
+    "lists": {name: len(v) for name, v in lists.items()},
+    "list_sha256": {name: sha256(out / name) for name in lists},
+    "cases": {
+      k: {f: v for f, v in r.items() if f not in ("settings", "case")} for k, r in records.items()
+    },
+  }
   io_utils.write_json(out / FINGERPRINT, fingerprint)
   print(f"[prepare] {preparer.name} done: {n} case(s) in {out}", flush=True)
   return fingerprint
@@ -250,6 +281,7 @@ def nifti_header(path: pathlib.Path) -> tuple[tuple[int, ...], tuple[float, ...]
     PrepareError: the file is missing or not readable as NIfTI.
   """
   import nibabel as nib  # pylint: disable=g-import-not-at-top
+
   if not path.is_file():
     raise PrepareError(f"{path}: file not found")
   try:
@@ -257,7 +289,7 @@ def nifti_header(path: pathlib.Path) -> tuple[tuple[int, ...], tuple[float, ...]
   except Exception as e:  # nibabel raises several types for a damaged file
     raise PrepareError(f"{path}: cannot read as NIfTI ({e})") from e
   shape = tuple(int(s) for s in img.shape)
-  return shape, tuple(float(z) for z in img.header.get_zooms()[:len(shape)])
+  return shape, tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
 
 
 def load_nifti(path: pathlib.Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -268,6 +300,7 @@ def load_nifti(path: pathlib.Path) -> tuple[np.ndarray, tuple[float, ...]]:
     PrepareError: missing, unreadable or truncated file.
   """
   import nibabel as nib  # pylint: disable=g-import-not-at-top
+
   shape, spacing = nifti_header(path)
   try:
     data = np.asarray(nib.load(str(path)).dataobj)
@@ -276,8 +309,12 @@ def load_nifti(path: pathlib.Path) -> tuple[np.ndarray, tuple[float, ...]]:
   return data, spacing
 
 
-def check_same_grid(files: dict[str, pathlib.Path], grids: dict[str, tuple[tuple, tuple]],
-                    reference: str, rtol: float = 1e-3) -> None:
+def check_same_grid(
+  files: dict[str, pathlib.Path],
+  grids: dict[str, tuple[tuple, tuple]],
+  reference: str,
+  rtol: float = 1e-3,
+) -> None:
   """Every role's (shape, spacing) must equal the ``reference`` role's.
 
   Raises:
@@ -286,11 +323,14 @@ def check_same_grid(files: dict[str, pathlib.Path], grids: dict[str, tuple[tuple
   ref_shape, ref_spacing = grids[reference]
   for role, (shape, spacing) in grids.items():
     if shape != ref_shape:
-      raise PrepareError(f"{files[role]}: {role} shape {shape} != {reference} shape {ref_shape} "
-                         f"({files[reference]})")
+      raise PrepareError(
+        f"{files[role]}: {role} shape {shape} != {reference} shape {ref_shape} ({files[reference]})"
+      )
     if not np.allclose(spacing, ref_spacing, rtol=rtol):
-      raise PrepareError(f"{files[role]}: {role} spacing {spacing} != {reference} spacing "
-                         f"{ref_spacing} ({files[reference]})")
+      raise PrepareError(
+        f"{files[role]}: {role} spacing {spacing} != {reference} spacing "
+        f"{ref_spacing} ({files[reference]})"
+      )
 
 
 def check_label_values(path: pathlib.Path, label: np.ndarray, allowed: Sequence[int]) -> None:

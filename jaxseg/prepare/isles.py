@@ -24,6 +24,7 @@ mask share the DWI grid in the release, which we check), no crop, no intensity n
 mask key is ``label`` as every jaxseg layout. FLAIR lies on its own grid and no DyCON code reads
 it, so it is neither required nor stored.
 """
+
 import pathlib
 
 import numpy as np
@@ -34,10 +35,60 @@ from jaxseg.prepare.common import PrepareError
 LISTS = ("train.list", "val.list", "test.list")  # what --splits DIR must hold
 # KU-CVML/DyCON data/ISLES2022/val.list and test.list (case numbers); train.list is the other 200,
 # sorted.
-DYCON_VAL = (2, 6, 19, 22, 38, 57, 78, 81, 90, 102, 134, 170, 177, 183, 187, 191, 194, 198, 203,
-             205, 209, 218, 230, 232, 241)
-DYCON_TEST = (1, 13, 17, 20, 26, 64, 70, 85, 95, 105, 108, 115, 122, 127, 131, 144, 149, 189, 204,
-              210, 214, 233, 237, 243, 246)
+DYCON_VAL = (
+  2,
+  6,
+  19,
+  22,
+  38,
+  57,
+  78,
+  81,
+  90,
+  102,
+  134,
+  170,
+  177,
+  183,
+  187,
+  191,
+  194,
+  198,
+  203,
+  205,
+  209,
+  218,
+  230,
+  232,
+  241,
+)
+DYCON_TEST = (
+  1,
+  13,
+  17,
+  20,
+  26,
+  64,
+  70,
+  85,
+  95,
+  105,
+  108,
+  115,
+  122,
+  127,
+  131,
+  144,
+  149,
+  189,
+  204,
+  210,
+  214,
+  233,
+  237,
+  243,
+  246,
+)
 ROLES = ("dwi", "adc", "msk")
 
 
@@ -55,13 +106,17 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
   cases = []
   for subject in sorted(p for p in raw.glob("sub-*") if p.is_dir()):
     sub = subject.name
-    files = {"dwi": _find(subject, f"{sub}_*dwi.nii*"), "adc": _find(subject, f"{sub}_*adc.nii*"),
-             "msk": _find(raw / "derivatives" / sub, f"{sub}_*msk.nii*")}
+    files = {
+      "dwi": _find(subject, f"{sub}_*dwi.nii*"),
+      "adc": _find(subject, f"{sub}_*adc.nii*"),
+      "msk": _find(raw / "derivatives" / sub, f"{sub}_*msk.nii*"),
+    }
     missing = [role for role, path in files.items() if path is None]
     if missing:
       where = {"dwi": subject, "adc": subject, "msk": raw / "derivatives" / sub}
-      raise PrepareError("; ".join(f"{where[r]}: no {sub}_*{r}.nii.gz ({r.upper()} missing)"
-                                   for r in missing))
+      raise PrepareError(
+        "; ".join(f"{where[r]}: no {sub}_*{r}.nii.gz ({r.upper()} missing)" for r in missing)
+      )
     cases.append(common.RawCase(sub, files))
   return cases
 
@@ -85,26 +140,45 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   image = dwi.astype(np.float32)
   label = (msk > 0).astype(np.uint8)
   return common.Processed(
-      [common.Output(f"data/{case.case_id}.h5",
-                     {"image": image, "adc": adc.astype(np.float32), "label": label})],
-      {"spacing": list(spacing), "shape": list(image.shape),
-       "intensity": common.array_stats(image), "adc_intensity": common.array_stats(adc),
-       "label_values": np.unique(label).tolist(), "foreground_voxels": int(label.sum())})
+    [
+      common.Output(
+        f"data/{case.case_id}.h5", {"image": image, "adc": adc.astype(np.float32), "label": label}
+      )
+    ],
+    {
+      "spacing": list(spacing),
+      "shape": list(image.shape),
+      "intensity": common.array_stats(image),
+      "adc_intensity": common.array_stats(adc),
+      "label_values": np.unique(label).tolist(),
+      "foreground_voxels": int(label.sum()),
+    },
+  )
 
 
-def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
-                ) -> dict[str, list[str]]:
+def write_lists(
+  out: pathlib.Path, ids: list[str], records: dict, options: dict
+) -> dict[str, list[str]]:
   lists = common.read_split_lists(options.get("splits"), LISTS)
   if lists is None:
     val = {f"sub-strokecase{n:04d}" for n in DYCON_VAL}
     test = {f"sub-strokecase{n:04d}" for n in DYCON_TEST}
     ids = sorted(ids)
-    lists = {"train.list": [i for i in ids if i not in val | test],
-             "val.list": [i for i in ids if i in val], "test.list": [i for i in ids if i in test]}
+    lists = {
+      "train.list": [i for i in ids if i not in val | test],
+      "val.list": [i for i in ids if i in val],
+      "test.list": [i for i in ids if i in test],
+    }
   for name, names in lists.items():
     common.write_list(out, name, names)
   return lists
 
 
-PREPARER = common.Preparer(name="isles", find_cases=find_cases, check=check, process=process,
-                           write_lists=write_lists, split_lists=LISTS)
+PREPARER = common.Preparer(
+  name="isles",
+  find_cases=find_cases,
+  check=check,
+  process=process,
+  write_lists=write_lists,
+  split_lists=LISTS,
+)

@@ -17,6 +17,7 @@ to 112 (``max(112 - (max - min), 0) // 2``), clipped to the volume, end exclusiv
 resampling. Upstream draws the margins unseeded; here they come from ``--seed`` and the case id, so
 a preparation is reproducible, and each case's crop box is recorded in ``dataset.json``.
 """
+
 import pathlib
 import zlib
 
@@ -51,6 +52,7 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
 
 def _header(path: pathlib.Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
   import nrrd  # pylint: disable=g-import-not-at-top
+
   try:
     h = nrrd.read_header(str(path))
   except Exception as e:  # pynrrd raises NRRDError, OSError, UnicodeDecodeError, ...
@@ -66,13 +68,15 @@ def _header(path: pathlib.Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
 def check(case: common.RawCase) -> None:
   grids = {role: _header(path) for role, path in case.files.items()}
   if len(grids["image"][0]) != 3:
-    raise PrepareError(f"{case.files['image']}: expected a 3-D volume, got shape "
-                       f"{grids['image'][0]}")
+    raise PrepareError(
+      f"{case.files['image']}: expected a 3-D volume, got shape {grids['image'][0]}"
+    )
   common.check_same_grid(case.files, grids, "image")
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
   import nrrd  # pylint: disable=g-import-not-at-top
+
   try:
     data, _ = nrrd.read(str(path))
   except Exception as e:
@@ -101,8 +105,9 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   common.check_label_values(case.files["label"], raw_label, (0, 255))
   label = (raw_label == 255).astype(np.uint8)
   if not label.any():
-    raise PrepareError(f"{case.files['label']}: no voxel is 255 (empty left-atrium label); the "
-                       "crop box is undefined")
+    raise PrepareError(
+      f"{case.files['label']}: no voxel is 255 (empty left-atrium label); the crop box is undefined"
+    )
   rng = np.random.default_rng([int(options.get("seed", 0)), zlib.crc32(case.case_id.encode())])
   box = crop_box(label, rng)
   image = ((image - np.mean(image)) / np.std(image)).astype(np.float32)
@@ -110,14 +115,21 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   image, label = image[sl], label[sl]
   _, spacing = _header(case.files["image"])
   return common.Processed(
-      [common.Output(f"{CASES_DIR}/{case.case_id}/{CASE_FILE}", {"image": image, "label": label})],
-      {"spacing": list(spacing), "raw_shape": list(raw_label.shape), "shape": list(image.shape),
-       "crop": [list(b) for b in box], "intensity": common.array_stats(image),
-       "label_values": np.unique(label).tolist()})
+    [common.Output(f"{CASES_DIR}/{case.case_id}/{CASE_FILE}", {"image": image, "label": label})],
+    {
+      "spacing": list(spacing),
+      "raw_shape": list(raw_label.shape),
+      "shape": list(image.shape),
+      "crop": [list(b) for b in box],
+      "intensity": common.array_stats(image),
+      "label_values": np.unique(label).tolist(),
+    },
+  )
 
 
-def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
-                ) -> dict[str, list[str]]:
+def write_lists(
+  out: pathlib.Path, ids: list[str], records: dict, options: dict
+) -> dict[str, list[str]]:
   """``train.list`` = every case sorted; with ``--splits DIR``: DIR's ``train.list`` and
   ``test.list`` (UA-MT's data/ lists), each id checked to be prepared."""
   lists = common.read_split_lists(options.get("splits"), LISTS)
@@ -128,6 +140,12 @@ def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
   return lists
 
 
-PREPARER = common.Preparer(name="la", find_cases=find_cases, check=check, process=process,
-                           write_lists=write_lists, split_lists=LISTS,
-                           settings=lambda o: {"seed": int(o.get("seed", 0))})
+PREPARER = common.Preparer(
+  name="la",
+  find_cases=find_cases,
+  check=check,
+  process=process,
+  write_lists=write_lists,
+  split_lists=LISTS,
+  settings=lambda o: {"seed": int(o.get("seed", 0))},
+)

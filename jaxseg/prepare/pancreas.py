@@ -28,6 +28,7 @@ normalization", HiLab-git/DTC issue #3); the layout's published preprocessing is
 
 The notebook stores the label as float32; the readers cast it to uint8, so we store uint8.
 """
+
 import pathlib
 import re
 
@@ -57,8 +58,9 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
     PrepareError: a patient without a label file, a label without a patient, or a patient folder
       holding no .dcm file.
   """
-  patients = {m.group(1): p for p in raw.rglob("PANCREAS_*")
-              if p.is_dir() and (m := PATIENT.search(p.name))}
+  patients = {
+    m.group(1): p for p in raw.rglob("PANCREAS_*") if p.is_dir() and (m := PATIENT.search(p.name))
+  }
   labels = {m.group(1): p for p in raw.rglob("label*") if (m := LABEL.match(p.name))}
   for number, folder in sorted(patients.items()):
     if number not in labels:
@@ -76,6 +78,7 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
 
 def _read_series(folder: pathlib.Path, headers_only: bool):
   import pydicom  # pylint: disable=g-import-not-at-top
+
   slices = []
   for path in sorted(folder.rglob("*.dcm")):
     try:
@@ -101,8 +104,10 @@ def _series_grid(folder: pathlib.Path, slices) -> tuple[tuple[int, ...], tuple[f
   shape = (int(first.Columns), int(first.Rows), len(slices))
   for path, ds in slices:
     if (int(ds.Columns), int(ds.Rows)) != shape[:2]:
-      raise PrepareError(f"{path}: slice size {int(ds.Columns)}x{int(ds.Rows)} != "
-                         f"{shape[0]}x{shape[1]} of the series in {folder}")
+      raise PrepareError(
+        f"{path}: slice size {int(ds.Columns)}x{int(ds.Rows)} != "
+        f"{shape[0]}x{shape[1]} of the series in {folder}"
+      )
   z0, z1 = (float(ds.ImagePositionPatient[2]) for _, ds in slices[:2])
   dz = abs(z0 - z1)
   row, col = (float(v) for v in first.PixelSpacing)  # DICOM: (between rows, between columns)
@@ -111,14 +116,17 @@ def _series_grid(folder: pathlib.Path, slices) -> tuple[tuple[int, ...], tuple[f
 
 def check(case: common.RawCase) -> None:
   slices = _read_series(case.files["dicom"], headers_only=True)
-  grids = {"dicom": _series_grid(case.files["dicom"], slices),
-           "label": common.nifti_header(case.files["label"])}
+  grids = {
+    "dicom": _series_grid(case.files["dicom"], slices),
+    "label": common.nifti_header(case.files["label"]),
+  }
   common.check_same_grid(case.files, grids, "dicom")
 
 
 def _resample(array_zyx: np.ndarray, spacing_xyz, is_label: bool) -> np.ndarray:
   """MC-Net ``ImageResample`` to 1 mm; array in SimpleITK order (z, y, x) in and out."""
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
+
   img = sitk.GetImageFromArray(array_zyx)
   img.SetSpacing([float(s) for s in spacing_xyz])
   size = np.array(img.GetSize())
@@ -147,8 +155,11 @@ def crop_box(label: np.ndarray) -> list[tuple[int, int]]:
   w, h, d = label.shape
   px = max(OUTPUT_SIZE[0] - (maxx - minx), 0) // 2
   py = max(OUTPUT_SIZE[1] - (maxy - miny), 0) // 2
-  return [(max(minx - px - MARGIN, 0), min(maxx + px + MARGIN, w)),
-          (max(miny - py - MARGIN, 0), min(maxy + py + MARGIN, h)), (0, d)]
+  return [
+    (max(minx - px - MARGIN, 0), min(maxx + px + MARGIN, w)),
+    (max(miny - py - MARGIN, 0), min(maxy + py + MARGIN, h)),
+    (0, d),
+  ]
 
 
 def process(case: common.RawCase, options: dict) -> common.Processed:
@@ -159,8 +170,10 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   except Exception as e:  # missing / short PixelData
     raise PrepareError(f"{case.files['dicom']}: cannot decode the pixel data ({e})") from e
   first = slices[0][1]
-  slope, intercept = float(getattr(first, "RescaleSlope", 1)), float(
-      getattr(first, "RescaleIntercept", 0))
+  slope, intercept = (
+    float(getattr(first, "RescaleSlope", 1)),
+    float(getattr(first, "RescaleIntercept", 0)),
+  )
   hu = pixels * np.float32(slope) if slope != 1 else pixels
   hu = (hu + np.float32(intercept)).astype(np.float32)  # (z, y, x)
   label_xyz, spacing = common.load_nifti(case.files["label"])
@@ -169,8 +182,10 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
     raise PrepareError(f"{case.files['label']}: empty pancreas label; the crop box is undefined")
   label_zyx = np.ascontiguousarray(np.transpose(label_xyz, (2, 1, 0)).astype(np.uint8))
   if label_zyx.shape != hu.shape:
-    raise PrepareError(f"{case.files['label']}: label shape {label_xyz.shape} != DICOM series "
-                       f"shape {hu.shape[::-1]} ({case.files['dicom']})")
+    raise PrepareError(
+      f"{case.files['label']}: label shape {label_xyz.shape} != DICOM series "
+      f"shape {hu.shape[::-1]} ({case.files['dicom']})"
+    )
   image = np.transpose(_resample(hu, spacing, False), (2, 1, 0))
   label = np.transpose(_resample(label_zyx, spacing, True), (2, 1, 0))
   image = window(image)
@@ -179,23 +194,38 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
   image, label = image[sl].astype(np.float32), label[sl].astype(np.uint8)
   image = (image - np.mean(image)) / np.std(image)
   return common.Processed(
-      [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})],
-      {"spacing": list(spacing), "raw_shape": list(label_xyz.shape), "shape": list(image.shape),
-       "crop": [list(b) for b in box], "intensity": common.array_stats(image),
-       "label_values": np.unique(label).tolist()})
+    [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})],
+    {
+      "spacing": list(spacing),
+      "raw_shape": list(label_xyz.shape),
+      "shape": list(image.shape),
+      "crop": [list(b) for b in box],
+      "intensity": common.array_stats(image),
+      "label_values": np.unique(label).tolist(),
+    },
+  )
 
 
-def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
-                ) -> dict[str, list[str]]:
+def write_lists(
+  out: pathlib.Path, ids: list[str], records: dict, options: dict
+) -> dict[str, list[str]]:
   lists = common.read_split_lists(options.get("splits"), LISTS)
   if lists is None:
     test = {_case_id(f"{n:04d}") for n in MCNET_TEST}
-    lists = {"train.list": [i for i in sorted(ids) if i not in test],
-             "test.list": [i for i in sorted(ids) if i in test]}
+    lists = {
+      "train.list": [i for i in sorted(ids) if i not in test],
+      "test.list": [i for i in sorted(ids) if i in test],
+    }
   for name, names in lists.items():
     common.write_list(out, name, names)
   return lists
 
 
-PREPARER = common.Preparer(name="pancreas", find_cases=find_cases, check=check, process=process,
-                           write_lists=write_lists, split_lists=LISTS)
+PREPARER = common.Preparer(
+  name="pancreas",
+  find_cases=find_cases,
+  check=check,
+  process=process,
+  write_lists=write_lists,
+  split_lists=LISTS,
+)

@@ -23,6 +23,7 @@ Processing follows the original V-Net release, ``faustomilletari/VNet: DataManag
 
 ``--vol_size X,Y,Z`` changes VolSize (the tests use a small one).
 """
+
 import pathlib
 
 import numpy as np
@@ -54,13 +55,15 @@ def find_cases(raw: pathlib.Path) -> list[common.RawCase]:
 
 def _header(path: pathlib.Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
+
   reader = sitk.ImageFileReader()
   reader.SetFileName(str(path))
   try:
     reader.ReadImageInformation()
   except RuntimeError as e:
-    raise PrepareError(f"{path}: cannot read as MetaImage ({str(e).strip().splitlines()[-1]})"
-                       ) from e
+    raise PrepareError(
+      f"{path}: cannot read as MetaImage ({str(e).strip().splitlines()[-1]})"
+    ) from e
   return tuple(reader.GetSize()), tuple(reader.GetSpacing())
 
 
@@ -73,16 +76,19 @@ def check(case: common.RawCase) -> None:
 
 def _read(path: pathlib.Path):
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
+
   try:
     return sitk.ReadImage(str(path))
   except RuntimeError as e:
-    raise PrepareError(f"{path}: cannot read the MetaImage data "
-                       f"({str(e).strip().splitlines()[-1]})") from e
+    raise PrepareError(
+      f"{path}: cannot read the MetaImage data ({str(e).strip().splitlines()[-1]})"
+    ) from e
 
 
 def _resample_crop(img, vol_size) -> tuple[np.ndarray, list[int], list[int]]:
   """DataManager.getNumpyData: linear resampling to DST_RES, centre crop; (x, y, z) array."""
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
+
   factor = np.asarray(img.GetSpacing()) / np.asarray(DST_RES)
   new_size = np.max([np.asarray(img.GetSize()) * factor, vol_size], axis=0).astype(int)
   f = sitk.ResampleImageFilter()
@@ -101,6 +107,7 @@ def _resample_crop(img, vol_size) -> tuple[np.ndarray, list[int], list[int]]:
 
 def process(case: common.RawCase, options: dict) -> common.Processed:
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
+
   vol_size = tuple(int(s) for s in options.get("vol_size") or VOL_SIZE)
   raw_image = _read(case.files["image"])
   raw_label = _read(case.files["label"])
@@ -119,14 +126,22 @@ def process(case: common.RawCase, options: dict) -> common.Processed:
     raise PrepareError(f"{case.files['image']}: no voxel > 0 inside the centre crop")
   image = ((image - pixels.mean()) / pixels.std()).astype(np.float32)
   return common.Processed(
-      [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})],
-      {"spacing": list(raw_image.GetSpacing()), "raw_shape": list(raw_image.GetSize()),
-       "resampled_shape": new_size, "crop_start": start, "shape": list(image.shape),
-       "intensity": common.array_stats(image), "label_values": np.unique(label).tolist()})
+    [common.Output(f"data/{case.case_id}.h5", {"image": image, "label": label})],
+    {
+      "spacing": list(raw_image.GetSpacing()),
+      "raw_shape": list(raw_image.GetSize()),
+      "resampled_shape": new_size,
+      "crop_start": start,
+      "shape": list(image.shape),
+      "intensity": common.array_stats(image),
+      "label_values": np.unique(label).tolist(),
+    },
+  )
 
 
-def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
-                ) -> dict[str, list[str]]:
+def write_lists(
+  out: pathlib.Path, ids: list[str], records: dict, options: dict
+) -> dict[str, list[str]]:
   lists = common.read_split_lists(options.get("splits"), LISTS)
   if lists is None:
     lists = {"train.list": sorted(ids)}
@@ -136,6 +151,11 @@ def write_lists(out: pathlib.Path, ids: list[str], records: dict, options: dict
 
 
 PREPARER = common.Preparer(
-    name="promise12", find_cases=find_cases, check=check, process=process, write_lists=write_lists,
-    split_lists=LISTS,
-    settings=lambda o: {"vol_size": list(o.get("vol_size") or VOL_SIZE)})
+  name="promise12",
+  find_cases=find_cases,
+  check=check,
+  process=process,
+  write_lists=write_lists,
+  split_lists=LISTS,
+  settings=lambda o: {"vol_size": list(o.get("vol_size") or VOL_SIZE)},
+)

@@ -34,6 +34,7 @@ T / 2 MC forwards); Ent and S-Err normalise by 2 x voxels, MU by voxels; P-Err's
 multiplies the entropy of sample c by the clean mask of channel c (torch right-aligned broadcasting of
 [B, X, Y, Z] against [B, C, X, Y, Z]; `config.acmt.perr_entropy_broadcast_quirk`).
 """
+
 from typing import Any
 
 import jax
@@ -49,7 +50,6 @@ from jaxseg.methods.acmt import strategies
 from jaxseg.state import TrainState
 
 Array = jax.Array
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,18 +94,25 @@ def supervised_loss(logits: Array, labels: Array) -> tuple[Array, Array, Array]:
 def _forward_with_features(model, params, batch_stats, images, dropout_rng):
   """Train-mode forward returning (logits, features dict, new batch_stats)."""
   (logits, features), mutated = model.apply(
-      {"params": params, "batch_stats": batch_stats}, images, train=True, return_features=True,
-      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    {"params": params, "batch_stats": batch_stats},
+    images,
+    train=True,
+    return_features=True,
+    rngs={"dropout": dropout_rng},
+    mutable=["batch_stats"],
+  )
   return logits, features, mutated.get("batch_stats", {})
 
 
-def teacher_passes(model, params: Any, batch_stats: Any, images: Array, rng: Array, *,
-                   passes: int, chunk: int = 0) -> tuple[Array, Array]:
+def teacher_passes(
+  model, params: Any, batch_stats: Any, images: Array, rng: Array, *, passes: int, chunk: int = 0
+) -> tuple[Array, Array]:
   """P-Err's stochastic teacher predictions on the clean input, one vmapped forward.
 
   Returns:
     (logits [P, B, D, H, W, C], block_eight features [P, B, D/2, H/2, W/2, F]), gradient stopped.
   """
+
   def forward(key):
     logits, features, _ = _forward_with_features(model, params, batch_stats, images, key)
     return logits, features["x8"]
@@ -127,25 +134,34 @@ class ACMT:
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.acmt
     if hp.strategy not in strategies.STRATEGIES:
-      raise ValueError(f"config.acmt.strategy={hp.strategy!r}: expected one of {strategies.STRATEGIES}")
-    if hp.strategy == "mu" and (hp.mu_passes < common.MC_COPIES
-                                or hp.mu_passes % common.MC_COPIES):
-      raise ValueError(f"config.acmt.mu_passes={hp.mu_passes}: must be a positive multiple of "
-                       f"{common.MC_COPIES}")
+      raise ValueError(
+        f"config.acmt.strategy={hp.strategy!r}: expected one of {strategies.STRATEGIES}"
+      )
+    if hp.strategy == "mu" and (hp.mu_passes < common.MC_COPIES or hp.mu_passes % common.MC_COPIES):
+      raise ValueError(
+        f"config.acmt.mu_passes={hp.mu_passes}: must be a positive multiple of {common.MC_COPIES}"
+      )
     if hp.strategy == "perr" and hp.perr_passes < 2:
-      raise ValueError(f"config.acmt.perr_passes={hp.perr_passes}: the unbiased std needs >= 2 passes")
+      raise ValueError(
+        f"config.acmt.perr_passes={hp.perr_passes}: the unbiased std needs >= 2 passes"
+      )
     if hp.strategy == "serr" and hp.serr_filter_by not in confident_learning.FILTERS:
-      raise ValueError(f"config.acmt.serr_filter_by={hp.serr_filter_by!r}: expected one of "
-                       f"{confident_learning.FILTERS}")
+      raise ValueError(
+        f"config.acmt.serr_filter_by={hp.serr_filter_by!r}: expected one of "
+        f"{confident_learning.FILTERS}"
+      )
     n_unlabeled = config.batch_size - config.labeled_batch_size
     n_classes = config.model.kwargs.get("n_classes")
     if hp.strategy == "perr":
       if n_classes != 2:
-        raise ValueError(f"config.acmt.strategy='perr' needs model.kwargs.n_classes == 2, got {n_classes}")
+        raise ValueError(
+          f"config.acmt.strategy='perr' needs model.kwargs.n_classes == 2, got {n_classes}"
+        )
       if hp.perr_entropy_broadcast_quirk and n_unlabeled not in (1, n_classes):
         raise ValueError(
-            f"config.acmt.perr_entropy_broadcast_quirk=True needs batch_size - labeled_batch_size "
-            f"({n_unlabeled}) to be {n_classes} or 1, as upstream's broadcast does; set it to False")
+          f"config.acmt.perr_entropy_broadcast_quirk=True needs batch_size - labeled_batch_size "
+          f"({n_unlabeled}) to be {n_classes} or 1, as upstream's broadcast does; set it to False"
+        )
     self.config = config
     self.hp = hp
     self.pass_chunk = common.pass_chunk(hp.get("pass_chunk", 0))
@@ -170,58 +186,111 @@ class ACMT:
     unlabeled = images[lb:]
     ema_params, ema_stats = state.aux["ema_params"], state.aux["ema_batch_stats"]
 
-    noisy = unlabeled + common.teacher_noise(noise_rng, unlabeled.shape, hp.noise_std, hp.noise_clip)
-    teacher_noisy, teacher_stats = common.train_forward(self.model, ema_params, ema_stats, noisy,
-                                                        teacher_rng)
+    noisy = unlabeled + common.teacher_noise(
+      noise_rng, unlabeled.shape, hp.noise_std, hp.noise_clip
+    )
+    teacher_noisy, teacher_stats = common.train_forward(
+      self.model, ema_params, ema_stats, noisy, teacher_rng
+    )
     teacher_noisy = jax.lax.stop_gradient(teacher_noisy)
     # Ent's upstream also runs an unused clean teacher forward; it only touches the teacher's BN
     # running statistics, which a train-mode teacher never reads, so it is skipped.
     teacher_clean = None
     if hp.strategy in ("perr", "serr"):
-      teacher_clean, _ = common.train_forward(self.model, ema_params, ema_stats, unlabeled, clean_rng)
+      teacher_clean, _ = common.train_forward(
+        self.model, ema_params, ema_stats, unlabeled, clean_rng
+      )
       teacher_clean = jax.lax.stop_gradient(teacher_clean)
     if hp.strategy == "mu":
       mc_logits, mc_stats = common.mc_passes(
-          self.model, state.params, state.batch_stats, unlabeled, passes_rng, passes=hp.mu_passes,
-          noise_std=hp.noise_std, noise_clip=hp.noise_clip, chunk=self.pass_chunk)
+        self.model,
+        state.params,
+        state.batch_stats,
+        unlabeled,
+        passes_rng,
+        passes=hp.mu_passes,
+        noise_std=hp.noise_std,
+        noise_clip=hp.noise_clip,
+        chunk=self.pass_chunk,
+      )
     if hp.strategy == "perr":
-      pass_logits, pass_features = teacher_passes(self.model, ema_params, ema_stats, unlabeled,
-                                                  passes_rng, passes=hp.perr_passes,
-                                                  chunk=self.pass_chunk)
+      pass_logits, pass_features = teacher_passes(
+        self.model,
+        ema_params,
+        ema_stats,
+        unlabeled,
+        passes_rng,
+        passes=hp.perr_passes,
+        chunk=self.pass_chunk,
+      )
     weight = schedules.consistency_weight(
-        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+      state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
 
     def loss_fn(params):
-      logits, batch_stats = common.train_forward(self.model, params, state.batch_stats, images,
-                                                 student_rng)
+      logits, batch_stats = common.train_forward(
+        self.model, params, state.batch_stats, images, student_rng
+      )
       supervised, ce, dice = supervised_loss(logits[:lb], labels[:lb])
       student = logits[lb:]
       extra = {}
       if hp.strategy == "ent":
-        consistency, out = strategies.ent_selection(student, teacher_noisy, state.step, low=hp.ent_threshold,
-                                         high=hp.ent_threshold_max, rampup=self.threshold_rampup)
+        consistency, out = strategies.ent_selection(
+          student,
+          teacher_noisy,
+          state.step,
+          low=hp.ent_threshold,
+          high=hp.ent_threshold_max,
+          rampup=self.threshold_rampup,
+        )
         extra = {"threshold": out["threshold"], "selected_fraction": jnp.mean(out["mask"])}
       elif hp.strategy == "mu":
-        consistency, out = strategies.mu_selection(student, teacher_noisy, mc_logits, state.step,
-                                        low=hp.mu_threshold, span=hp.mu_threshold_span,
-                                        rampup=self.threshold_rampup)
-        extra = {"threshold": out["threshold"], "selected_fraction": jnp.mean(out["mask"]),
-                 "uncertainty_mean": jnp.mean(out["uncertainty"])}
+        consistency, out = strategies.mu_selection(
+          student,
+          teacher_noisy,
+          mc_logits,
+          state.step,
+          low=hp.mu_threshold,
+          span=hp.mu_threshold_span,
+          rampup=self.threshold_rampup,
+        )
+        extra = {
+          "threshold": out["threshold"],
+          "selected_fraction": jnp.mean(out["mask"]),
+          "uncertainty_mean": jnp.mean(out["uncertainty"]),
+        }
       elif hp.strategy == "perr":
         consistency, out = strategies.perr_selection(
-            student, teacher_clean, teacher_noisy, pass_logits, pass_features,
-            uncertainty_th=hp.perr_uncertainty_th, temperature=hp.perr_temperature,
-            broadcast_quirk=hp.perr_entropy_broadcast_quirk)
-        extra = {"selected_fraction": jnp.mean(out["noisy"]),
-                 "masked_entropy": out["masked_entropy"]}
+          student,
+          teacher_clean,
+          teacher_noisy,
+          pass_logits,
+          pass_features,
+          uncertainty_th=hp.perr_uncertainty_th,
+          temperature=hp.perr_temperature,
+          broadcast_quirk=hp.perr_entropy_broadcast_quirk,
+        )
+        extra = {
+          "selected_fraction": jnp.mean(out["noisy"]),
+          "masked_entropy": out["masked_entropy"],
+        }
       else:
-        consistency, out = strategies.serr_selection(student, teacher_clean, teacher_noisy,
-                                          filter_by=hp.serr_filter_by)
-        extra = {"selected_fraction": jnp.mean(out["mask"]),
-                 "cleanlab_fallback": out["fallback"].astype(jnp.float32)}
+        consistency, out = strategies.serr_selection(
+          student, teacher_clean, teacher_noisy, filter_by=hp.serr_filter_by
+        )
+        extra = {
+          "selected_fraction": jnp.mean(out["mask"]),
+          "cleanlab_fallback": out["fallback"].astype(jnp.float32),
+        }
       loss = supervised + weight * consistency
-      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice, "loss_consistency": consistency,
-                 "consistency_weight": weight, **extra}
+      metrics = {
+        "loss": loss,
+        "loss_ce": ce,
+        "loss_dice": dice,
+        "loss_consistency": consistency,
+        "consistency_weight": weight,
+        **extra,
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -229,8 +298,9 @@ class ACMT:
       # Upstream's MC passes run the student in train mode after its main forward.
       batch_stats = common.compose_bn_stats(batch_stats, state.batch_stats, mc_stats)
     # The teacher's running statistics are never read (it always runs in train mode).
-    new_state = common.apply_gradients_and_ema(self.tx, state, grads, batch_stats, hp.ema_decay,
-                                               teacher_stats)
+    new_state = common.apply_gradients_and_ema(
+      self.tx, state, grads, batch_stats, hp.ema_decay, teacher_stats
+    )
     return new_state, metrics
 
   def predict(self, state: TrainState, images):

@@ -25,6 +25,7 @@ Numerical notes (differences from cleanlab that can only matter at exact ties):
   * thresholds are float32 means (numpy's float32 pairwise sum may differ in the last ulp);
   * sorting is stable (ties keep index order); numpy's default argsort does not promise that.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -147,19 +148,27 @@ def calibrate_confident_joint(joint: Array, label_counts: Array) -> Array:
   with jax.enable_x64(True):
     f64 = jnp.float64
     row_sum = jnp.maximum(jnp.sum(joint.astype(f64), axis=1, keepdims=True), _TINY_VALUE)
-    values = joint.astype(f64) / _no_reciprocal(row_sum, joint.shape) * label_counts.astype(f64)[:, None]
+    values = (
+      joint.astype(f64) / _no_reciprocal(row_sum, joint.shape) * label_counts.astype(f64)[:, None]
+    )
     total = _numpy_sum([values[i, j] for i in range(k) for j in range(k)])
-    values = values / _no_reciprocal(jnp.maximum(total, _TINY_VALUE), joint.shape) * n_total.astype(f64)
+    values = (
+      values / _no_reciprocal(jnp.maximum(total, _TINY_VALUE), joint.shape) * n_total.astype(f64)
+    )
     ints = jnp.round(values)
-    row_total = jnp.stack([jnp.round(_numpy_sum([values[i, j] for j in range(k)]))
-                           for i in range(k)])
+    row_total = jnp.stack(
+      [jnp.round(_numpy_sum([values[i, j] for j in range(k)])) for i in range(k)]
+    )
     diff = (row_total - jnp.sum(ints, axis=1)).astype(jnp.int32)
     frac = values - ints
     changes = jnp.minimum(jnp.abs(diff), k)[:, None]
     rank_up = _rank_in_group(frac, order_desc_ties_last=True)
     rank_down = _rank_in_group(frac, order_desc_ties_last=False)
-    bump = jnp.where(diff[:, None] > 0, (rank_up < changes).astype(jnp.int32),
-                     -(rank_down < changes).astype(jnp.int32))
+    bump = jnp.where(
+      diff[:, None] > 0,
+      (rank_up < changes).astype(jnp.int32),
+      -(rank_down < changes).astype(jnp.int32),
+    )
     return (ints.astype(jnp.int32) + bump).astype(jnp.int32)
 
 
@@ -199,8 +208,12 @@ def _flag_lowest_within_class(labels: Array, keys: Array, counts: Array) -> Arra
   return jnp.zeros((n,), bool).at[order].set(flagged_sorted)
 
 
-def find_label_issues(labels: Array, pred_probs: Array, filter_by: str = "prune_by_noise_rate",
-                      min_examples_per_class: int = 1) -> Array:
+def find_label_issues(
+  labels: Array,
+  pred_probs: Array,
+  filter_by: str = "prune_by_noise_rate",
+  min_examples_per_class: int = 1,
+) -> Array:
   """Boolean mask [N] of likely label errors, as cleanlab 2.x `filter.find_label_issues`.
 
   Args:
@@ -216,8 +229,10 @@ def find_label_issues(labels: Array, pred_probs: Array, filter_by: str = "prune_
   if filter_by not in FILTERS:
     raise ValueError(f"find_label_issues: filter_by={filter_by!r} is not one of {FILTERS}")
   if labels.ndim != 1 or pred_probs.ndim != 2 or pred_probs.shape[0] != labels.shape[0]:
-    raise ValueError(f"find_label_issues: expected labels [N] and pred_probs [N, K], got "
-                     f"{labels.shape} and {pred_probs.shape}")
+    raise ValueError(
+      f"find_label_issues: expected labels [N] and pred_probs [N, K], got "
+      f"{labels.shape} and {pred_probs.shape}"
+    )
   k = pred_probs.shape[1]
   labels = labels.astype(jnp.int32)
   pred_probs = pred_probs.astype(jnp.float32)

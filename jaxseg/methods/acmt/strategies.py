@@ -4,6 +4,7 @@ Upstream: lemoshu/AC-MT code/train_ACMT_{ENT,MU,PErr,SErr}_3D.py and code/utils/
 selection takes the student's unlabeled logits and the noisy teacher's logits ([B_u, D, H, W, C])
 and returns (consistency loss, dict of intermediates); docs/methods/acmt.md gives the rules.
 """
+
 import math
 
 import jax
@@ -45,16 +46,24 @@ def masked_entropy_loss(probs: Array, mask: Array, broadcast_quirk: bool = True)
       aligned = ent[..., None]
     else:
       raise ValueError(
-          f"masked_entropy_loss: upstream's broadcast of entropy {ent.shape} against mask {mask.shape} "
-          f"needs the unlabeled batch ({b}) to equal the class count ({c}) or 1 (torch would raise); "
-          "set config.acmt.perr_entropy_broadcast_quirk=False for the intended per-sample product")
+        f"masked_entropy_loss: upstream's broadcast of entropy {ent.shape} against mask {mask.shape} "
+        f"needs the unlabeled batch ({b}) to equal the class count ({c}) or 1 (torch would raise); "
+        "set config.acmt.perr_entropy_broadcast_quirk=False for the intended per-sample product"
+      )
   else:
     aligned = ent[..., None]
   return jnp.mean(mask * aligned)
 
 
-def ent_selection(student_logits: Array, teacher_noisy_logits: Array, step, *, low: float = 0.75,
-                  high: float = 0.95, rampup: float = 8000.0) -> tuple[Array, dict]:
+def ent_selection(
+  student_logits: Array,
+  teacher_noisy_logits: Array,
+  step,
+  *,
+  low: float = 0.75,
+  high: float = 0.95,
+  rampup: float = 8000.0,
+) -> tuple[Array, dict]:
   """Ent: consistency on voxels whose student entropy reaches the ramped threshold.
 
   train_ACMT_Ent_3D.py: threshold = low + (high - low) sigmoid_rampup(step, rampup) (raw steps),
@@ -64,12 +73,24 @@ def ent_selection(student_logits: Array, teacher_noisy_logits: Array, step, *, l
   emap = losses.normalized_entropy(jax.nn.softmax(jax.lax.stop_gradient(student_logits), axis=-1))
   threshold = low + (high - low) * schedules.sigmoid_rampup(step, rampup)
   mask = jnp.broadcast_to((emap >= threshold)[..., None], dist.shape).astype(dist.dtype)
-  return losses.masked_mean(dist, mask), {"dist": dist, "entropy": emap, "threshold": threshold,
-                                   "mask": mask}
+  return losses.masked_mean(dist, mask), {
+    "dist": dist,
+    "entropy": emap,
+    "threshold": threshold,
+    "mask": mask,
+  }
 
 
-def mu_selection(student_logits: Array, teacher_noisy_logits: Array, mc_logits: Array, step, *,
-                 low: float = 0.75, span: float = 0.15, rampup: float = 8000.0) -> tuple[Array, dict]:
+def mu_selection(
+  student_logits: Array,
+  teacher_noisy_logits: Array,
+  mc_logits: Array,
+  step,
+  *,
+  low: float = 0.75,
+  span: float = 0.15,
+  rampup: float = 8000.0,
+) -> tuple[Array, dict]:
   """MU: consistency on voxels of HIGH MC uncertainty (the opposite of UA-MT).
 
   train_ACMT_MU_3D.py: threshold = (low + span sigmoid_rampup(step, rampup)) ln 2; one-channel mask,
@@ -82,8 +103,12 @@ def mu_selection(student_logits: Array, teacher_noisy_logits: Array, mc_logits: 
   _, uncertainty = common.mc_uncertainty(mc_logits)
   threshold = (low + span * schedules.sigmoid_rampup(step, rampup)) * math.log(2.0)
   mask = (uncertainty >= threshold).astype(dist.dtype)
-  return losses.masked_mean(dist, mask), {"dist": dist, "uncertainty": uncertainty,
-                                   "threshold": threshold, "mask": mask}
+  return losses.masked_mean(dist, mask), {
+    "dist": dist,
+    "uncertainty": uncertainty,
+    "threshold": threshold,
+    "mask": mask,
+  }
 
 
 def prototype(features: Array, mask: Array, confidence: Array) -> Array:
@@ -117,9 +142,17 @@ def upsample_features(features: Array, spatial: tuple) -> Array:
   return jax.image.resize(features.astype(jnp.float32), shape, method="trilinear")
 
 
-def perr_selection(student_logits: Array, teacher_logits: Array, teacher_noisy_logits: Array,
-                   pass_logits: Array, pass_features: Array, *, uncertainty_th: float = 0.1,
-                   temperature: float = 2.0, broadcast_quirk: bool = True) -> tuple[Array, dict]:
+def perr_selection(
+  student_logits: Array,
+  teacher_logits: Array,
+  teacher_noisy_logits: Array,
+  pass_logits: Array,
+  pass_features: Array,
+  *,
+  uncertainty_th: float = 0.1,
+  temperature: float = 2.0,
+  broadcast_quirk: bool = True,
+) -> tuple[Array, dict]:
   """P-Err: prototype-based label-noise identification (train_ACMT_PErr_3D.py).
 
   Args:
@@ -136,13 +169,17 @@ def perr_selection(student_logits: Array, teacher_logits: Array, teacher_noisy_l
     (loss, intermediates): loss = sum(noisy dist) / (sum(noisy) + 1e-16) + masked entropy on clean.
   """
   if student_logits.shape[-1] != 2:
-    raise ValueError(f"perr_selection: P-Err builds object/background prototypes and needs 2 classes, "
-                     f"got logits {student_logits.shape}")
+    raise ValueError(
+      f"perr_selection: P-Err builds object/background prototypes and needs 2 classes, "
+      f"got logits {student_logits.shape}"
+    )
   dist = losses.softmax_mse_loss(student_logits, teacher_noisy_logits)
   student_probs = jax.nn.softmax(student_logits, axis=-1)
   teacher_probs = jax.nn.softmax(teacher_logits.astype(jnp.float32), axis=-1)
   # torch.std: unbiased over the P passes, per channel.
-  uncertainty = jnp.std(jax.nn.sigmoid(pass_logits.astype(jnp.float32) / temperature), axis=0, ddof=1)
+  uncertainty = jnp.std(
+    jax.nn.sigmoid(pass_logits.astype(jnp.float32) / temperature), axis=0, ddof=1
+  )
   certain = (uncertainty < uncertainty_th).astype(jnp.float32)
   rect_label = jnp.argmax(certain * teacher_probs, axis=-1)  # ties (all uncertain) -> background
   features_mean = jnp.mean(pass_features.astype(jnp.float32), axis=0)
@@ -153,21 +190,38 @@ def perr_selection(student_logits: Array, teacher_logits: Array, teacher_noisy_l
   d_bg = prototype_distance(features, bg_proto)
   # channel 0 = background nearer, channel 1 = object nearer; equal distances select neither.
   selection = jnp.concatenate([d_obj > d_bg, d_obj < d_bg], axis=-1).astype(jnp.float32)
-  student_onehot = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(student_probs), axis=-1), 2,
-                                  dtype=jnp.float32)
+  student_onehot = jax.nn.one_hot(
+    jnp.argmax(jax.lax.stop_gradient(student_probs), axis=-1), 2, dtype=jnp.float32
+  )
   clean = (selection == student_onehot).astype(jnp.float32)
   noisy = clean == 0
   entropy_term = masked_entropy_loss(student_probs, clean, broadcast_quirk)
   loss = losses.masked_mean(dist, noisy) + entropy_term
-  return loss, {"dist": dist, "uncertainty": uncertainty, "certain": certain,
-                "rect_label": rect_label, "features_mean": features_mean, "features": features,
-                "obj_prototype": obj_proto,
-                "bg_prototype": bg_proto, "dist_obj": d_obj, "dist_bg": d_bg, "selection": selection,
-                "clean": clean, "noisy": noisy, "masked_entropy": entropy_term}
+  return loss, {
+    "dist": dist,
+    "uncertainty": uncertainty,
+    "certain": certain,
+    "rect_label": rect_label,
+    "features_mean": features_mean,
+    "features": features,
+    "obj_prototype": obj_proto,
+    "bg_prototype": bg_proto,
+    "dist_obj": d_obj,
+    "dist_bg": d_bg,
+    "selection": selection,
+    "clean": clean,
+    "noisy": noisy,
+    "masked_entropy": entropy_term,
+  }
 
 
-def serr_selection(student_logits: Array, teacher_logits: Array, teacher_noisy_logits: Array, *,
-                   filter_by: str = "both") -> tuple[Array, dict]:
+def serr_selection(
+  student_logits: Array,
+  teacher_logits: Array,
+  teacher_noisy_logits: Array,
+  *,
+  filter_by: str = "both",
+) -> tuple[Array, dict]:
   """S-Err: confident learning on the student's hard labels (train_ACMT_SErr_3D_cl2.py).
 
   labels = argmax of the student's U prediction, pred_probs = clean teacher softmax, both flattened

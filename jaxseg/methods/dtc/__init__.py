@@ -19,6 +19,7 @@ then the largest connected component (config eval.largest_cc, upstream test_LA.p
 Upstream logs `metrics.dice(argmax(p[:2], dim=1), ...)`, an argmax over a single channel (always
 0); it is computed but never written, so it is not reproduced here.
 """
+
 import types
 
 import jax
@@ -45,8 +46,15 @@ def sdf_to_mask(out_tanh: Array, k: float = 1500.0) -> Array:
   return jax.nn.sigmoid(-k * out_tanh)
 
 
-def dtc_losses(out_tanh: Array, out_seg: Array, labels: Array, gt_sdf: Array,
-               labeled_batch_size: int, beta: float = 0.3, k: float = 1500.0) -> dict[str, Array]:
+def dtc_losses(
+  out_tanh: Array,
+  out_seg: Array,
+  labels: Array,
+  gt_sdf: Array,
+  labeled_batch_size: int,
+  beta: float = 0.3,
+  k: float = 1500.0,
+) -> dict[str, Array]:
   """DTC's loss terms, inline in upstream train_la_dtc.py.
 
   Args:
@@ -63,8 +71,10 @@ def dtc_losses(out_tanh: Array, out_seg: Array, labels: Array, gt_sdf: Array,
     'supervised' (= loss_dice + beta loss_sdf), and the map 'dis_to_mask' [B, D, H, W, 1].
   """
   if out_tanh.shape[-1] != 1 or out_seg.shape[-1] != 1:
-    raise ValueError(f'dtc_losses: expected one output channel per head, got out_tanh '
-                     f'{out_tanh.shape} and out_seg {out_seg.shape}')
+    raise ValueError(
+      f'dtc_losses: expected one output channel per head, got out_tanh '
+      f'{out_tanh.shape} and out_seg {out_seg.shape}'
+    )
   lb = labeled_batch_size
   tanh_l, seg_l = out_tanh[:lb, ..., 0], out_seg[:lb, ..., 0]
   target = labels[:lb]
@@ -75,9 +85,14 @@ def dtc_losses(out_tanh: Array, out_seg: Array, labels: Array, gt_sdf: Array,
   loss_dice = losses.dice_loss(p[:lb, ..., 0], target == 1)
   dis_to_mask = sdf_to_mask(out_tanh, k)
   consistency = jnp.mean(jnp.square(dis_to_mask - p))
-  return {'loss_sdf': loss_sdf, 'loss_dice': loss_dice, 'loss_bce': loss_bce,
-          'consistency': consistency, 'supervised': loss_dice + beta * loss_sdf,
-          'dis_to_mask': dis_to_mask}
+  return {
+    'loss_sdf': loss_sdf,
+    'loss_dice': loss_dice,
+    'loss_bce': loss_bce,
+    'consistency': consistency,
+    'supervised': loss_dice + beta * loss_sdf,
+    'dis_to_mask': dis_to_mask,
+  }
 
 
 class DTC:
@@ -92,8 +107,10 @@ class DTC:
     self.hp = config.dtc
     n_classes = config.model.kwargs.get('n_classes')
     if n_classes != 1:
-      raise ValueError(f'dtc: model.kwargs.n_classes={n_classes}; DTC trains one sigmoid channel per '
-                       'head (upstream VNet(n_classes=num_classes - 1)), set it to 1')
+      raise ValueError(
+        f'dtc: model.kwargs.n_classes={n_classes}; DTC trains one sigmoid channel per '
+        'head (upstream VNet(n_classes=num_classes - 1)), set it to 1'
+      )
     self.model = common.build_model(config)
     self.tx = common.make_optimizer(config)
     self.labeled_batch_size = config.labeled_batch_size
@@ -109,21 +126,31 @@ class DTC:
     first labeled_batch_size are read)."""
     hp, lb = self.hp, self.labeled_batch_size
     if 'sdf' not in batch:
-      raise KeyError("dtc: the batch has no 'sdf'; build it with the data pipeline (or "
-                     "methods.base.example_batch) from DTC.host_targets")
+      raise KeyError(
+        "dtc: the batch has no 'sdf'; build it with the data pipeline (or "
+        "methods.base.example_batch) from DTC.host_targets"
+      )
     rng = jax.random.fold_in(state.rng, state.step)
     weight = schedules.consistency_weight(
-        state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch)
+      state.step, hp.consistency, hp.consistency_rampup, hp.iters_per_epoch
+    )
 
     def loss_fn(params):
       (out_tanh, out_seg), batch_stats = common.train_forward(
-          self.model, params, state.batch_stats, batch['image'], rng)
-      terms = dtc_losses(out_tanh, out_seg, batch['label'], batch['sdf'], lb, beta=hp.beta,
-                         k=hp.sdf_to_mask_k)
+        self.model, params, state.batch_stats, batch['image'], rng
+      )
+      terms = dtc_losses(
+        out_tanh, out_seg, batch['label'], batch['sdf'], lb, beta=hp.beta, k=hp.sdf_to_mask_k
+      )
       loss = terms['supervised'] + weight * terms['consistency']
-      metrics = {'loss': loss, 'loss_dice': terms['loss_dice'], 'loss_sdf': terms['loss_sdf'],
-                 'loss_bce': terms['loss_bce'], 'loss_consistency': terms['consistency'],
-                 'consistency_weight': weight}
+      metrics = {
+        'loss': loss,
+        'loss_dice': terms['loss_dice'],
+        'loss_sdf': terms['loss_sdf'],
+        'loss_bce': terms['loss_bce'],
+        'loss_consistency': terms['consistency'],
+        'consistency_weight': weight,
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -133,7 +160,8 @@ class DTC:
     """[1 - p, p] with p = sigmoid(seg head) in eval mode: [B, D, H, W, 2], argmax == p > 0.5
     (upstream test_util.py thresholds the count-averaged sigmoid at 0.5; averaging [1 - p, p]
     window by window gives the same decision)."""
-    _, out_seg = self.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                                  images, train=False)
+    _, out_seg = self.model.apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False
+    )
     p = jax.nn.sigmoid(out_seg.astype(jnp.float32))
     return jnp.concatenate([1.0 - p, p], axis=-1)

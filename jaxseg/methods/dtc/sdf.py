@@ -20,6 +20,7 @@ Degenerate masks (one class only, no boundary):
     NaN. Zeros treat it like the empty case (a one-class crop carries no boundary to regress) and
     keep training finite. It cannot happen with LA or Pancreas crops, only with tiny test patches.
 """
+
 import numpy as np
 from scipy import ndimage
 
@@ -51,8 +52,9 @@ def compute_sdf(label: np.ndarray) -> np.ndarray:
   negdis = ndimage.distance_transform_edt(~fg)
   posdis = ndimage.distance_transform_edt(fg)
   # Both minima are 0 when both classes are present; kept for upstream's exact formula.
-  sdf = ((negdis - negdis.min()) / (negdis.max() - negdis.min())
-         - (posdis - posdis.min()) / (posdis.max() - posdis.min()))
+  sdf = (negdis - negdis.min()) / (negdis.max() - negdis.min()) - (posdis - posdis.min()) / (
+    posdis.max() - posdis.min()
+  )
   sdf[inner_boundary(fg)] = 0.0
   return sdf.astype(np.float32)
 

@@ -32,6 +32,7 @@ drives the EMA warm-up and the consistency ramp. Upstream stops after max_iterat
 updates; here a run is total_steps batches, so skipped batches shorten it (metric
 `skipped_total`).
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -58,8 +59,13 @@ def iters_per_epoch(config: ml_collections.ConfigDict) -> int:
 def _forward(model, params, batch_stats, images, rng):
   """Train-mode forward returning (logits, features, new batch_stats); sdf head unused by DyCON."""
   (_, logits, features), mutated = model.apply(
-      {"params": params, "batch_stats": batch_stats}, images, train=True, return_all=True,
-      rngs={"dropout": rng}, mutable=["batch_stats"])
+    {"params": params, "batch_stats": batch_stats},
+    images,
+    train=True,
+    return_all=True,
+    rngs={"dropout": rng},
+    mutable=["batch_stats"],
+  )
   return logits.astype(jnp.float32), features.astype(jnp.float32), mutated["batch_stats"]
 
 
@@ -73,16 +79,22 @@ class DyCON:
   def __init__(self, config: ml_collections.ConfigDict):
     hp = config.dycon
     if config.model.name != "unet3d_dycon":
-      raise ValueError(f"dycon needs model.name='unet3d_dycon' (logits + projection features), got "
-                       f"{config.model.name!r}")
+      raise ValueError(
+        f"dycon needs model.name='unet3d_dycon' (logits + projection features), got "
+        f"{config.model.name!r}"
+      )
     if hp.fecl_on not in FECL_ON:
       raise ValueError(f"config.dycon.fecl_on={hp.fecl_on!r}: expected one of {FECL_ON}")
     if hp.patch_label_rule not in dycon_losses.LABEL_RULES:
-      raise ValueError(f"config.dycon.patch_label_rule={hp.patch_label_rule!r}: expected one of "
-                       f"{dycon_losses.LABEL_RULES}")
+      raise ValueError(
+        f"config.dycon.patch_label_rule={hp.patch_label_rule!r}: expected one of "
+        f"{dycon_losses.LABEL_RULES}"
+      )
     if hp.patch_label_source not in LABEL_SOURCES:
-      raise ValueError(f"config.dycon.patch_label_source={hp.patch_label_source!r}: expected one of "
-                       f"{LABEL_SOURCES}")
+      raise ValueError(
+        f"config.dycon.patch_label_source={hp.patch_label_source!r}: expected one of "
+        f"{LABEL_SOURCES}"
+      )
     self.config = config
     self.hp = hp
     self.model = common.build_model(config)
@@ -115,22 +127,30 @@ class DyCON:
     iter_num = state.aux["iter_num"]
     epoch = state.step // self.iters_per_epoch
     beta = self.beta(epoch)
-    weight = schedules.consistency_weight(iter_num, hp.consistency, hp.consistency_rampup,
-                                          hp.consistency_iters_per_epoch)
+    weight = schedules.consistency_weight(
+      iter_num, hp.consistency, hp.consistency_rampup, hp.consistency_iters_per_epoch
+    )
 
     noisy = images + common.teacher_noise(noise_rng, images.shape, hp.noise_std, hp.noise_clip)
     t_logits, t_features, teacher_stats = _forward(
-        self.model, state.aux["ema_params"], state.aux["ema_batch_stats"], noisy, teacher_rng)
+      self.model, state.aux["ema_params"], state.aux["ema_batch_stats"], noisy, teacher_rng
+    )
     t_logits, t_features = jax.lax.stop_gradient((t_logits, t_features))
     t_probs = jax.nn.softmax(t_logits, axis=-1)
     t_embed = dycon_losses.embeddings(t_features)
     fecl_rows = slice(lb, None) if hp.fecl_on == "unlabeled" else slice(None)
-    fecl_kwargs = dict(temperature=hp.temperature, gamma=hp.gamma, use_focal=hp.use_focal,
-                       rampup_epochs=hp.rampup_epochs, lambda_cross=hp.lambda_cross)
+    fecl_kwargs = dict(
+      temperature=hp.temperature,
+      gamma=hp.gamma,
+      use_focal=hp.use_focal,
+      rampup_epochs=hp.rampup_epochs,
+      lambda_cross=hp.lambda_cross,
+    )
 
     def loss_fn(params):
-      logits, features, batch_stats = _forward(self.model, params, state.batch_stats, images,
-                                               student_rng)
+      logits, features, batch_stats = _forward(
+        self.model, params, state.batch_stats, images, student_rng
+      )
       probs = jax.nn.softmax(logits, axis=-1)
       ce = seg_losses.cross_entropy(logits[:lb], labels[:lb])
       # A static slice, not probs[..., 1] (see jaxseg.losses.supervised_ce_dice).
@@ -142,17 +162,29 @@ class DyCON:
       mask = dycon_losses.patch_labels(source, factor, hp.patch_label_rule)
       gambling = dycon_losses.gambling_uncertainty(logits, factor) if hp.use_gambling else None
       fecl = dycon_losses.fecl_terms(
-          dycon_losses.embeddings(features)[fecl_rows], mask[fecl_rows],
-          t_embed[fecl_rows] if hp.use_teacher_loss else None,
-          None if gambling is None else gambling[fecl_rows], epoch, **fecl_kwargs)
+        dycon_losses.embeddings(features)[fecl_rows],
+        mask[fecl_rows],
+        t_embed[fecl_rows] if hp.use_teacher_loss else None,
+        None if gambling is None else gambling[fecl_rows],
+        epoch,
+        **fecl_kwargs,
+      )
       uncl = dycon_losses.uncl_loss(logits, t_logits, beta)
       mse = dycon_losses.double_softmax_consistency(probs[lb:], t_probs[lb:])
-      loss = (hp.l_weight * (ce + dice) + weight * mse
-              + hp.u_weight * (fecl["total"] + uncl))
-      metrics = {"loss": loss, "loss_ce": ce, "loss_dice": dice, "loss_consistency": mse,
-                 "loss_uncl": uncl, "loss_fecl": fecl["total"], "loss_fecl_student": fecl["student"],
-                 "loss_fecl_cross": fecl["cross"], "consistency_weight": weight, "beta": beta,
-                 "patch_foreground": jnp.mean(mask[fecl_rows])}
+      loss = hp.l_weight * (ce + dice) + weight * mse + hp.u_weight * (fecl["total"] + uncl)
+      metrics = {
+        "loss": loss,
+        "loss_ce": ce,
+        "loss_dice": dice,
+        "loss_consistency": mse,
+        "loss_uncl": uncl,
+        "loss_fecl": fecl["total"],
+        "loss_fecl_student": fecl["student"],
+        "loss_fecl_cross": fecl["cross"],
+        "consistency_weight": weight,
+        "beta": beta,
+        "patch_foreground": jnp.mean(mask[fecl_rows]),
+      }
       return loss, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -165,10 +197,14 @@ class DyCON:
     # and BN running statistics keep the update of the forwards, which ran (as in torch).
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = stepped.replace(
-        params=keep(stepped.params, state.params),
-        opt_state=keep(stepped.opt_state, state.opt_state),
-        aux={**aux, "ema_params": keep(aux["ema_params"], state.aux["ema_params"]),
-             "iter_num": jnp.where(ok, aux["iter_num"], iter_num)})
+      params=keep(stepped.params, state.params),
+      opt_state=keep(stepped.opt_state, state.opt_state),
+      aux={
+        **aux,
+        "ema_params": keep(aux["ema_params"], state.aux["ema_params"]),
+        "iter_num": jnp.where(ok, aux["iter_num"], iter_num),
+      },
+    )
     # The loop stops on non-finite logged values; a skipped batch logs zeros and the flag instead.
     metrics = {k: jnp.where(ok, v, 0.0) for k, v in metrics.items()}
     metrics["skipped"] = 1.0 - ok.astype(jnp.float32)

@@ -10,6 +10,7 @@ which is the order of torch's `view(B, C, -1)` on NCDHW.
 Every function is pure jnp and jit-able; epoch-indexed schedules accept host numbers or traced
 JAX values (`state.step // iters_per_epoch` inside a jitted step).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,8 +42,13 @@ def adaptive_beta(epoch, total_epochs: float, max_beta: float = 5.0, min_beta: f
   return schedules.host_result(out)
 
 
-def threshold_rampup(current_epoch, total_rampup_epochs: float, min_threshold: float,
-                     max_threshold: float, steepness: float = 5.0):
+def threshold_rampup(
+  current_epoch,
+  total_rampup_epochs: float,
+  min_threshold: float,
+  max_threshold: float,
+  steepness: float = 5.0,
+):
   """DyCON's own `sigmoid_rampup`: min + (max - min) exp(-steepness (1 - clip(e, 0, T) / T)^2);
   max when T == 0. Not UA-MT's ramp (that one has no min/max and lives in jaxseg.schedules).
 
@@ -50,12 +56,15 @@ def threshold_rampup(current_epoch, total_rampup_epochs: float, min_threshold: f
   T = 1500 epochs.
   """
   if total_rampup_epochs < 0:
-    raise ValueError(f"threshold_rampup: total_rampup_epochs must be >= 0, got {total_rampup_epochs}")
+    raise ValueError(
+      f"threshold_rampup: total_rampup_epochs must be >= 0, got {total_rampup_epochs}"
+    )
   if total_rampup_epochs == 0:
     return jnp.asarray(max_threshold) if schedules.is_jax(current_epoch) else float(max_threshold)
   xp = jnp if schedules.is_jax(current_epoch) else np
-  e = xp.clip(xp.asarray(current_epoch, dtype=None if xp is jnp else np.float64), 0.0,
-              total_rampup_epochs)
+  e = xp.clip(
+    xp.asarray(current_epoch, dtype=None if xp is jnp else np.float64), 0.0, total_rampup_epochs
+  )
   phase = 1.0 - e / total_rampup_epochs
   out = min_threshold + (max_threshold - min_threshold) * xp.exp(-steepness * phase * phase)
   return out if xp is jnp else schedules.host_result(out)
@@ -135,8 +144,9 @@ def downsample_trilinear(x: Array, factor: int) -> Array:
   scale_factor 1/f, align_corners=False (separable; matmuls, so gradients are plain)."""
   for axis in (1, 2, 3):
     m = jnp.asarray(_downsample_matrix(x.shape[axis], factor), x.dtype)
-    x = jnp.moveaxis(jnp.tensordot(m, x, axes=([1], [axis]),
-                                   precision=jax.lax.Precision.HIGHEST), 0, axis)
+    x = jnp.moveaxis(
+      jnp.tensordot(m, x, axes=([1], [axis]), precision=jax.lax.Precision.HIGHEST), 0, axis
+    )
   return x
 
 
@@ -145,7 +155,7 @@ def avg_pool(x: Array, factor: int) -> Array:
   a trailing remainder is dropped as torch does)."""
   b = x.shape[0]
   sizes = [s // factor for s in x.shape[1:4]]
-  x = x[:, :sizes[0] * factor, :sizes[1] * factor, :sizes[2] * factor]
+  x = x[:, : sizes[0] * factor, : sizes[1] * factor, : sizes[2] * factor]
   x = x.reshape(b, sizes[0], factor, sizes[1], factor, sizes[2], factor)
   return jnp.mean(x, axis=(2, 4, 6))
 
@@ -173,10 +183,19 @@ def gambling_uncertainty(logits: Array, factor: int) -> Array:
   return downsample_trilinear(entropy, factor).reshape(logits.shape[0], -1)
 
 
-def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
-               gambling: Array | None = None, epoch=0, *, temperature: float = 0.6,
-               gamma: float = 2.0, use_focal: bool = True, rampup_epochs: float = 1500,
-               lambda_cross: float = 1.0) -> dict[str, Array]:
+def fecl_terms(
+  feat: Array,
+  mask: Array,
+  teacher_feat: Array | None = None,
+  gambling: Array | None = None,
+  epoch=0,
+  *,
+  temperature: float = 0.6,
+  gamma: float = 2.0,
+  use_focal: bool = True,
+  rampup_epochs: float = 1500,
+  lambda_cross: float = 1.0,
+) -> dict[str, Array]:
   """Feature-level contrastive loss (FeCLoss.forward at HEAD) and its parts.
 
   Per sample b, with P_ij = [m_i == m_j], Q = 1 - P, I the identity:
@@ -224,8 +243,9 @@ def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
   # Pairs outside Q get a logit whose exp is exactly 0 (a finite value, so no inf - inf).
   neg_logits = jnp.where(neg > 0, logits, -1e4)
   eps_col = jnp.full((b, n, 1), log_eps, feat.dtype)
-  log_neg_eps = jax.nn.logsumexp(jnp.concatenate([neg_logits, eps_col], axis=-1), axis=-1,
-                                 keepdims=True)
+  log_neg_eps = jax.nn.logsumexp(
+    jnp.concatenate([neg_logits, eps_col], axis=-1), axis=-1, keepdims=True
+  )
   log_division = logits - jnp.logaddexp(logits, log_neg_eps)
   division = jnp.exp(log_division)
   loss_matrix = -jnp.logaddexp(log_division, log_eps) * pos * off_diag
@@ -241,8 +261,11 @@ def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
   elif use_focal:
     pos_th = threshold_rampup(epoch, rampup_epochs, 1.3, 1.5)
     neg_th = threshold_rampup(epoch, rampup_epochs, 0.3, 0.5)
-    focal = jnp.where((pos > 0) & (division < pos_th), jnp.power(1.0 - division, gamma),
-                      jnp.where((neg > 0) & (division > neg_th), jnp.power(division, gamma), 1.0))
+    focal = jnp.where(
+      (pos > 0) & (division < pos_th),
+      jnp.power(1.0 - division, gamma),
+      jnp.where((neg > 0) & (division > neg_th), jnp.power(division, gamma), 1.0),
+    )
     student = jnp.mean(jnp.sum(loss_matrix * focal, axis=-1) / safe_n_pos)
   else:
     student = jnp.mean(jnp.sum(loss_matrix, axis=-1) / safe_n_pos)
@@ -267,8 +290,14 @@ def fecl_terms(feat: Array, mask: Array, teacher_feat: Array | None = None,
   return {"total": student + lambda_cross * cross, "student": student, "cross": cross}
 
 
-def fecl_loss(feat: Array, mask: Array, teacher_feat: Array | None = None,
-              gambling: Array | None = None, epoch=0, **kwargs) -> Array:
+def fecl_loss(
+  feat: Array,
+  mask: Array,
+  teacher_feat: Array | None = None,
+  gambling: Array | None = None,
+  epoch=0,
+  **kwargs,
+) -> Array:
   """`fecl_terms(...)['total']` (upstream FeCLoss.forward's return value)."""
   return fecl_terms(feat, mask, teacher_feat, gambling, epoch, **kwargs)["total"]
 
@@ -280,6 +309,19 @@ def max_epoch(total_steps: int, iters_per_epoch: int) -> int:
   return total_steps // iters_per_epoch + 1
 
 
-__all__ = ["LABEL_RULES", "adaptive_beta", "avg_pool", "double_softmax_consistency",
-           "downsample_trilinear", "embeddings", "fecl_loss", "fecl_terms", "gambling_softmax",
-           "gambling_uncertainty", "max_epoch", "patch_labels", "threshold_rampup", "uncl_loss"]
+__all__ = [
+  "LABEL_RULES",
+  "adaptive_beta",
+  "avg_pool",
+  "double_softmax_consistency",
+  "downsample_trilinear",
+  "embeddings",
+  "fecl_loss",
+  "fecl_terms",
+  "gambling_softmax",
+  "gambling_uncertainty",
+  "max_epoch",
+  "patch_labels",
+  "threshold_rampup",
+  "uncl_loss",
+]
