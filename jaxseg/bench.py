@@ -7,12 +7,22 @@ Times the jitted `train_step` at the config's real batch and patch size on rando
 separately from steady state), and the eval-mode forward on a batch of sliding windows. Speed is
 measured here, never in tests.
 
-`--compare_mc` (method uamt only) instead times the UA-MT step three times, with its Monte-Carlo
-teacher passes as one `jax.vmap` (what training runs on an accelerator), as a `lax.map` over
-one-forward vmapped groups (the CPU default) and as a Python loop of forwards, and prints one JSON
-line per case.
+`--compare_mc` (methods with Monte-Carlo passes, those whose class sets `mc_passes_field`, e.g.
+UA-MT) instead times the step three times, with the MC passes as one `jax.vmap` (what training runs
+on an accelerator), as a `lax.map` over one-forward vmapped groups (the CPU default) and as a Python
+loop of forwards, and prints one JSON line per case.
+
+`--size` ('recipe', 'small' or a patch 'DxHxW') and `--n_filters` resize the config first.
+`--suite` runs every config (jaxseg/bench_suite.py: JSON and a Markdown table of compile s, step
+ms, memory, FLOPs and the fraction of the device's peak); `--against_torch` times the UA-MT step
+against the PyTorch reference of bench/torch_reference.py (bench/against_torch.py):
+
+  python -m jaxseg.bench --suite --size small,recipe --compute_dtype float32,bfloat16 --out_dir runs/bench
+  python -m jaxseg.bench --against_torch --config configs/la_uamt.py --size 64x64x48 --n_filters 8
 """
+
 import json
+import pathlib
 import sys
 import time
 
@@ -22,25 +32,68 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from jaxseg import config_lib
+from jaxseg import bench_suite
+from jaxseg import config_check
 from jaxseg import io_utils
 from jaxseg import methods
 from jaxseg import parallel
+from jaxseg.methods import base as methods_base
 from jaxseg.methods import common as methods_common
-from jaxseg.methods import uamt
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after the compiling one.")
 _OUT = flags.DEFINE_string("out", None, "Write the JSON here as well as to stdout.")
-_COMPARE_MC = flags.DEFINE_bool("compare_mc", False,
-                                "uamt only: time the step with MC passes as vmap and as a Python loop.")
+_COMPARE_MC = flags.DEFINE_bool(
+  "compare_mc",
+  False,
+  "Methods with MC passes: time the step with them as vmap and as a Python loop.",
+)
+_SIZE = flags.DEFINE_string(
+  "size", "recipe", "'recipe', 'small' or a patch 'DxHxW'; with --suite a comma list."
+)
+_N_FILTERS = flags.DEFINE_integer("n_filters", None, "Override the network width (n_filters).")
+_COMPUTE_DTYPE = flags.DEFINE_string(
+  "compute_dtype",
+  None,
+  "float32 or bfloat16 (default: the config's; --suite: float32); with --suite a comma list.",
+)
+_SUITE = flags.DEFINE_bool(
+  "suite",
+  False,
+  "Every configs/*.py (or --suite_configs) at each "
+  "--size and --compute_dtype, each in its own process.",
+)
+_SUITE_CONFIGS = flags.DEFINE_multi_string(
+  "suite_configs", None, "--suite: only these configs (file[:arg]; repeat the flag for several)."
+)
+_SUITE_BUDGET_S = flags.DEFINE_float(
+  "suite_budget_s",
+  0.0,
+  "--suite: start no config after this "
+  "many seconds (0: no limit); the rest are rows marked "
+  "skipped.",
+)
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "--suite: where suite.json / suite.md go.")
+_AGAINST_TORCH = flags.DEFINE_bool(
+  "against_torch",
+  False,
+  "Time the UA-MT step against bench/torch_reference.py, "
+  "alternately, for --steps rounds; print the ratio.",
+)
 
 
-def _random_batch(config) -> dict:
+def _random_batch(config, host_targets) -> dict:
+  """`methods_base.example_batch`'s layout with random images and labels, host targets computed
+  from those labels."""
   rng = np.random.default_rng(0)
-  shape = (config.batch_size, *config.data.patch_size)
-  return {"image": rng.normal(size=shape + (1,)).astype(np.float32),
-          "label": rng.integers(0, config.data.num_classes, size=shape).astype(np.int32)}
+  batch = methods_base.example_batch(config)
+  batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
+  batch["label"] = rng.integers(
+    0, config.data.num_classes, size=batch["label"].shape, dtype=np.int32
+  )
+  for key, fn in host_targets.items():
+    batch[key] = np.stack([np.asarray(fn(l), np.float32) for l in batch["label"]])
+  return batch
 
 
 def _timed_steps(step, state, batch, steps: int, metrics=None):
@@ -55,17 +108,16 @@ def _timed_steps(step, state, batch, steps: int, metrics=None):
 
 
 def benchmark(config, steps: int = 5) -> dict:
-  config_lib.validate(config)
+  config_check.validate(config)
   method = methods.build(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  batch = _random_batch(config)
+  mesh = parallel.mesh_for(config)
+  batch = _random_batch(config, method.host_targets)
   t = time.perf_counter()
   state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
   # A phased method (BCP, CML) is timed in its last phase, where a run spends most steps.
-  phase = methods_common.phases_of(method)[-1]
+  phase = methods_base.phases_of(method)[-1]
   step = jax.jit(phase.train_step, donate_argnums=0)
   device_batch = parallel.put_batch(batch, mesh)
   t = time.perf_counter()
@@ -85,61 +137,74 @@ def benchmark(config, steps: int = 5) -> dict:
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   return {
-      "method": config.method,
-      "phase": phase.name,
-      "model": dict(name=config.model.name, **config.model.kwargs.to_dict()),
-      "batch_size": config.batch_size,
-      "patch_size": list(config.data.patch_size),
-      "compute_dtype": config.get("compute_dtype", "float32"),
-      "devices": [str(d) for d in jax.devices()],
-      "backend": jax.default_backend(),
-      "jax": jax.__version__,
-      "init_s": init_s,
-      "first_step_s": compile_s,
-      "step_s_mean": float(np.mean(times)) if times else None,
-      "step_s_min": float(np.min(times)) if times else None,
-      "steps_timed": len(times),
-      "predict_windows": int(windows.shape[0]),
-      "predict_s": predict_s,
-      "peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
-      "final_loss": float(metrics["loss"]),
+    "method": config.method,
+    "phase": phase.name,
+    "model": dict(name=config.model.name, **config.model.kwargs.to_dict()),
+    "batch_size": config.batch_size,
+    "patch_size": list(config.data.patch_size),
+    "compute_dtype": config.get("compute_dtype", "float32"),
+    "devices": [str(d) for d in jax.devices()],
+    "backend": jax.default_backend(),
+    "jax": jax.__version__,
+    "init_s": init_s,
+    "first_step_s": compile_s,
+    "step_s_mean": float(np.mean(times)) if times else None,
+    "step_s_min": float(np.min(times)) if times else None,
+    "steps_timed": len(times),
+    "predict_windows": int(windows.shape[0]),
+    "predict_s": predict_s,
+    "peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
+    "final_loss": float(metrics["loss"]),
   }
 
 
 def compare_mc(config, steps: int = 5) -> list[dict]:
-  """UA-MT step with MC as 'loop', 'vmap' and 'vmap_chunk1': compile s, median step s, memory.
+  """The step of a method with MC passes (its class names the config field holding their count in
+  `mc_passes_field` and takes `mc_impl` / `mc_chunk` keyword arguments) with MC as 'loop', 'vmap'
+  and 'vmap_chunk1': compile s, median step s, memory.
 
   The loop runs first: the device's `peak_bytes_in_use` only grows within a process, so the vmap
   line's peak is max(loop, vmap). `temp_bytes` is each executable's own scratch size (XLA memory
   analysis), comparable between the two.
   """
-  if config.method != "uamt":
-    raise ValueError(f"--compare_mc is for method uamt, the config's method is {config.method!r}")
+  cls = methods.method_class(config.method)
+  field = getattr(cls, "mc_passes_field", None)
+  if field is None:
+    with_mc = sorted(k for k, v in methods.METHODS.items() if getattr(v, "mc_passes_field", None))
+    raise ValueError(
+      f"--compare_mc needs a method with Monte-Carlo passes ({with_mc}); the config's "
+      f"method is {config.method!r}"
+    )
   if steps < 1:
     raise ValueError(f"--steps={steps}: --compare_mc needs at least one timed step")
-  config_lib.validate(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  batch = _random_batch(config)
+  config_check.validate(config)
+  mesh = parallel.mesh_for(config)
+  batch = _random_batch(config, cls.host_targets)
   results = []
-  n_forward = config.uamt.mc_passes // uamt.MC_COPIES
+  mc_passes = config[config.method][field]
+  n_forward = mc_passes // methods_common.MC_COPIES
   # 'vmap': every forward in one vmap; 'vmap_chunk1': lax.map over one-forward groups (the CPU default).
-  for name, impl, chunk in (("loop", "loop", 0), ("vmap", "vmap", n_forward), ("vmap_chunk1", "vmap", 1)):
-    method = uamt.UAMT(config, mc_impl=impl, mc_chunk=chunk)
+  for name, impl, chunk in (
+    ("loop", "loop", 0),
+    ("vmap", "vmap", n_forward),
+    ("vmap_chunk1", "vmap", 1),
+  ):
+    method = cls(config, mc_impl=impl, mc_chunk=chunk)
     state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
     device_batch = parallel.put_batch(batch, mesh)
     t = time.perf_counter()
-    compiled = jax.jit(method.train_step, donate_argnums=0).lower(state, device_batch).compile()
+    step = jax.jit(methods_base.phases_of(method)[-1].train_step, donate_argnums=0)
+    compiled = step.lower(state, device_batch).compile()
     compile_s = time.perf_counter() - t
     analysis = compiled.memory_analysis()
     state, metrics, times = _timed_steps(compiled, state, device_batch, steps)
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    results.append({
-        "method": "uamt",
+    results.append(
+      {
+        "method": config.method,
         "mc_impl": name,
-        "mc_passes": config.uamt.mc_passes,
-        "consistency_on": config.uamt.consistency_on,
+        "mc_passes": mc_passes,
         "batch_size": config.batch_size,
         "patch_size": list(config.data.patch_size),
         "n_filters": config.model.kwargs.get("n_filters"),
@@ -151,21 +216,72 @@ def compare_mc(config, steps: int = 5) -> list[dict]:
         "temp_bytes": getattr(analysis, "temp_size_in_bytes", None) if analysis else None,
         "peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
         "final_loss": float(metrics["loss"]),
-    })
+      }
+    )
     del state, compiled
   return results
 
 
+def _suite() -> None:
+  specs = _SUITE_CONFIGS.value or [
+    str(p.relative_to(bench_suite.REPO)) for p in bench_suite.config_files()
+  ]
+  rows = bench_suite.run_suite(
+    specs,
+    _SIZE.value.split(","),
+    (_COMPUTE_DTYPE.value or "float32").split(","),
+    _STEPS.value,
+    budget_s=_SUITE_BUDGET_S.value,
+  )
+  json_path, md_path = bench_suite.write(
+    rows, _OUT_DIR.value, "python -m jaxseg.bench " + " ".join(sys.argv[1:])
+  )
+  print(f"wrote {json_path} and {md_path}", flush=True)
+
+
+def checkout_module(name: str):
+  """`bench/<name>.py` of the source checkout this package runs from, as a module (the PyTorch
+  side by side is not part of the installed package)."""
+  import importlib.util
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: --against_torch runs from a jaxseg source checkout")
+  spec = importlib.util.spec_from_file_location(f"jaxseg_checkout_bench_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def main(argv):
   del argv
+  if _SUITE.value:
+    _suite()
+    return
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required (except with --suite)")
+  config = bench_suite.resize(_CONFIG.value, _SIZE.value, _N_FILTERS.value)
+  if _COMPUTE_DTYPE.value:
+    config.compute_dtype = _COMPUTE_DTYPE.value
+  if _AGAINST_TORCH.value:
+    result = checkout_module("against_torch").against_torch(config, _STEPS.value)
+    print(json.dumps(result), file=sys.stdout, flush=True)
+    print(
+      f"UA-MT step: jaxseg {result['jax_step_s_median']:.3f} s, torch "
+      f"{result['torch_step_s_median']:.3f} s, ratio {result['ratio_jax_over_torch']:.2f}",
+      flush=True,
+    )
+    if _OUT.value:
+      io_utils.write_json(_OUT.value, result)
+    return
   if _COMPARE_MC.value:
-    results = compare_mc(_CONFIG.value, _STEPS.value)
+    results = compare_mc(config, _STEPS.value)
     for result in results:
       print(json.dumps(result), file=sys.stdout, flush=True)
     if _OUT.value:
       io_utils.write_json(_OUT.value, results)
     return
-  result = benchmark(_CONFIG.value, _STEPS.value)
+  result = benchmark(config, _STEPS.value)
   text = json.dumps(result, indent=2)
   print(text, file=sys.stdout, flush=True)
   if _OUT.value:
@@ -173,5 +289,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
   app.run(main)
