@@ -159,8 +159,8 @@ def test_sdf_is_a_host_target():
   config = tiny_config('dtc')
   targets = methods.METHODS['dtc'].host_targets
   assert dict(targets) == {'sdf': compute_sdf}
-  label = np.zeros((4, 5, 6), np.int32)
-  label[1:3, 1:4, 2:5] = 1
+  label = np.zeros((6, 7, 8), np.int32)
+  label[1:5, 1:5, 2:6] = 1  # thick enough to have voxels inside its inner boundary
   batch = base.example_batch(config, targets, batch_size=1)
   assert batch['sdf'].shape == (1, *config.data.patch_size) and batch['sdf'].dtype == np.float32
   np.testing.assert_array_equal(batch['sdf'], 0.0)  # all-background label: the empty-mask case
