@@ -119,8 +119,10 @@ def test_slurm_script_runs_srun_with_the_coordinator(tmp_path):
   first host at 61440 + job id % 4096 (jax's own SLURM port rule), or --port."""
   log, bin_dir = tmp_path / "calls.jsonl", tmp_path / "bin"
   _fake_tools(bin_dir, log, scontrol="gpu-a17\ngpu-b03\n", srun="")
+  # Only what the script itself exports may reach srun, not the caller's JAXSEG_* settings.
+  inherited = {k: v for k, v in os.environ.items() if not k.startswith("JAXSEG_")}
   env = dict(
-    os.environ,
+    inherited,
     PATH=f"{bin_dir}:{os.environ['PATH']}",
     SLURM_JOB_ID="5000",
     SLURM_JOB_NODELIST="gpu-a17,gpu-b03",
