@@ -178,10 +178,6 @@ def test_la_recipe():
   assert 'mt' not in c
 
 
-def test_two_step_la_run_is_finite(tmp_path):
-  check_short_run(tiny_config('dtc', steps=2), tmp_path)
-
-
 def test_two_step_pancreas_run_is_finite(tmp_path):
   c = config_lib.load_config_module(_CONFIGS / 'pancreas_dtc.py').get_config('labeled=2,seed=0')
   assert (c.data.name, tuple(c.data.patch_size), c.data.augment) == ('pancreas', (96,) * 3, 'crop')

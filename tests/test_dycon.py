@@ -193,10 +193,6 @@ def test_configs_hold_the_upstream_recipe():
   np.testing.assert_allclose(updates["w"], -0.01 * (1 / np.sqrt(3) + 1e-4), rtol=1e-5)
 
 
-def test_la_two_step_run_is_finite(tmp_path):
-  check_short_run(_config(), tmp_path)
-
-
 def _synthetic_run(tmp_path, config_file: str, dataset: str, data=None, **synthetic):
   c = config_lib.load_config_module(REPO / "configs" / config_file).get_config()
   _shrink(c)

@@ -18,7 +18,6 @@ from jaxseg.methods import mcf
 from tests.conftest import MAP_TOL
 from tests.conftest import SCALAR_TOL
 from tests.conftest import channels_last
-from tests.conftest import check_short_run
 from tests.conftest import random_batch
 from tests.conftest import tiny_config
 
@@ -217,10 +216,6 @@ def test_predict_is_the_two_network_average(tiny):
   want = 0.5 * sum(jax.nn.softmax(logits, axis=-1) for logits in both)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
-
-
-def test_two_step_run_is_finite(tmp_path):
-  check_short_run(tiny_config("mcf", steps=2), tmp_path)
 
 
 def test_la_config_recipe():

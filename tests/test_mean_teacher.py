@@ -36,8 +36,9 @@ def test_mean_teacher_step_matches_hand_computation():
   cons = jnp.mean((jax.nn.softmax(s_logits[lb:]) - jax.nn.softmax(t_logits)) ** 2)
   weight = 0.1 * np.exp(-5.0)  # sigmoid_rampup(0 // 150, 40) = exp(-5)
   np.testing.assert_allclose(float(metrics["consistency_weight"]), weight, rtol=1e-6)
-  np.testing.assert_allclose(float(metrics["loss_consistency"]), float(cons), rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["loss"]), float(sup + weight * cons), rtol=1e-5)
+  # Two separately compiled programs fuse and sum in different orders: float32 tolerance.
+  np.testing.assert_allclose(float(metrics["loss_consistency"]), float(cons), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["loss"]), float(sup + weight * cons), rtol=1e-4)
 
   # EMA warm-up: alpha = 0 at step 0, so the teacher becomes the student.
   chex.assert_trees_all_close(new_state.aux["ema_params"], new_state.params)

@@ -7,6 +7,8 @@ import pathlib
 
 import pytest
 
+from tests.conftest import xla_flags
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -28,7 +30,7 @@ def _execute(tmp_path, monkeypatch, **params):
   assert set(params) == names, f"test parameters {sorted(params)} != notebook's {sorted(names)}"
   tagged[0].source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
   # The kernel and its subprocesses inherit these: 8 CPU devices for every jax process.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(8))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   client = nbclient.NotebookClient(
@@ -64,12 +66,12 @@ def test_notebook_runs_end_to_end_on_8_cpu_devices(tmp_path, monkeypatch):
   nb = _execute(tmp_path, monkeypatch, **params)
   text = _text(nb)
   assert "8 x cpu (cpu)" in text
-  # The recipe's batch of 4 does not split over 8 devices: the notebook runs 8 = 4 + 4.
-  assert "batch 8 (4 labeled)" in text
+  # The recipe's batch of 4 on 8 devices: 4 on the "data" axis, the rest on "space".
+  assert "batch 4 on 8 cpu device(s)" in text and "data 4" in text
 
   run = pathlib.Path(params["WORKDIR"])
   config = json.loads((run / "config.json").read_text())
-  assert (config["method"], config["batch_size"], config["labeled_batch_size"]) == ("uamt", 8, 4)
+  assert (config["method"], config["batch_size"], config["labeled_batch_size"]) == ("uamt", 4, 2)
   assert config["total_steps"] == 2 and config["data"]["name"] == "synthetic"
   steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
   assert steps == [1, 2]

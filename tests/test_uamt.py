@@ -21,7 +21,6 @@ from jaxseg.methods import uamt
 from tests.conftest import MAP_TOL
 from tests.conftest import SCALAR_TOL
 from tests.conftest import channels_last
-from tests.conftest import check_short_run
 from tests.conftest import random_batch
 from tests.conftest import tiny_config
 
@@ -177,10 +176,6 @@ def test_config_switches_are_checked():
   config.uamt.consistency_on = "labeled"
   with pytest.raises(ValueError, match="config.uamt.consistency_on"):
     methods.build(config)
-
-
-def test_two_step_run_is_finite(tmp_path):
-  check_short_run(tiny_config("uamt", steps=2), tmp_path)
 
 
 def test_la_config_recipe():
