@@ -97,17 +97,18 @@ def save_best(
     metrics={BEST_METRIC: float(val_dice)},
   )
   manager.wait_until_finished()
-  io_utils.write_json(
-    pathlib.Path(manager.directory) / SELECTION_FILE,
-    {
-      "split": split,
-      "metric": "dice",
-      "mode": mode,
-      "n_cases": n_cases,
-      "step": int(step),
-      "value": float(val_dice),
-    },
-  )
+  if jax.process_index() == 0:  # every process saves its shards; process 0 writes the record
+    io_utils.write_json(
+      pathlib.Path(manager.directory) / SELECTION_FILE,
+      {
+        "split": split,
+        "metric": "dice",
+        "mode": mode,
+        "n_cases": n_cases,
+        "step": int(step),
+        "value": float(val_dice),
+      },
+    )
   return True
 
 

@@ -26,6 +26,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"method={config.method!r} is not one of {sorted(methods.METHODS)}",
   )
   need(config.total_steps >= 1, f"total_steps={config.total_steps} must be >= 1")
+  runs = config.get("runs", 1)  # a run folder's config.json from before the runs axis: one run
+  need(
+    isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1,
+    f"runs={runs!r} must be a positive integer (the number of replicas, seeds seed..seed+runs-1)",
+  )
   need(
     0 < config.labeled_batch_size <= config.batch_size,
     f"labeled_batch_size={config.labeled_batch_size} must be in 1..batch_size={config.batch_size}",
@@ -52,6 +57,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(
     config.model.name in models.MODELS,
     f"model.name={config.model.name!r} is not one of {sorted(models.MODELS)}",
+  )
+  remat = config.model.get("remat", False)
+  need(isinstance(remat, bool), f"model.remat={remat!r} must be True or False")
+  need(
+    not remat or models.supports_remat(config.model.name),
+    models.remat_unsupported(config.model.name),
   )
   n_classes = config.model.kwargs.get("n_classes")
   # A single-logit sigmoid head (DTC) serves a binary task.

@@ -52,9 +52,11 @@ def run(
   method: str, seed: int, total_steps: int, batch_size: int, labeled_batch_size: int, **overrides
 ) -> ConfigDict:
   """The top level of a config: method, seed, step count, batch composition (labeled samples
-  first), float32 compute, logging every 20 steps, a checkpoint every 500 (the last 2 kept).
+  first), float32 compute, logging every 20 steps, a checkpoint every 500 (the last 2 kept), one
+  replica (`runs` N > 1: N independent replicas with seeds seed..seed+N-1 trained in one program,
+  each writing its results to <workdir>/run<k>/; jaxseg/runs.py).
 
-  Where it runs, which changes no number: `mesh.shape` ('auto', or e.g. 'data:4,space:2'; see
+  Where it runs, which changes no number: `mesh.shape` ('auto', or e.g. 'runs:2,data:4'; see
   jaxseg/parallel.py), `compile_cache` ('auto': JAX's persistent compilation cache in
   ~/.cache/jaxseg/xla unless $JAX_COMPILATION_CACHE_DIR names one; a folder; '' off) and
   `profile_steps` ('START:END': a jax.profiler trace of those steps in <workdir>/profile)."""
@@ -65,6 +67,7 @@ def run(
       total_steps=total_steps,
       batch_size=batch_size,
       labeled_batch_size=labeled_batch_size,
+      runs=1,
       compute_dtype="float32",
       log_every_steps=20,
       checkpoint_every_steps=500,
@@ -80,7 +83,8 @@ def run(
 
 def vnet_model(name: str = "vnet", **overrides) -> ConfigDict:
   """`config.model` for the UA-MT VNet family (vnet, vnet_sdf, bcp_vnet, cml_vnet): 16 filters,
-  batchnorm, dropout 0.5, 2 classes (yulequan/UA-MT code/networks/vnet.py defaults)."""
+  batchnorm, dropout 0.5, 2 classes (yulequan/UA-MT code/networks/vnet.py defaults). `remat`:
+  recompute the blocks' activations in the backward pass (less memory, more time)."""
   kwargs = dict(
     n_channels=1,
     n_classes=2,
@@ -90,7 +94,7 @@ def vnet_model(name: str = "vnet", **overrides) -> ConfigDict:
     dropout_rate=0.5,
   )
   kwargs.update(overrides)
-  return ConfigDict(dict(name=name, kwargs=ConfigDict(kwargs)))
+  return ConfigDict(dict(name=name, kwargs=ConfigDict(kwargs), remat=False))
 
 
 def unet2d_model(name: str = "unet2d", **overrides) -> ConfigDict:
@@ -115,7 +119,7 @@ def unet3d_dycon_model(**overrides) -> ConfigDict:
     in_channels=1, n_classes=2, feature_scale=4, n_filters=0, scale_factor=2, dropout_rate=0.3
   )
   kwargs.update(overrides)
-  return ConfigDict(dict(name="unet3d_dycon", kwargs=ConfigDict(kwargs)))
+  return ConfigDict(dict(name="unet3d_dycon", kwargs=ConfigDict(kwargs), remat=False))
 
 
 def la_data(labeled: int, **overrides) -> ConfigDict:
@@ -136,6 +140,9 @@ def la_data(labeled: int, **overrides) -> ConfigDict:
       # Grain worker processes do not survive a checkpoint round trip (jaxseg/config_check.py).
       worker_count=0,
       spacing=(0.625, 0.625, 0.625),  # mm per voxel (D, H, W); clean-mode distances use it
+      # LA only: > 1 shrinks every volume by this factor per axis at load time (jaxseg/data/la.py;
+      # the reduced-scale protocol of jaxseg/reproduce.py); scale `spacing` with it.
+      downsample=1,
     )
   )
   d.update(overrides)

@@ -90,7 +90,13 @@ def evaluate(
   3D volumes run the sliding window on the device (`inference.DeviceWindows`: one jitted program
   per volume, its window batches sharded over every device of `mesh`; without a mesh, on one
   device), with the host loop's numbers; 2D networks run slice by slice through `predict_case`.
+
+  In a multi-process run every process calls this alike (the sliding window is one program over
+  the global mesh, so each process computes every case's metrics); process 0 alone prints and
+  writes.
   """
+  writes = jax.process_index() == 0
+  stream = stream if writes else None
   mode = config.eval.mode
   if mode not in MODES:
     raise ValueError(f"eval.mode={mode!r}: must be one of {MODES}")
@@ -125,7 +131,7 @@ def evaluate(
       )
     )
     rows.append(row)
-    if save_predictions:
+    if save_predictions and writes:
       _save_prediction(
         pathlib.Path(out_dir) / PREDICTIONS_DIR / f"{example['case']}.npz", label_map
       )
@@ -142,7 +148,7 @@ def evaluate(
     method=config.method,
     **settings,
   )
-  if out_dir is not None:
+  if out_dir is not None and writes:
     out_dir = pathlib.Path(out_dir)
     fields = ["case"] + [k for k in rows[0] if k != "case"] if rows else ["case"]
     io_utils.write_csv(out_dir / "cases.csv", rows, fields)
@@ -429,6 +435,13 @@ def evaluate_workdir(
   checkpoint = checkpoints_lib.resolve_choice(checkpoint)
   workdir = pathlib.Path(workdir).resolve()
   config = load_run_config(workdir)
+  if config.get("runs", 1) > 1:
+    # Its checkpoint holds the replicas stacked (jaxseg/runs.py); re-evaluating one is not built.
+    raise ValueError(
+      f"{workdir / 'config.json'}: runs={config.runs}, a job of {config.runs} replicas in one "
+      f"checkpoint; their evaluations are in {workdir}/run<k>/eval/<split>/ (re-evaluating a "
+      "replica on another split or mode is not supported yet: train it as a single run)"
+    )
   mode = mode or config.eval.mode
   if mode not in MODES:
     raise ValueError(f"--mode {mode!r}: must be one of {MODES}")

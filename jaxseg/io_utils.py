@@ -109,10 +109,15 @@ class RunDir:
   of interleaving its checkpoints with the first. A run that fails before its first step (bad data,
   a workdir holding another config, ...) leaves the workdir as it found it: a folder it created is
   removed, and so are the entries it added to an existing one.
+
+  In a multi-process run every process opens the workdir with its `process_index`: process 0 takes
+  `.lock` and alone cleans up after an early failure; process k > 0 takes `.lock.k`, so that the
+  processes of one run do not lock each other out while a second run is still refused.
   """
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, process_index: int = 0):
     self.path = pathlib.Path(workdir)
+    self.process_index = int(process_index)
     self._started = False
     self._fd = None
 
@@ -123,11 +128,12 @@ class RunDir:
     created = self.path.absolute()
     while not created.parent.exists():
       created = created.parent
+    lock = self.path / (LOCK_FILE + (f".{self.process_index}" if self.process_index else ""))
     try:
       self.path.mkdir(parents=True, exist_ok=True)
-      fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, file_mode())
+      fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
     except OSError as e:
-      raise storage_error(self.path / LOCK_FILE, e) from e
+      raise storage_error(lock, e) from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -148,7 +154,7 @@ class RunDir:
 
   def __exit__(self, exc_type, exc, tb) -> None:
     try:
-      if exc_type is not None and not self._started:
+      if exc_type is not None and not self._started and self.process_index == 0:
         self._remove_new()
     finally:
       fcntl.flock(self._fd, fcntl.LOCK_UN)

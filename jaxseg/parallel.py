@@ -1,12 +1,13 @@
-"""Device mesh and shardings: a ("data", "space") mesh, the batch's samples sharded over "data",
-the state replicated.
+"""Device mesh and shardings: a ("runs", "data", "space") mesh, the batch's samples sharded over
+"data", the state replicated; with `config.runs` > 1 (jaxseg/runs.py) the state and the batch carry
+a leading replica axis sharded over "runs".
 
 A recipe means the same on any device count: its global batch is fed whole, batch norm inside the
 jitted step reduces over the *global* batch (sync-BN), and the numbers equal one device's up to
 float32 reduction order (tests/test_parallel.py). `mesh_for` chooses the arrangement from the device
-count and the batch (`config.mesh.shape='auto'`) or takes it from the config ('data:4,space:2'):
-"data" takes the devices the batch can use, "space" the rest, so that a batch of 4 runs on 8
-devices.
+count, the replica count and the batch (`config.mesh.shape='auto'`) or takes it from the config
+('runs:2,data:4'): "runs" takes the devices the replicas can use, "data" those the batch can use,
+"space" the rest, so that a batch of 4 runs on 8 devices.
 
 The "space" devices replicate the step for now instead of sharding each sample's depth: with the
 depth sharded and the activations replicated along another mesh axis (data 4 x space 2, or space 8
@@ -22,6 +23,7 @@ import os
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -87,7 +89,7 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(**kwargs)
 
 
-AXES = ("data", "space")
+AXES = ("runs", "data", "space")
 
 
 class MeshError(errors.UserError, ValueError):
@@ -95,7 +97,7 @@ class MeshError(errors.UserError, ValueError):
 
 
 def parse_mesh_shape(spec: str) -> dict[str, int]:
-  """'data:4,space:2' -> {'data': 4, 'space': 2}; an axis left out has size 1.
+  """'data:4,space:2' -> {'runs': 1, 'data': 4, 'space': 2}; an axis left out has size 1.
 
   Raises:
     MeshError: an unknown axis, a size that is not a positive integer.
@@ -112,11 +114,13 @@ def parse_mesh_shape(spec: str) -> dict[str, int]:
   return shape
 
 
-def auto_mesh_shape(n_devices: int, batch_size: int) -> dict[str, int]:
-  """As many devices on "data" as divide both the device count and the batch; the rest on
-  "space". 8 devices, batch 4: data 4 x space 2; 1 device: data 1 x space 1."""
-  data = math.gcd(n_devices, batch_size)
-  return {"data": data, "space": n_devices // data}
+def auto_mesh_shape(n_devices: int, batch_size: int, runs: int = 1) -> dict[str, int]:
+  """As many devices on "runs" as divide both the device count and the replica count, then as many
+  on "data" as divide both what is left and the batch; the rest on "space". 8 devices, batch 4:
+  data 4 x space 2; with runs 2: runs 2 x data 4; with runs 8: runs 8; 1 device: all sizes 1."""
+  on_runs = math.gcd(n_devices, runs)
+  data = math.gcd(n_devices // on_runs, batch_size)
+  return {"runs": on_runs, "data": data, "space": n_devices // on_runs // data}
 
 
 def mesh_for(config, devices=None) -> Mesh:
@@ -124,13 +128,15 @@ def mesh_for(config, devices=None) -> Mesh:
   arrangement of `config.mesh.shape` ('auto': `auto_mesh_shape`).
 
   Raises:
-    MeshError: the arrangement does not use exactly the devices, or its "data" axis does not
-      divide `config.batch_size`.
+    MeshError: the arrangement does not use exactly the devices, its "runs" axis does not divide
+      `config.runs` or its "data" axis does not divide `config.batch_size`.
   """
   devices = jax.devices() if devices is None else list(devices)
   spec = config.mesh.shape
   shape = (
-    auto_mesh_shape(len(devices), config.batch_size) if spec == "auto" else parse_mesh_shape(spec)
+    auto_mesh_shape(len(devices), config.batch_size, config.runs)
+    if spec == "auto"
+    else parse_mesh_shape(spec)
   )
   shown = describe(shape)
   if math.prod(shape.values()) != len(devices):
@@ -143,14 +149,20 @@ def mesh_for(config, devices=None) -> Mesh:
       f"mesh ({shown}): batch_size={config.batch_size} is not divisible by the data "
       "axis; set mesh.shape (e.g. 'data:1,space:N')"
     )
+  if config.runs % shape["runs"]:
+    raise MeshError(
+      f"mesh ({shown}): runs={config.runs} is not divisible by the runs axis; set mesh.shape "
+      "(e.g. 'runs:1,data:N')"
+    )
   grid = mesh_utils.create_device_mesh(tuple(shape[a] for a in AXES), devices)
   return Mesh(grid, AXES)
 
 
 def describe(shape) -> str:
-  """'data 4 x space 2' for a mesh or an {axis: size} dict."""
+  """'data 4 x space 2' (runs 1) or 'runs 2 x data 4 x space 1' for a mesh or an {axis: size}
+  dict."""
   sizes = dict(shape.shape) if isinstance(shape, Mesh) else shape
-  return " x ".join(f"{a} {sizes[a]}" for a in AXES)
+  return " x ".join(f"{a} {sizes[a]}" for a in AXES if a != "runs" or sizes[a] > 1)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -175,3 +187,51 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> list[int]:
+  """The rows (ascending) of a global batch of `batch_size` samples that this process's devices
+  hold under `batch_sharding(mesh)`: what this process loads. One process: every row."""
+  rows = set()
+  for index in batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values():
+    rows.update(range(*index[0].indices(batch_size)))
+  return sorted(rows)
+
+
+def put_process_batch(batch: dict, mesh: Mesh, batch_size: int) -> dict:
+  """This process's rows of a global batch (`process_rows` order, numpy [R, ...]) -> global arrays
+  [batch_size, ...] sharded as `batch_sharding`: every process feeds its own rows, and together
+  they make the global batch."""
+  sharding = batch_sharding(mesh)
+  return {
+    k: jax.make_array_from_process_local_data(
+      sharding, np.asarray(v), (batch_size, *np.shape(v)[1:])
+    )
+    for k, v in batch.items()
+  }
+
+
+def runs_sharding(mesh: Mesh, batch: bool = False) -> NamedSharding:
+  """A leading replica axis (jaxseg/runs.py) over "runs": the stacked state [N, ...], or with
+  `batch` the stacked batch [N, B, ...], its samples over "data" as `batch_sharding`'s."""
+  return NamedSharding(mesh, P("runs", "data") if batch else P("runs"))
+
+
+def put_runs(tree, mesh: Mesh):
+  """The stacked state [N, ...] of a runs axis, one slice of replicas per "runs" device group."""
+  return jax.device_put(tree, runs_sharding(mesh))
+
+
+def put_runs_batch(batch: dict, mesh: Mesh) -> dict:
+  """The stacked numpy batch [N, B, ...] of a runs axis (one process) -> arrays sharded as
+  `runs_sharding(mesh, batch=True)`."""
+  sharding = runs_sharding(mesh, batch=True)
+  return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (one process: `flag`). A collective: every process calls
+  it at the same point of its loop."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))

@@ -6,7 +6,9 @@ data iterator), so a killed run loses nothing that was checkpointed and ends as 
 stopped. A checkpoint that cannot be restored (cut by a kill or a full disk, corrupted) is moved to
 `<workdir>/checkpoints_corrupt/` with a warning and the one before it is used. SIGTERM saves a
 checkpoint at the current step and ends the run with exit status 0. One run at a time holds a
-workdir (`io_utils.RunDir`); a run that fails before its first step leaves it as it was.
+workdir (`io_utils.RunDir`); a run that fails before its first step leaves it as it was. With
+`config.runs` N > 1 the loop trains N replicas (seeds seed..seed+N-1) at once, each writing its
+results to `<workdir>/run<k>/` (jaxseg/runs.py).
 """
 
 import errno
@@ -38,6 +40,7 @@ from jaxseg import evaluation
 from jaxseg import io_utils
 from jaxseg import methods
 from jaxseg import parallel
+from jaxseg import runs as runs_lib
 from jaxseg import writers
 from jaxseg.data.builder import build_datasets
 from jaxseg.methods import base as methods_base
@@ -55,13 +58,14 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
   pass
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict | None:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict | list[dict] | None:
   """Train `config.method` for `config.total_steps`, then evaluate the final state on the
   validation split.
 
   Returns:
-    The evaluation summary (also in `<workdir>/eval/<split>/summary.json`), or None when a SIGTERM
-    stopped the run (a checkpoint at the current step is saved; the same call resumes).
+    The evaluation summary (also in `<workdir>/eval/<split>/summary.json`); with `config.runs` > 1
+    the list of the replicas' summaries (`<workdir>/run<k>/eval/<split>/summary.json`); None when a
+    SIGTERM stopped the run (a checkpoint at the current step is saved; the same call resumes).
 
   Raises:
     errors.UserError: bad config or data, a workdir in use, holding another config or a finished
@@ -73,14 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict | Non
   workdir = pathlib.Path(workdir).resolve()
   enable_compile_cache(config.compile_cache)
   parallel.maybe_initialize_distributed()
-  if jax.process_count() > 1:
-    # Each host would need its own labeled-first slice of the global batch; until the pipeline
-    # shards the two streams per host, refuse rather than feed every host the same examples.
-    raise ValueError(
-      f"{jax.process_count()} processes: multi-host data feeding is not supported yet; "
-      "run on one host (all its local devices are used)"
-    )
-  with io_utils.RunDir(workdir) as run:
+  with io_utils.RunDir(workdir, jax.process_index()) as run:
     return _train(config, workdir, run)
 
 
@@ -88,18 +85,19 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   """train_and_evaluate inside the held workdir; `run.started()` marks the first step."""
   is_main = jax.process_index() == 0
   check_workdir_config(config, workdir)
-  data = build_datasets(config, workdir)
+  mesh = parallel.mesh_for(config)
+  # Each process loads only the rows of the global batch its devices hold (one process: all).
+  rows = parallel.process_rows(mesh, config.batch_size)
+  data = build_datasets(config, workdir, rows)
   # Every case is read and checked now, so bad data stops the run before its first step; labeled
   # training cases and validation cases are ground truth and must hold foreground.
   data.train_source.check_all(range(len(data.splits["labeled"])))
   data.val_source.check_all(range(len(data.val_source)))
   method = methods.build(config)
-  mesh = parallel.mesh_for(config)
-  iterator = data.train_iterator
+  layout = runs_lib.Runs(config, workdir)
+  iterator = layout.iterator(config, data)
 
-  state = method.init(
-    jax.random.PRNGKey(config.seed), methods_base.example_batch(config, method.host_targets)
-  )
+  state = layout.init(method, methods_base.example_batch(config, method.host_targets))
 
   ckpt = ocp.CheckpointManager(
     workdir / "checkpoints",
@@ -107,33 +105,43 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   )
   # Best-on-validation state (checkpoints.py): only the periodic validation on the val split
   # feeds it; the final checkpoint above stays the default for evaluation.
-  best_ckpt = checkpoints_lib.best_manager(workdir) if config.eval.every_steps else None
+  best_ckpts = [
+    checkpoints_lib.best_manager(d) if config.eval.every_steps else None for d in layout.dirs
+  ]
+  # On the mesh before a restore, so that orbax restores into the mesh's shardings: with several
+  # processes a restored host-local state could not be moved onto the global mesh.
+  state = layout.put_state(state, mesh)
   if ckpt.all_steps():
     state = restore_latest(ckpt, state, iterator, workdir)
-    _log(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}")
-  start = int(state.step)
+    _log(f"resumed from {workdir / 'checkpoints'} at step {_step_of(state)}")
+  start = _step_of(state)
   total = config.total_steps
   if start == 0 and jax.process_index() == 0:
-    print(parameter_overview.get_parameter_overview(state.params, include_stats=False), flush=True)
+    params = layout.replicas(state.params)[0]
+    print(parameter_overview.get_parameter_overview(params, include_stats=False), flush=True)
 
-  summary_path = workdir / "eval" / config.eval.split / "summary.json"
-  if start >= total and summary_path.exists():
-    summary = json.loads(summary_path.read_text())
-    _log(f"run already finished; its evaluation ({summary_path}):")
-    print(evaluation.format_table(summary), flush=True)
-    return summary
+  summary_paths = [d / "eval" / config.eval.split / "summary.json" for d in layout.dirs]
+  if start >= total and all(p.exists() for p in summary_paths):
+    summaries = [json.loads(p.read_text()) for p in summary_paths]
+    for path, summary in zip(summary_paths, summaries):
+      _log(f"run already finished; its evaluation ({path}):")
+      print(evaluation.format_table(summary), flush=True)
+    return summaries[0] if layout.n == 1 else summaries
 
-  state = parallel.put_replicated(state, mesh)
   phases = methods_base.phases_of(method)
   # Each phase's step is compiled once, on first use; `enter` runs once at the phase's first step
   # (a checkpoint taken at a phase boundary predates it, so a resume there re-enters correctly).
-  step_fns = {p.name: jax.jit(p.train_step, donate_argnums=0) for p in phases}
+  step_fns = {p.name: layout.jit(p.train_step, mesh) for p in phases}
   if is_main:
     io_utils.write_json(workdir / "config.json", config.to_dict())
     io_utils.write_json(workdir / "env.json", environment_record())
   run.started()
-  writer = writers.MetricWriter(workdir, resume_step=start, enable_tensorboard=is_main)
-  progress = writers.Progress(total, start)
+  # Process 0 alone writes the run's logs and results (the others compute the same values).
+  metric_writers = [
+    writers.MetricWriter(d, resume_step=start) if is_main else writers.NullWriter()
+    for d in layout.dirs
+  ]
+  progress = writers.Progress(total, start, stream=sys.stdout if is_main else None)
   fault = {
     env: int(os.environ.get(env, "-1"))
     for env in (_FAULT_ENV, _FAULT_KILL_IN_SAVE_ENV, _FAULT_TERM_ENV)
@@ -142,6 +150,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
     f"training {config.method} on {config.data.name}: steps {start}->{total}, batch "
     f"{config.batch_size} on {mesh.devices.size} {jax.devices()[0].platform} device(s) as "
     f"{parallel.describe(mesh)} (mesh.shape={config.mesh.shape!r}), workdir {workdir}"
+    + (f", {layout.n} runs (seeds {layout.seeds[0]}..{layout.seeds[-1]})" if layout.n > 1 else "")
   )
 
   with _TermFlag() as term, _Profiler(config, workdir, start) as profiler:
@@ -149,12 +158,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
       config,
       method,
       data,
+      layout,
+      iterator,
       mesh,
       phases,
       step_fns,
       ckpt,
-      best_ckpt,
-      writer,
+      best_ckpts,
+      metric_writers,
       progress,
       state,
       start,
@@ -164,9 +175,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
       workdir,
     )
   _wait(ckpt, workdir)
-  if best_ckpt is not None:
-    _wait(best_ckpt, workdir)
-  writer.close()
+  for best_ckpt in best_ckpts:
+    if best_ckpt is not None:
+      _wait(best_ckpt, workdir)
+  for writer in metric_writers:
+    writer.close()
   if stopped is None:
     return None
   state = stopped
@@ -174,33 +187,39 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   n_eval = len(data.val_source)
   if config.eval.max_cases:  # a short check on real data; the summary's n_cases says so
     n_eval = min(n_eval, config.eval.max_cases)
-  _log(
-    f"evaluating the final state (step {int(state.step)}) on the {config.eval.split} split "
-    f"({n_eval} of {len(data.val_source)} cases, mode {config.eval.mode})"
-  )
-  return evaluation.evaluate(
-    method,
-    state,
-    data.val_source,
-    config,
-    out_dir=workdir / "eval" / config.eval.split,
-    split=config.eval.split,
-    checkpoint_step=int(state.step),
-    max_cases=config.eval.max_cases,
-    mesh=mesh,
-  )
+  summaries = []
+  for k, (replica, out) in enumerate(zip(layout.replicas(state), layout.dirs)):
+    _log(
+      f"{layout.tag(k)}evaluating the final state (step {total}) on the {config.eval.split} "
+      f"split ({n_eval} of {len(data.val_source)} cases, mode {config.eval.mode})"
+    )
+    summary = evaluation.evaluate(
+      method,
+      replica,
+      data.val_source,
+      config,
+      out_dir=out / "eval" / config.eval.split,
+      split=config.eval.split,
+      checkpoint_step=total,
+      max_cases=config.eval.max_cases,
+      mesh=mesh,
+    )
+    summaries.append(summary)
+  return summaries[0] if layout.n == 1 else summaries
 
 
 def _loop(
   config,
   method,
   data,
+  layout: runs_lib.Runs,
+  iterator,
   mesh,
   phases,
   step_fns,
   ckpt,
-  best_ckpt,
-  writer,
+  best_ckpts: list,
+  metric_writers: list,
   progress,
   state,
   start: int,
@@ -212,16 +231,15 @@ def _loop(
   """Steps `start`..`config.total_steps`. Returns the final state, or None when a SIGTERM stopped
   the run after checkpointing the current step."""
   total = config.total_steps
-  iterator = data.train_iterator
-  window = {}  # name -> clu Average of that step metric since the last log line
+  window = {}  # name -> clu Average of that step metric since the last log line ([N] with runs)
   for step in range(start, total):
     phase = methods_base.phase_at(phases, step)
     if len(phases) > 1 and (step == phase.start or step == start):
       _log(f"phase {phase.name!r} from step {step}")
     if step == phase.start and phase.enter is not None:
-      state = jax.jit(phase.enter, donate_argnums=0)(state)
+      state = layout.jit(phase.enter, mesh)(state)
     profiler.before(step)
-    batch = parallel.put_batch(next(iterator), mesh)
+    batch = layout.put_batch(next(iterator), mesh)
     state, metrics = step_fns[phase.name](state, batch)
     done = step + 1
     profiler.after(done, state)
@@ -230,34 +248,46 @@ def _loop(
       progress.start_timing(done)
     _accumulate(window, metrics)
     if done % config.log_every_steps == 0 or done == total:
-      scalars = _checked({k: a.compute() for k, a in window.items()}, done, workdir)
+      computed = jax.device_get({k: a.compute() for k, a in window.items()})
+      scalars = [_checked(r, done, workdir) for r in layout.replicas(computed)]
       window.clear()
-      writer.write(done, scalars)
-      progress.report(done, scalars)
+      for writer, values in zip(metric_writers, scalars):
+        writer.write(done, values)
+      progress.report(done, scalars[0] if layout.n == 1 else _per_run(scalars))
     every = config.eval.every_steps
     if every and (done % every == 0 or done == total):
-      val = evaluation.evaluate(
-        method,
-        state,
-        data.val_source,
-        config,
-        stream=None,
-        max_cases=config.eval.max_cases,
-        mesh=mesh,
-      )
-      writer.write(done, {f"val_{k}": val[k] for k in evaluation.METRIC_NAMES})
-      improved = checkpoints_lib.save_best(
-        best_ckpt, done, state, val["dice"], split="val", mode=val["mode"], n_cases=val["n_cases"]
-      )
-      _log(
-        f"validation at step {done}: dice={val['dice']:.4f} hd95={val['hd95']:.2f}"
-        + (" (new best, saved)" if improved else "")
-      )
+      for k, replica in enumerate(layout.replicas(state)):
+        val = evaluation.evaluate(
+          method,
+          replica,
+          data.val_source,
+          config,
+          stream=None,
+          max_cases=config.eval.max_cases,
+          mesh=mesh,
+        )
+        metric_writers[k].write(done, {f"val_{m}": val[m] for m in evaluation.METRIC_NAMES})
+        improved = checkpoints_lib.save_best(
+          best_ckpts[k],
+          done,
+          replica,
+          val["dice"],
+          split="val",
+          mode=val["mode"],
+          n_cases=val["n_cases"],
+        )
+        _log(
+          f"{layout.tag(k)}validation at step {done}: dice={val['dice']:.4f} "
+          f"hd95={val['hd95']:.2f}" + (" (new best, saved)" if improved else "")
+        )
     if done == fault[_FAULT_TERM_ENV]:
       os.kill(os.getpid(), signal.SIGTERM)  # the handler sets term.requested before this returns
-    stop = term.requested  # read once: a signal arriving below waits for the next step
+    # Read once: a signal arriving below waits for the next step. Every process stops at the same
+    # step when any one was signalled (each checkpoint is one collective save).
+    stop = parallel.any_process(term.requested)
     if stop or done % config.checkpoint_every_steps == 0 or done == total:
-      _checked(jax.device_get({"loss": metrics["loss"]}), done, workdir)
+      for loss in layout.replicas(jax.device_get(metrics["loss"])):
+        _checked({"loss": loss}, done, workdir)
       _save(ckpt, done, state, iterator, workdir)
     if done == fault[_FAULT_KILL_IN_SAVE_ENV]:
       os.kill(os.getpid(), signal.SIGKILL)
@@ -463,7 +493,9 @@ def restore_latest(ckpt: ocp.CheckpointManager, state, iterator, workdir: pathli
   )
 
 
-RUNTIME_FIELDS = ("mesh", "compile_cache", "profile_steps")
+# model.remat recomputes activations instead of storing them, same numbers: an out-of-memory run
+# resumes with it switched on.
+RUNTIME_FIELDS = ("mesh", "compile_cache", "profile_steps", "model.remat")
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -482,7 +514,11 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Pat
   except (OSError, json.JSONDecodeError) as e:
     raise errors.RunStateError(f"{path}: unreadable ({e}); use another --workdir") from e
   current = json.loads(json.dumps(config.to_dict(), default=io_utils.jsonable))
-  changed = sorted(k for k in _diff(stored, current) if k.split(".")[0] not in RUNTIME_FIELDS)
+  changed = sorted(
+    k
+    for k in _diff(stored, current)
+    if k.split(".")[0] not in RUNTIME_FIELDS and k not in RUNTIME_FIELDS
+  )
   if not changed:
     return
   summary = workdir / "eval" / config.eval.split / "summary.json"
@@ -519,10 +555,23 @@ def _warn(msg: str) -> None:
 
 def _accumulate(window: dict, metrics: dict) -> None:
   """Adds one step's scalar metrics to the running means of the current log window. Per name, so
-  the phases of a run may log different metrics; on device, so no host sync per step."""
+  the phases of a run may log different metrics; on device, so no host sync per step. Metrics [N]
+  of a runs axis keep one mean per replica."""
   for name, value in metrics.items():
-    update = clu_metrics.Average.from_model_output(jnp.asarray(value, jnp.float32))
+    value = jnp.asarray(value, jnp.float32)
+    average = clu_metrics.Average.from_model_output
+    update = average(value) if value.ndim == 0 else jax.vmap(average)(value)
     window[name] = window[name].merge(update) if name in window else update
+
+
+def _step_of(state) -> int:
+  """The state's step (with a runs axis, every replica's: they step together)."""
+  return int(np.ravel(jax.device_get(state.step))[0])
+
+
+def _per_run(scalars: list[dict]) -> dict:
+  """The replicas' log values as one progress line: name -> [value of run 0, run 1, ...]."""
+  return {k: [s[k] for s in scalars] for k in scalars[0]}
 
 
 def _checked(scalars: dict, step: int, workdir) -> dict:

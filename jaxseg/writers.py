@@ -62,8 +62,20 @@ class MetricWriter:
       self._tb.close()
 
 
+class NullWriter:
+  """MetricWriter's stand-in on the processes other than 0 of a multi-process run, which write
+  nothing: process 0 writes the run's metrics."""
+
+  def write(self, step: int, scalars: dict) -> None:
+    del step, scalars
+
+  def close(self) -> None:
+    pass
+
+
 class Progress:
-  """One-line progress reports with throughput and ETA, to stdout."""
+  """One-line progress reports with throughput and ETA, to `stream` (None: silent). A value may be
+  a list, the replicas' values of a runs axis (jaxseg/runs.py)."""
 
   def __init__(self, total_steps: int, start_step: int, stream=sys.stdout):
     self.total = total_steps
@@ -77,6 +89,8 @@ class Progress:
     self._t0, self._s0 = time.time(), step
 
   def report(self, step: int, scalars: dict) -> None:
+    if self.stream is None:
+      return
     pct = 100.0 * step / max(self.total, 1)
     if self._t0 is not None and step > self._s0:
       rate = (time.time() - self._t0) / (step - self._s0)
@@ -88,6 +102,9 @@ class Progress:
 
 
 def _fmt(v) -> str:
+  """'0.5123'; the replicas' values of a runs axis as '0.5123/0.4987'."""
+  if isinstance(v, (list, tuple)):
+    return "/".join(_fmt(x) for x in v)
   v = float(v)
   return f"{v:.4g}" if math.isfinite(v) else str(v)
 

@@ -4,6 +4,8 @@ r"""Tables, paired tests and figures from a sweep's runs.
 
 Reads every run of `<root>/sweep.json` (launch/sweep.py), or every `config.json` below `root` when there
 is no manifest, and each run's per-case results `<run>/<eval>/cases.csv` (+ `summary.json` for the mode).
+A job of `runs` N > 1 (`sweep.py --as_runs`, jaxseg/runs.py) counts as N seeds, seed+k read from its
+`run<k>/<eval>/`.
 `--eval` picks which evaluation: `eval/val` (the training-time one, default), `eval/val/clean`,
 `eval/test/clean_best_val`, ... (jaxseg/evaluation.py documents the layout). Writes to `--out`:
 
@@ -47,7 +49,7 @@ class RunResult:
   method: str
   labeled: int
   seed: int
-  workdir: pathlib.Path
+  workdir: pathlib.Path  # the job's (config.json, data); a runs job's seed reads run<k>/<eval>
   eval_dir: pathlib.Path
   cases: dict  # case id -> {metric: float}
   summary: dict
@@ -77,10 +79,19 @@ def discover(root, eval_subdir: str = "eval/val", stream=sys.stderr) -> list[Run
   root = pathlib.Path(root).resolve()
   manifest = root / "sweep.json"
   entries = []
+  # (name, method, labeled, first seed, workdir, runs); manifests and configs written before the
+  # runs axis existed hold one run each.
   if manifest.is_file():
     for r in json.loads(manifest.read_text())["runs"]:
       entries.append(
-        (r["name"], r["method"], int(r["labeled"]), int(r["seed"]), pathlib.Path(r["workdir"]))
+        (
+          r["name"],
+          r["method"],
+          int(r["labeled"]),
+          int(r["seed"]),
+          pathlib.Path(r["workdir"]),
+          int(r.get("runs", 1)),
+        )
       )
   else:
     for cfg_path in sorted(root.rglob("config.json")):
@@ -92,14 +103,21 @@ def discover(root, eval_subdir: str = "eval/val", stream=sys.stderr) -> list[Run
           int(cfg["data"]["labeled"]),
           int(cfg["seed"]),
           cfg_path.parent,
+          int(cfg.get("runs", 1)),
         )
       )
+  seeds = [
+    (name, method, labeled, seed + k, workdir, workdir / f"run{k}" if runs > 1 else workdir)
+    for name, method, labeled, seed, workdir, runs in entries
+    for k in range(runs)
+  ]
   results = []
-  for name, method, labeled, seed, workdir in entries:
-    eval_dir = workdir / eval_subdir
+  for name, method, labeled, seed, workdir, result_dir in seeds:
+    eval_dir = result_dir / eval_subdir
     if not (eval_dir / "cases.csv").is_file():
       print(
-        f"[report] {workdir}: no {eval_subdir}/cases.csv (unfinished run?), skipped", file=stream
+        f"[report] {result_dir}: no {eval_subdir}/cases.csv (unfinished run?), skipped",
+        file=stream,
       )
       continue
     summary_path = eval_dir / "summary.json"

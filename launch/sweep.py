@@ -3,6 +3,7 @@ r"""Methods x labeled counts x seeds from one command: run them here one after a
   python launch/sweep.py --configs configs/la_mt.py,configs/la_vnet.py --labeled 8,16 --seeds 0,1 \
       --root runs/sweep --set total_steps=100 --set eval.every_steps=50
   python launch/sweep.py ... --emit_scripts runs/sweep/jobs [--slurm_option=--gres=gpu:1 ...]
+  python launch/sweep.py ... --seeds 0,1,2 --as_runs    # each config's seeds as one job (runs=3)
 
 Each config is `[NAME=]PATH[:ARG]` (NAME defaults to the config's `method`; two configs with the same
 method need explicit names, e.g. `l8=configs/la_mt.py:labeled=8,mt16=configs/la_mt.py`; ARG may hold
@@ -10,10 +11,13 @@ commas: an item starts a new config only where its part before ':' ends in .py).
 `smoke=1` argument gives a sweep of seconds on a CPU (`configs/la_vnet.py:smoke=1`). Every run is exactly
 `python -m jaxseg.main --config PATH[:ARG] --config.data.labeled=N --config.seed=S --config.KEY=VALUE ...
 --workdir ROOT/NAME/labeledN/seedS`: the in-process runner parses the same flags with the same
-ml_collections machinery, and the emitted scripts run that command.
+ml_collections machinery, and the emitted scripts run that command. With --as_runs the seeds (consecutive,
+e.g. 0,1,2) of each config and labeled count are one job: `--config.seed=FIRST --config.runs=N
+--workdir ROOT/NAME/labeledN/seedsFIRST-LAST`, whose replica k (seed FIRST+k) writes its results to
+`run<k>/` (jaxseg/runs.py): N seeds cost one compiled program.
 
-Resumable: a run whose `eval/<eval.split>/summary.json` exists is skipped; an unfinished one resumes from
-its checkpoint (the normal resume of jaxseg.main). `<root>/sweep.json` lists the runs (launch/report.py
+Resumable: a run whose `eval/<eval.split>/summary.json` exists (every replica's, for a runs job) is
+skipped; an unfinished one resumes from its checkpoint (the normal resume of jaxseg.main). `<root>/sweep.json` lists the runs (launch/report.py
 reads it). With --emit_scripts DIR: `DIR/run_000.sh` ... (one per run, each skipping a finished run),
 `DIR/run_all.sh` (all, one after another) and `DIR/slurm_array.sbatch` (a SLURM job array, one task per
 run; `--slurm_option` adds `#SBATCH` lines).
@@ -41,16 +45,26 @@ class Run:
   method: str
   config: str  # PATH[:ARG] as given to jaxseg.main
   labeled: int
-  seed: int
+  seed: int  # the first seed of a runs job
   overrides: tuple  # ("key=value", ...) applied as --config.key=value
   workdir: str
+  runs: int = 1  # > 1: one job of the seeds seed..seed+runs-1 (--as_runs)
 
   def flags(self) -> list[str]:
-    return [
-      f"--config={self.config}",
-      f"--config.data.labeled={self.labeled}",
-      f"--config.seed={self.seed}",
-    ] + [f"--config.{o}" for o in self.overrides]
+    return (
+      [
+        f"--config={self.config}",
+        f"--config.data.labeled={self.labeled}",
+        f"--config.seed={self.seed}",
+      ]
+      + ([f"--config.runs={self.runs}"] if self.runs > 1 else [])
+      + [f"--config.{o}" for o in self.overrides]
+    )
+
+  def result_dirs(self) -> list[pathlib.Path]:
+    """Where each seed's results go: the workdir, or a runs job's `run<k>/` folders."""
+    workdir = pathlib.Path(self.workdir)
+    return [workdir] if self.runs == 1 else [workdir / f"run{k}" for k in range(self.runs)]
 
   def command(self, python: str = sys.executable) -> list[str]:
     return [python, "-m", "jaxseg.main", *self.flags(), f"--workdir={self.workdir}"]
@@ -104,10 +118,22 @@ def build_config(run_or_flags):
 
 
 def plan(
-  configs: list[str], labeled: list[int], seeds: list[int], root, overrides: list[str]
+  configs: list[str],
+  labeled: list[int],
+  seeds: list[int],
+  root,
+  overrides: list[str],
+  as_runs: bool = False,
 ) -> list[Run]:
-  """Every (config, labeled, seed) run, in that nesting order."""
+  """Every (config, labeled, seed) run, in that nesting order; with `as_runs`, one runs job per
+  (config, labeled) holding every seed (they must be consecutive)."""
   root = pathlib.Path(root).resolve()
+  seeds = [int(s) for s in seeds]
+  if as_runs and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+    raise ValueError(
+      f"--as_runs: the seeds {seeds} must be consecutive and ascending (e.g. 0,1,2): a runs "
+      "job trains the seeds seed..seed+runs-1"
+    )
   specs = [parse_config_spec(c) for c in configs]
   named = []
   for name, config in specs:
@@ -120,6 +146,12 @@ def plan(
   runs = []
   for name, method, config in named:
     for n in labeled:
+      if as_runs:
+        job = root / name / f"labeled{n}" / f"seeds{seeds[0]}-{seeds[-1]}"
+        runs.append(
+          Run(name, method, config, int(n), seeds[0], tuple(overrides), str(job), len(seeds))
+        )
+        continue
       for s in seeds:
         runs.append(
           Run(
@@ -135,12 +167,12 @@ def plan(
   return runs
 
 
-def summary_path(run: Run, split: str = "val") -> pathlib.Path:
-  return pathlib.Path(run.workdir) / "eval" / split / "summary.json"
+def summary_paths(run: Run, split: str = "val") -> list[pathlib.Path]:
+  return [d / "eval" / split / "summary.json" for d in run.result_dirs()]
 
 
 def is_done(run: Run, split: str = "val") -> bool:
-  return summary_path(run, split).is_file()
+  return all(p.is_file() for p in summary_paths(run, split))
 
 
 def write_manifest(root, runs: list[Run]) -> pathlib.Path:
@@ -157,11 +189,10 @@ def run_all(runs: list[Run], runner: str = "subprocess", stream=None) -> list[tu
   failures = []
   for i, run in enumerate(runs):
     config = build_config(run)
-    tag = f"[sweep {i + 1}/{len(runs)}] {run.name} labeled={run.labeled} seed={run.seed}"
+    tag = f"[sweep {i + 1}/{len(runs)}] {run.name} labeled={run.labeled} {_seeds(run)}"
     if is_done(run, config.eval.split):
-      print(
-        f"{tag}: done ({summary_path(run, config.eval.split)}), skipped", file=stream, flush=True
-      )
+      done = ", ".join(str(p) for p in summary_paths(run, config.eval.split))
+      print(f"{tag}: done ({done}), skipped", file=stream, flush=True)
       continue
     print(f"{tag}: {shlex.join(run.command())}", file=stream, flush=True)
     t0 = time.time()
@@ -191,13 +222,14 @@ def emit_scripts(runs: list[Run], out_dir, slurm_options: list[str] = ()) -> lis
   for i, run in enumerate(runs):
     split = build_config(run).eval.split
     cmd = '"${PYTHON:-python}" ' + shlex.join(run.command()[1:])
+    done = " && ".join(f"[ -f {shlex.quote(str(p))} ]" for p in summary_paths(run, split))
     text = "\n".join(
       [
         "#!/usr/bin/env bash",
-        f"# jaxseg sweep run {i}: {run.name} labeled={run.labeled} seed={run.seed}",
+        f"# jaxseg sweep run {i}: {run.name} labeled={run.labeled} {_seeds(run)}",
         "set -euo pipefail",
         f"cd {shlex.quote(str(REPO))}",
-        f"if [ -f {shlex.quote(str(summary_path(run, split)))} ]; then",
+        f"if {done}; then",
         f"  echo 'done: {run.workdir} (skipped)'; exit 0",
         "fi",
         cmd,
@@ -229,6 +261,13 @@ def emit_scripts(runs: list[Run], out_dir, slurm_options: list[str] = ()) -> lis
     )
   )
   return scripts
+
+
+def _seeds(run: Run) -> str:
+  """'seed=S', or 'seeds=S..T' for a runs job."""
+  if run.runs == 1:
+    return f"seed={run.seed}"
+  return f"seeds={run.seed}..{run.seed + run.runs - 1}"
 
 
 def _int_list(text: str) -> list[int]:
@@ -268,6 +307,12 @@ def main(argv=None) -> int:
     help="write job scripts to DIR instead of running",
   )
   parser.add_argument(
+    "--as_runs",
+    action="store_true",
+    help="train each config's seeds (consecutive) as one job with --config.runs=N: one compiled "
+    "program for all seeds, each seed's results in the job's run<k>/",
+  )
+  parser.add_argument(
     "--slurm_option",
     action="append",
     default=[],
@@ -278,7 +323,14 @@ def main(argv=None) -> int:
     if "=" not in o:
       parser.error(f"--set {o!r}: expected KEY=VALUE")
   try:
-    runs = plan(split_config_specs(args.configs), args.labeled, args.seeds, args.root, args.set)
+    runs = plan(
+      split_config_specs(args.configs),
+      args.labeled,
+      args.seeds,
+      args.root,
+      args.set,
+      args.as_runs,
+    )
   except ValueError as e:
     parser.error(str(e))
   manifest = write_manifest(args.root, runs)

@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxseg import parallel
+from tests.conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -51,9 +52,7 @@ print(json.dumps({"devices": len(jax.devices()), "losses": losses, "mesh": dict(
 
 
 def _losses(n_devices: int, mesh_shape: str = "auto") -> dict:
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu"
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags(n_devices), JAX_PLATFORMS="cpu")
   out = subprocess.run(
     [sys.executable, "-c", _SCRIPT, mesh_shape],
     cwd=REPO,
@@ -70,7 +69,7 @@ def test_eight_devices_match_one_device_after_two_steps():
   # The recipe's batch of 4 on 8 devices: 4 samples over "data", "space" replicating (parallel.py).
   one, eight = _losses(1), _losses(8)
   assert one["devices"] == 1 and eight["devices"] == 8
-  assert eight["mesh"] == {"data": 4, "space": 2}
+  assert eight["mesh"] == {"runs": 1, "data": 4, "space": 2}
   assert eight["image"] == eight["label"] == str(P("data"))
   np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-5)
   assert one["losses"][0] != one["losses"][1]
@@ -109,7 +108,7 @@ def test_xla_depth_sharded_conv_gradient():
   """Why "space" does not shard the depth yet: the weight gradient of one convolution, its input
   replicated over "data" (4) and its depth sharded over "space" (2), is 4x the one-device gradient.
   Strict: once XLA computes it right this test fails, and the depth can go on "space"."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
   out = subprocess.run(
     [sys.executable, "-c", _XLA_SCRIPT],
     cwd=REPO,
@@ -124,8 +123,8 @@ def test_xla_depth_sharded_conv_gradient():
   assert err["depth"] < 1e-5, err
 
 
-def _config(batch_size=4, shape="auto"):
-  return ml_collections.ConfigDict(dict(batch_size=batch_size, mesh=dict(shape=shape)))
+def _config(batch_size=4, shape="auto", runs=1):
+  return ml_collections.ConfigDict(dict(batch_size=batch_size, runs=runs, mesh=dict(shape=shape)))
 
 
 @pytest.mark.parametrize(
@@ -141,17 +140,38 @@ def _config(batch_size=4, shape="auto"):
   ],
 )
 def test_auto_arrangement(n_devices, batch_size, want):
-  assert parallel.auto_mesh_shape(n_devices, batch_size) == want
+  assert parallel.auto_mesh_shape(n_devices, batch_size) == {"runs": 1, **want}
+
+
+@pytest.mark.parametrize(
+  "n_devices, batch_size, runs, want",
+  [
+    (1, 4, 3, (1, 1, 1)),
+    (8, 4, 2, (2, 4, 1)),
+    (8, 4, 8, (8, 1, 1)),
+    (8, 4, 3, (1, 4, 2)),  # 3 replicas cannot split 8 devices: the batch takes them
+    (8, 2, 4, (4, 2, 1)),
+    (64, 4, 4, (4, 4, 4)),
+    (6, 4, 3, (3, 2, 1)),
+  ],
+)
+def test_auto_arrangement_with_runs(n_devices, batch_size, runs, want):
+  """The runs axis takes what divides the replica count first, then "data" the batch."""
+  got = parallel.auto_mesh_shape(n_devices, batch_size, runs)
+  assert (got["runs"], got["data"], got["space"]) == want
 
 
 def test_mesh_from_config_and_its_errors():
   cpu = jax.devices()[:1]
   mesh = parallel.mesh_for(_config(batch_size=3), cpu)  # one device takes any batch
-  assert dict(mesh.shape) == {"data": 1, "space": 1} and mesh.axis_names == parallel.AXES
+  assert dict(mesh.shape) == {"runs": 1, "data": 1, "space": 1}
+  assert mesh.axis_names == parallel.AXES == ("runs", "data", "space")
   assert parallel.describe(mesh) == "data 1 x space 1"
-  assert parallel.parse_mesh_shape("space:2") == {"data": 1, "space": 2}
-  assert parallel.parse_mesh_shape("data:4,space:2") == {"data": 4, "space": 2}
-  for bad in ("4x2", "data:0", "runs:2", "data:-1", ""):
+  assert parallel.describe({"runs": 2, "data": 4, "space": 1}) == "runs 2 x data 4 x space 1"
+  assert parallel.parse_mesh_shape("space:2") == {"runs": 1, "data": 1, "space": 2}
+  assert parallel.parse_mesh_shape("data:4,space:2") == {"runs": 1, "data": 4, "space": 2}
+  assert parallel.parse_mesh_shape("runs:2,data:4") == {"runs": 2, "data": 4, "space": 1}
+  for bad in ("4x2", "data:0", "batch:2", "data:-1", ""):
     with pytest.raises(parallel.MeshError, match="expected 'auto' or axis:size"):
       parallel.parse_mesh_shape(bad)
   with pytest.raises(parallel.MeshError, match="needs 2 devices, there are 1"):
@@ -159,6 +179,8 @@ def test_mesh_from_config_and_its_errors():
   fake = [object()] * 8  # the checks come before any device is touched
   with pytest.raises(parallel.MeshError, match="batch_size=3 is not divisible by the data axis"):
     parallel.mesh_for(_config(batch_size=3, shape="data:8"), fake)
+  with pytest.raises(parallel.MeshError, match="runs=3 is not divisible by the runs axis"):
+    parallel.mesh_for(_config(runs=3, shape="runs:2,data:4"), fake)
 
 
 def test_la_recipe_batch_of_4_on_8_devices(tmp_path):
@@ -169,7 +191,7 @@ def test_la_recipe_batch_of_4_on_8_devices(tmp_path):
 
   root = data_dir() / "LA"
   require_shared_data(root / "train.list")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
   cmd = [
     sys.executable,
     "-m",
@@ -229,9 +251,7 @@ print(json.dumps(out))
 def test_jitted_sliding_window_equals_the_host_loop(n_devices):
   """The on-device sliding window (windows sharded over every device) gives the host loop's label
   map and scores, in both modes, for a VNet's predict."""
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu"
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags(n_devices), JAX_PLATFORMS="cpu")
   out = subprocess.run(
     [sys.executable, "-c", _EVAL_SCRIPT],
     cwd=REPO,
@@ -261,7 +281,12 @@ def test_a_run_resumes_on_another_arrangement(tmp_path):
   config = tiny_config("supervised")
   io_utils.write_json(tmp_path / "config.json", config.to_dict())
   config.mesh.shape, config.compile_cache, config.profile_steps = "data:2", "", "1:2"
+  config.model.remat = True  # an out-of-memory run resumes with rematerialisation
   train.check_workdir_config(config, tmp_path)
+  config.model.kwargs.n_filters = 8
+  with pytest.raises(errors.RunStateError, match=r"differs in model.kwargs.n_filters\)"):
+    train.check_workdir_config(config, tmp_path)
+  config.model.kwargs.n_filters = tiny_config("supervised").model.kwargs.n_filters
   config.seed += 1
   with pytest.raises(errors.RunStateError, match=r"differs in seed\)"):
     train.check_workdir_config(config, tmp_path)

@@ -121,3 +121,26 @@ def test_config_specs_split_on_config_paths_only():
   # Every argument of a multi-argument spec reaches the config.
   built = sweep.build_config([f"--config={config}"])
   assert (built.seed, built.model.kwargs.n_filters, built.total_steps) == (2, 4, 4)
+
+
+def test_as_runs_plans_one_job_per_config_and_labeled(tmp_path):
+  runs = sweep.plan([VNET, MT], [4], [3, 4, 5], tmp_path, ["total_steps=3"], as_runs=True)
+  assert [(r.name, r.seed, r.runs) for r in runs] == [("supervised", 3, 3), ("mean_teacher", 3, 3)]
+  job = pathlib.Path(runs[1].workdir)
+  assert job == tmp_path.resolve() / "mean_teacher" / "labeled4" / "seeds3-5"
+  assert runs[1].result_dirs() == [job / "run0", job / "run1", job / "run2"]
+  config = sweep.build_config(runs[1])
+  assert (config.seed, config.runs, config.total_steps) == (3, 3, 3)
+  (script,) = sweep.emit_scripts(runs[1:], tmp_path / "jobs")
+  text = script.read_text()
+  assert "--config.seed=3 --config.runs=3" in text and "seeds=3..5" in text
+  done = " && ".join(f"[ -f {job}/run{k}/eval/val/summary.json ]" for k in range(3))
+  assert f"if {done}; then" in text
+  # A job is done only when every replica's summary exists.
+  for k in range(2):
+    path = job / f"run{k}" / "eval" / "val" / "summary.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{}")
+  assert not sweep.is_done(runs[1])
+  with pytest.raises(ValueError, match="must be consecutive"):
+    sweep.plan([VNET], [4], [0, 2], tmp_path, [], as_runs=True)

@@ -14,6 +14,10 @@ function of (seed, batch number, slot) through ``np.random.SeedSequence``: examp
 stream is computed from n alone. The stream is therefore identical whatever the worker/thread
 count, and the grain iterator state (the next batch number, per worker with ``worker_count > 0``)
 restores it exactly.
+
+With several processes (multi-host training) each process reads only the ``rows`` (slots) of every
+global batch that its devices hold: the same examples the single-process stream puts in those
+slots, so the global batch the processes assemble is the single-process batch, labeled slots first.
 """
 
 import json
@@ -99,8 +103,11 @@ class TwoStreamSampler:
 
 
 class _MakeExample:
-  """Example number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}
-  (2D: [H, W, 1] and [H, W]), plus float32 `name: fn(label)` per host target."""
+  """Element number -> augmented patch {'image': float32 [D, H, W, 1], 'label': int32 [D, H, W]}
+  (2D: [H, W, 1] and [H, W]), plus float32 `name: fn(label)` per host target.
+
+  Element n is slot `rows[n % len(rows)]` of batch `n // len(rows)`: with every slot as `rows`, n is
+  the example number of the whole stream."""
 
   def __init__(
     self,
@@ -109,15 +116,18 @@ class _MakeExample:
     patch_size: Sequence[int],
     augment: str,
     host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+    rows: Sequence[int],
   ):
     self.source = source
     self.sampler = sampler
     self.patch_size = tuple(int(p) for p in patch_size)
     self.augment = augment
     self.host_targets = dict(host_targets)
+    self.rows = tuple(int(r) for r in rows)
 
   def __call__(self, n: int) -> dict[str, np.ndarray]:
-    batch, slot = divmod(int(n), self.sampler.batch_size)
+    batch, j = divmod(int(n), len(self.rows))
+    slot = self.rows[j]
     case = self.source[self.sampler.index(batch, slot)]
     rng = np.random.default_rng(np.random.SeedSequence([self.sampler.seed, _AUGMENT, batch, slot]))
     image, label = case["image"], case["label"]
@@ -148,6 +158,7 @@ def make_train_dataset(
   worker_count: int = 0,
   num_threads: int = 2,
   host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+  rows: Sequence[int] | None = None,
 ) -> grain.IterDataset:
   """The endless batched training stream as a grain IterDataset (see module docstring).
 
@@ -166,10 +177,13 @@ def make_train_dataset(
     host_targets: name -> fn(label crop) -> array of the label's shape, added to every example as
       float32 under that name (a method's `host_targets`, e.g. DTC's signed distance map). The
       functions must be picklable (module-level) for worker processes.
+    rows: the slots (0..batch_size-1, ascending) of every batch to produce, e.g. the rows of the
+      global batch that this process's devices hold (`jaxseg.parallel.process_rows`); default all.
 
   Returns:
-    IterDataset of {'image': float32 [B, pd, ph, pw, 1], 'label': int32 [B, pd, ph, pw]}
-    (2D: [B, ph, pw, 1] and [B, ph, pw]), plus float32 [B, pd, ph, pw] per host target.
+    IterDataset of {'image': float32 [R, pd, ph, pw, 1], 'label': int32 [R, pd, ph, pw]}
+    (2D: [R, ph, pw, 1] and [R, ph, pw]), plus float32 [R, pd, ph, pw] per host target, where
+    R = len(rows) (batch_size by default): rows `rows` of the whole stream's batches.
   """
   if augment not in AUGMENTATIONS + AUGMENTATIONS_2D:
     raise ValueError(f"augment={augment!r} is not one of {AUGMENTATIONS + AUGMENTATIONS_2D}")
@@ -182,13 +196,16 @@ def make_train_dataset(
     if bad:
       raise ValueError(f"{name} has indices {bad} outside the source's [0, {n_source})")
   sampler = TwoStreamSampler(labeled_idx, unlabeled_idx, batch_size, labeled_batch_size, seed)
-  # Example n = slot n % B of batch n // B; sys.maxsize makes the stream practically endless.
+  rows = list(range(batch_size)) if rows is None else [int(r) for r in rows]
+  if not rows or rows != sorted(set(rows)) or not 0 <= rows[0] <= rows[-1] < batch_size:
+    raise ValueError(f"rows={rows}: expected distinct ascending slots in [0, {batch_size})")
+  # Element n = slot rows[n % R] of batch n // R; sys.maxsize makes the stream practically endless.
   # Batching happens on the MapDataset, so an element is a whole batch: grain worker processes then
   # deal out whole batches (round-robin, order kept) and the stream cannot depend on worker_count.
   ds = grain.MapDataset.range(sys.maxsize).map(
-    _MakeExample(source, sampler, patch_size, augment, host_targets or {})
+    _MakeExample(source, sampler, patch_size, augment, host_targets or {}, rows)
   )
-  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.batch(len(rows), drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, num_threads))
   ids = ds.to_iter_dataset(read)
   if worker_count > 0:
@@ -211,6 +228,7 @@ def make_train_iterator(
   augment: str = "rot_flip_crop",
   worker_count: int = 0,
   host_targets: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+  rows: Sequence[int] | None = None,
 ) -> grain.DatasetIterator:
   """``iter(make_train_dataset(...))``: a checkpointable iterator (``get_state``/``set_state``)."""
   return iter(
@@ -225,6 +243,7 @@ def make_train_iterator(
       augment,
       worker_count,
       host_targets=host_targets,
+      rows=rows,
     )
   )
 
