@@ -4,13 +4,24 @@
   python -m jaxseg.bench --config configs/la_uamt.py --steps 3 --compare_mc
 
 Times the jitted `train_step` at the config's real batch and patch size on random data (compile
-separately from steady state), and the eval-mode forward on a batch of sliding windows. Speed is
-measured here, never in tests.
+separately from steady state), and the eval-mode forward on a batch of sliding windows, and reports
+the step's memory by XLA's memory analysis. Speed is measured here, never in tests. Any config
+field can be overridden, e.g. the rematerialisation switch and the compute dtype:
+
+  python -m jaxseg.bench --config configs/la_uamt.py --size 64x64x48 --config.model.remat=True
+  python -m jaxseg.bench --config configs/la_uamt.py --size 64x64x48 --compute_dtype bfloat16
 
 `--compare_mc` (methods with Monte-Carlo passes, those whose class sets `mc_passes_field`, e.g.
 UA-MT) instead times the step three times, with the MC passes as one `jax.vmap` (what training runs
 on an accelerator), as a `lax.map` over one-forward vmapped groups (the CPU default) and as a Python
 loop of forwards, and prints one JSON line per case.
+
+`--compare_remat` compiles the step with `model.remat` off and on (jaxseg/models/vnet.py) and times
+them alternately, so that both see the same load: one JSON line each with XLA's memory analysis
+of the step, then the ratios. On the CPU run it under
+`XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander`: without it XLA:CPU merges the
+recomputed forward back into the original one, and both steps are the same program
+(docs/benchmarks.md "bf16 and rematerialisation").
 
 `--size` ('recipe', 'small' or a patch 'DxHxW') and `--n_filters` resize the config first.
 `--suite` runs every config (jaxseg/bench_suite.py: JSON and a Markdown table of compile s, step
@@ -47,6 +58,11 @@ _COMPARE_MC = flags.DEFINE_bool(
   "compare_mc",
   False,
   "Methods with MC passes: time the step with them as vmap and as a Python loop.",
+)
+_COMPARE_REMAT = flags.DEFINE_bool(
+  "compare_remat",
+  False,
+  "Time the step with model.remat off and on, alternately; XLA memory of each.",
 )
 _SIZE = flags.DEFINE_string(
   "size", "recipe", "'recipe', 'small' or a patch 'DxHxW'; with --suite a comma list."
@@ -118,12 +134,15 @@ def benchmark(config, steps: int = 5) -> dict:
   init_s = time.perf_counter() - t
   # A phased method (BCP, CML) is timed in its last phase, where a run spends most steps.
   phase = methods_base.phases_of(method)[-1]
-  step = jax.jit(phase.train_step, donate_argnums=0)
   device_batch = parallel.put_batch(batch, mesh)
+  t = time.perf_counter()
+  step = jax.jit(phase.train_step, donate_argnums=0).lower(state, device_batch).compile()
+  compile_s = time.perf_counter() - t
+  analysis = step.memory_analysis()
   t = time.perf_counter()
   state, metrics = step(state, device_batch)
   jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t
+  first_step_s = compile_s + time.perf_counter() - t
   state, metrics, times = _timed_steps(step, state, device_batch, steps, metrics)
 
   predict = jax.jit(method.predict)
@@ -140,6 +159,7 @@ def benchmark(config, steps: int = 5) -> dict:
     "method": config.method,
     "phase": phase.name,
     "model": dict(name=config.model.name, **config.model.kwargs.to_dict()),
+    "remat": config.model.get("remat", False),
     "batch_size": config.batch_size,
     "patch_size": list(config.data.patch_size),
     "compute_dtype": config.get("compute_dtype", "float32"),
@@ -147,13 +167,18 @@ def benchmark(config, steps: int = 5) -> dict:
     "backend": jax.default_backend(),
     "jax": jax.__version__,
     "init_s": init_s,
-    "first_step_s": compile_s,
+    "compile_s": compile_s,
+    "first_step_s": first_step_s,
     "step_s_mean": float(np.mean(times)) if times else None,
     "step_s_min": float(np.min(times)) if times else None,
     "steps_timed": len(times),
     "predict_windows": int(windows.shape[0]),
     "predict_s": predict_s,
     "peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
+    # The step executable's own buffers (arguments, outputs, temporaries), comparable across
+    # backends; `peak_bytes_in_use` is the device's counter (None on the CPU).
+    "xla_peak_bytes": getattr(analysis, "peak_memory_in_bytes", None) if analysis else None,
+    "xla_temp_bytes": getattr(analysis, "temp_size_in_bytes", None) if analysis else None,
     "final_loss": float(metrics["loss"]),
   }
 
@@ -222,6 +247,67 @@ def compare_mc(config, steps: int = 5) -> list[dict]:
   return results
 
 
+def compare_remat(config, steps: int = 3) -> list[dict]:
+  """The step (last phase) with `model.remat` False and True from the same init and batch: compile
+  s, XLA memory analysis, median step s over `steps` rounds that run the two alternately, final
+  loss. A third line holds the ratios remat / plain."""
+  if steps < 1:
+    raise ValueError(f"--steps={steps}: --compare_remat needs at least one timed step")
+  cases = []
+  for remat in (False, True):
+    case_config = config.copy_and_resolve_references()
+    case_config.model.remat = remat
+    config_check.validate(case_config)
+    method = methods.build(case_config)
+    mesh = parallel.mesh_for(case_config)
+    batch = _random_batch(case_config, method.host_targets)
+    state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
+    device_batch = parallel.put_batch(batch, mesh)
+    step = jax.jit(methods_base.phases_of(method)[-1].train_step, donate_argnums=0)
+    t = time.perf_counter()
+    compiled = step.lower(state, device_batch).compile()
+    compile_s = time.perf_counter() - t
+    state, metrics = compiled(state, device_batch)  # allocates; not timed
+    jax.block_until_ready(metrics)
+    cases.append(
+      dict(remat=remat, compiled=compiled, state=state, batch=device_batch, compile_s=compile_s)
+    )
+  times = {False: [], True: []}
+  for _ in range(steps):
+    for case in cases:
+      case["state"], case["metrics"], t = _timed_steps(
+        case["compiled"], case["state"], case["batch"], 1
+      )
+      times[case["remat"]] += t
+  results = []
+  for case in cases:
+    analysis = case["compiled"].memory_analysis()
+    results.append(
+      {
+        "method": config.method,
+        "remat": case["remat"],
+        "model": config.model.name,
+        "n_filters": config.model.kwargs.get("n_filters"),
+        "batch_size": config.batch_size,
+        "patch_size": list(config.data.patch_size),
+        "compute_dtype": config.get("compute_dtype", "float32"),
+        "backend": jax.default_backend(),
+        "compile_s": case["compile_s"],
+        "step_s_median": float(np.median(times[case["remat"]])),
+        "steps_timed": steps,
+        "xla_peak_bytes": getattr(analysis, "peak_memory_in_bytes", None) if analysis else None,
+        "xla_temp_bytes": getattr(analysis, "temp_size_in_bytes", None) if analysis else None,
+        "final_loss": float(case["metrics"]["loss"]),
+      }
+    )
+  plain, remat = results
+  ratios = {"ratio": "remat / plain"}
+  for key in ("compile_s", "step_s_median", "xla_peak_bytes", "xla_temp_bytes"):
+    if plain[key] and remat[key] is not None:
+      ratios[key] = remat[key] / plain[key]
+  return results + [ratios]
+
+
 def _suite() -> None:
   specs = _SUITE_CONFIGS.value or [
     str(p.relative_to(bench_suite.REPO)) for p in bench_suite.config_files()
@@ -274,8 +360,8 @@ def main(argv):
     if _OUT.value:
       io_utils.write_json(_OUT.value, result)
     return
-  if _COMPARE_MC.value:
-    results = compare_mc(config, _STEPS.value)
+  if _COMPARE_MC.value or _COMPARE_REMAT.value:
+    results = (compare_mc if _COMPARE_MC.value else compare_remat)(config, _STEPS.value)
     for result in results:
       print(json.dumps(result), file=sys.stdout, flush=True)
     if _OUT.value:

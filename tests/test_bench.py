@@ -26,6 +26,7 @@ def test_bench_writes_json(tmp_path):
       "jaxseg.bench",
       "--config",
       "configs/la_vnet.py:smoke=1,labeled=4,seed=0",
+      "--config.model.remat=True",
       "--steps",
       "1",
       "--out",
@@ -41,6 +42,8 @@ def test_bench_writes_json(tmp_path):
   assert result["method"] == "supervised" and result["steps_timed"] == 1
   assert result["patch_size"] == [16, 16, 16] and result["batch_size"] == 4
   assert result["step_s_mean"] > 0 and result["first_step_s"] > 0 and result["predict_s"] > 0
+  assert result["remat"] is True and result["first_step_s"] > result["compile_s"] > 0
+  assert result["xla_peak_bytes"] > 0 and result["xla_temp_bytes"] > 0
   assert result["final_loss"] == result["final_loss"]  # finite, not NaN
 
 
@@ -70,6 +73,18 @@ def test_bench_compare_mc_prints_one_line_per_case():
   # Same keys and data: both implementations take the same step up to float32 summation order.
   for line in lines[1:]:
     np.testing.assert_allclose(line["final_loss"], lines[0]["final_loss"], rtol=1e-4)
+
+
+def test_compare_remat_takes_the_same_step_both_ways():
+  plain, remat, ratios = bench.compare_remat(tiny_config("supervised"), steps=1)
+  assert (plain["remat"], remat["remat"]) == (False, True)
+  for line in (plain, remat):
+    assert line["compile_s"] > 0 and line["step_s_median"] > 0 and line["xla_temp_bytes"] > 0
+  # Same init, batch and dropout key: the same step up to float32 rounding.
+  np.testing.assert_allclose(remat["final_loss"], plain["final_loss"], rtol=1e-5)
+  np.testing.assert_allclose(
+    ratios["step_s_median"], remat["step_s_median"] / plain["step_s_median"]
+  )
 
 
 def test_compare_mc_needs_a_method_with_mc_passes():

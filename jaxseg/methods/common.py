@@ -21,12 +21,14 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: ml_collections.ConfigDict):
-  """The network named by `config.model.name` with `config.model.kwargs` and the compute dtype."""
+  """The network named by `config.model.name` with `config.model.kwargs`, the compute dtype and
+  `config.model.remat` (absent: False)."""
   kwargs = dict(config.model.get("kwargs", {}))
   dtype = config.get("compute_dtype", "float32")
   if dtype not in _DTYPES:
     raise ValueError(f"config.compute_dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
-  return models.get(config.model.name, dtype=_DTYPES[dtype], **kwargs)
+  remat = config.model.get("remat", False)
+  return models.get(config.model.name, dtype=_DTYPES[dtype], remat=remat, **kwargs)
 
 
 def lr_schedule(

@@ -165,12 +165,16 @@ class MCF:
     self.hp = hp
     self.labeled_batch_size = config.labeled_batch_size
     self.model = common.build_model(config)  # the VNet branch
-    # Same constructor arguments and compute dtype as the VNet (upstream builds both with
+    # Same constructor arguments, compute dtype and remat as the VNet (upstream builds both with
     # n_channels=1, n_classes=2, batchnorm, has_dropout=True).
     self.second_model = common.build_model(
       ml_collections.ConfigDict(
         dict(
-          model=dict(name=hp.second_model, kwargs=dict(config.model.get("kwargs", {}))),
+          model=dict(
+            name=hp.second_model,
+            kwargs=dict(config.model.get("kwargs", {})),
+            remat=config.model.get("remat", False),
+          ),
           compute_dtype=config.get("compute_dtype", "float32"),
         )
       )

@@ -76,7 +76,7 @@ class BCPVNet(nn.Module):
 
   Attributes:
     n_channels, n_classes, n_filters, normalization, dropout_rate, torch_init, fast_updown,
-      dtype: as `jaxseg.models.vnet.VNet`.
+      remat, dtype: as `jaxseg.models.vnet.VNet`.
     has_dropout: Dropout3d(p) on x5 (encoder) and x9 (decoder) in train mode (upstream
       mode="train"; test_LA.py builds it without).
     with_heads: also create the parameters of the unused projection / prediction / class-selector
@@ -96,6 +96,7 @@ class BCPVNet(nn.Module):
   with_heads: bool = False
   torch_init: bool = True
   fast_updown: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact

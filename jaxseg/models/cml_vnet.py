@@ -46,7 +46,8 @@ class CMLVNet(nn.Module):
 
   Attributes:
     n_channels, n_classes, n_filters, normalization, has_dropout, dropout_rate, torch_init,
-    fast_updown, dtype: as `jaxseg.models.vnet.VNet` (upstream's dropout p is fixed at 0.5).
+    fast_updown, remat, dtype: as `jaxseg.models.vnet.VNet` (upstream's dropout p is fixed at
+    0.5); the embeddings come back in at least float32, as the logits.
   D, H, W must be divisible by 16. Dropout draws from the 'dropout' rng stream (four independent
   modules, so four independent masks per call).
   """
@@ -59,6 +60,7 @@ class CMLVNet(nn.Module):
   dropout_rate: float = 0.5
   torch_init: bool = True
   fast_updown: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -69,7 +71,7 @@ class CMLVNet(nn.Module):
     features2 = Encoder(name='encoder2', **kw)(x, train)
     seg1 = Decoder(n_classes=self.n_classes, up_type=0, name='decoder1', **kw)(features1, train)
     seg2 = Decoder(n_classes=self.n_classes, up_type=1, name='decoder2', **kw)(features2, train)
-    return seg1, seg2, features1[-1], features2[-1]
+    return seg1, seg2, features1[-1].astype(seg1.dtype), features2[-1].astype(seg2.dtype)
 
 
 # --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---

@@ -25,6 +25,10 @@ Parameter tree (torch name -> flax path, `torch_key_map` at the end of this file
   resnet_encoder.layer{i}.0.downsample.0 / .1  -> resnet_encoder/layer{i}_0/downsample_conv, _bn
   decoder blocks and out_conv                  -> as in VNet
 
+`remat=True` (config `model.remat`) rematerialises every BasicBlock and every decoder block
+(`nn.remat`, as `jaxseg.models.vnet`): same parameters and numbers, less activation memory, one
+more forward of each block in the backward pass.
+
 Init: `init` gives torch-default draws (U(+-1/sqrt(fan_in)), `torch_init=True`). Upstream MCF
 then re-draws every conv and transposed-conv weight kaiming-normal (`Resnet34.__init_weight`, and
 the same in MCF's vnet.py): `kaiming_normal_conv_kernels` does that on any VNet-family tree.
@@ -44,8 +48,6 @@ import jax.numpy as jnp
 from jaxseg.models import layers
 from jaxseg.models import torch_keys
 from jaxseg.models import vnet
-from jaxseg.models.vnet import ConvBlock
-from jaxseg.models.vnet import ResampleBlock
 
 Array = jax.Array
 
@@ -95,12 +97,17 @@ class BasicBlock(nn.Module):
     return nn.relu(out + residual)
 
 
+# `train` is argument 2 of __call__ (nn.remat counts `self`), a Python bool choosing code paths.
+RematBasicBlock = nn.remat(BasicBlock, static_argnums=(2,))
+
+
 class ResNetEncoder(nn.Module):
   """3D ResNet-34 trunk: `x [B, D, H, W, cin]` -> [x1, x2, x3, x4, x5] (see module docstring)."""
 
   width: int = 16
   depths: Sequence[int] = RESNET34_DEPTHS
   torch_init: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -116,13 +123,14 @@ class ResNetEncoder(nn.Module):
     )(x)
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='bn1')(x, train))
     features = [x]
+    basic_block = RematBasicBlock if self.remat else BasicBlock
     for i, depth in enumerate(self.depths, start=1):
       planes = self.width * 2**i
       for j in range(depth):
         # resnet.py `_make_layer`: the first block of every layer (layer1 included) has stride 2,
         # so it always gets a downsample branch.
         first = j == 0
-        x = BasicBlock(
+        x = basic_block(
           planes,
           strides=2 if first else 1,
           downsample=first,
@@ -151,6 +159,7 @@ class ResVNet(nn.Module):
     depths: BasicBlocks per encoder layer ((3, 4, 6, 3) = ResNet-34, upstream).
     torch_init: torch default init draws instead of flax's.
     fast_updown: k2 s2 transposed convs as matmul + depth-to-space (same params and numbers).
+    remat: recompute each block's activations in the backward pass (module docstring).
     dtype: compute dtype; logits come back in at least float32.
 
   Call: `apply(variables, x, train=False, turnoff_drop=False)`; train=True uses batch statistics
@@ -166,6 +175,7 @@ class ResVNet(nn.Module):
   depths: Sequence[int] = RESNET34_DEPTHS
   torch_init: bool = True
   fast_updown: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -190,21 +200,27 @@ class ResVNet(nn.Module):
       )
     f = self.n_filters
     x1, x2, x3, x4, x5 = ResNetEncoder(
-      f, tuple(self.depths), torch_init=self.torch_init, dtype=self.dtype, name='resnet_encoder'
+      f,
+      tuple(self.depths),
+      torch_init=self.torch_init,
+      remat=self.remat,
+      dtype=self.dtype,
+      name='resnet_encoder',
     )(x, train)
     common = dict(normalization=self.normalization, torch_init=self.torch_init, dtype=self.dtype)
+    conv_block, resample_block = vnet.blocks(self.remat)
 
     def up(name, features):
-      return ResampleBlock(features, True, fast=self.fast_updown, name=name, **common)
+      return resample_block(features, True, fast=self.fast_updown, name=name, **common)
 
     x = up('block_five_up', 8 * f)(x5, train) + x4
-    x = ConvBlock(3, 8 * f, name='block_six', **common)(x, train)
+    x = conv_block(3, 8 * f, name='block_six', **common)(x, train)
     x = up('block_six_up', 4 * f)(x, train) + x3
-    x = ConvBlock(3, 4 * f, name='block_seven', **common)(x, train)
+    x = conv_block(3, 4 * f, name='block_seven', **common)(x, train)
     x = up('block_seven_up', 2 * f)(x, train) + x2
-    x = ConvBlock(2, 2 * f, name='block_eight', **common)(x, train)
+    x = conv_block(2, 2 * f, name='block_eight', **common)(x, train)
     x = up('block_eight_up', f)(x, train) + x1
-    x9 = ConvBlock(1, f, name='block_nine', **common)(x, train)
+    x9 = conv_block(1, f, name='block_nine', **common)(x, train)
     if self.has_dropout and train and not turnoff_drop:
       x9 = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2, 3), name='dropout')(
         x9, deterministic=False

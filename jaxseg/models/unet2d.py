@@ -185,7 +185,8 @@ class UNet2d(nn.Module):
     dropout: encoder dropout per stage (element-wise, train only; upstream [0.05, .., 0.5]).
     up_type: 1 = 1x1 conv + bilinear x2 (align_corners=True, upstream), 0 = transposed conv.
     torch_init: torch default init for conv weights and biases.
-    dtype: compute dtype (params stay float32); logits come back in at least float32.
+    dtype: compute dtype (params stay float32); logits and features come back in at least
+      float32.
 
   Call: `apply(variables, x, train=False, turnoff_drop=False, return_features=False)`. train=True
   uses batch-statistics BN (mutable=['batch_stats']) and dropout from the 'dropout' rng stream
@@ -213,7 +214,7 @@ class UNet2d(nn.Module):
     )
     logits, last = Decoder(self.n_classes, self.up_type, name='decoder', **common)(feats, train)
     if return_features:
-      return logits, {'x4': feats[4], 'last': last}
+      return logits, {'x4': feats[4].astype(logits.dtype), 'last': last.astype(logits.dtype)}
     return logits
 
 
@@ -232,7 +233,8 @@ class CMLUNet2d(nn.Module):
   and a second `encoder2` + `decoder2` (not in any upstream checkpoint).
 
   Attributes and call arguments as `UNet2d` (up types are fixed: decoder1 bilinear, decoder2
-  transposed conv), plus shared_branches.
+  transposed conv), plus shared_branches. The embeddings come back in at least float32, as the
+  logits.
   """
 
   n_channels: int = 1
@@ -264,7 +266,7 @@ class CMLUNet2d(nn.Module):
       )
       seg1, _ = decoder1(feats1, train)
       seg2, _ = decoder2(feats2, train)
-    return seg1, seg2, feats1[4], feats2[4]
+    return seg1, seg2, feats1[4].astype(seg1.dtype), feats2[4].astype(seg2.dtype)
 
 
 # --- torch state_dict -> flax variables (registered in jaxseg.models.torch_import) ---

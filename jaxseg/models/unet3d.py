@@ -20,6 +20,10 @@ Structure, f = filters (64, 128, 256, 512, 1024) // feature_scale ((16, .., 256)
     1x1 conv -> 512 -> BatchNorm -> ReLU -> 1x1 conv -> 256 -> BatchNorm (no activation), giving
     features at `scale_factor / 16` of the input resolution. These two BatchNorms are the only ones.
 
+`remat=True` (config `model.remat`) rematerialises every UnetConv3 and UnetUp3CT (`nn.remat`, as
+`jaxseg.models.vnet`): same parameters and numbers, less activation memory, one more forward of
+each block in the backward pass. The projection head (1/8 resolution) is not rematerialised.
+
 Init (torch_init=True): kaiming-normal (fan_in, gain sqrt 2) conv weights as upstream's
 `weights_init_kaiming`; conv biases torch's default U(+-1/sqrt(fan_in)). One deviation: upstream
 draws BatchNorm gamma from N(1, 0.02); `layers.BatchNorm` starts it at 1.
@@ -152,6 +156,10 @@ class UnetUp3CT(nn.Module):
     return UnetConv3(self.features, torch_init=self.torch_init, dtype=self.dtype, name='conv')(x)
 
 
+RematUnetConv3 = nn.remat(UnetConv3)
+RematUnetUp3CT = nn.remat(UnetUp3CT)
+
+
 class ProjectionHead(nn.Module):
   """Upsample x scale_factor (trilinear, align_corners=True) -> 1x1 conv -> BN -> ReLU -> 1x1 conv
   -> BN: `[B, d, h, w, cin]` -> `[B, s d, s h, s w, out_features]` (upstream `self.projection` after
@@ -194,6 +202,7 @@ class UNet3D(nn.Module):
     proj_hidden, proj_features: widths of the projection head (512 and 256 upstream).
     dropout_rate: element-wise dropout on center and on up1 in train mode (0.3 upstream).
     torch_init: upstream initialisation (see the module docstring) instead of flax's defaults.
+    remat: recompute each block's activations in the backward pass (module docstring).
     dtype: compute dtype; params stay float32; outputs come back in at least float32.
 
   Call: `apply(variables, x, train=False, turnoff_drop=False, return_all=False)`. train=True uses
@@ -213,6 +222,7 @@ class UNet3D(nn.Module):
   proj_features: int = 256
   dropout_rate: float = 0.3
   torch_init: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -240,19 +250,21 @@ class UNet3D(nn.Module):
     common = dict(torch_init=self.torch_init, dtype=self.dtype)
     use_dropout = train and not turnoff_drop and self.dropout_rate > 0
     pool = lambda t: nn.max_pool(t, (2, 2, 2), strides=(2, 2, 2), padding='VALID')
+    conv_block = RematUnetConv3 if self.remat else UnetConv3
+    up_block = RematUnetUp3CT if self.remat else UnetUp3CT
 
-    conv1 = UnetConv3(f[0], name='conv1', **common)(x)
-    conv2 = UnetConv3(f[1], name='conv2', **common)(pool(conv1))
-    conv3 = UnetConv3(f[2], name='conv3', **common)(pool(conv2))
-    conv4 = UnetConv3(f[3], name='conv4', **common)(pool(conv3))
-    center = UnetConv3(f[4], name='center', **common)(pool(conv4))
+    conv1 = conv_block(f[0], name='conv1', **common)(x)
+    conv2 = conv_block(f[1], name='conv2', **common)(pool(conv1))
+    conv3 = conv_block(f[2], name='conv3', **common)(pool(conv2))
+    conv4 = conv_block(f[3], name='conv4', **common)(pool(conv3))
+    center = conv_block(f[4], name='center', **common)(pool(conv4))
     # Upstream dropout1 / dropout2: two nn.Dropout modules, element-wise.
     center = nn.Dropout(self.dropout_rate, name='dropout1')(center, deterministic=not use_dropout)
 
-    up4 = UnetUp3CT(f[3], name='up_concat4', **common)(conv4, center)
-    up3 = UnetUp3CT(f[2], name='up_concat3', **common)(conv3, up4)
-    up2 = UnetUp3CT(f[1], name='up_concat2', **common)(conv2, up3)
-    up1 = UnetUp3CT(f[0], name='up_concat1', **common)(conv1, up2)
+    up4 = up_block(f[3], name='up_concat4', **common)(conv4, center)
+    up3 = up_block(f[2], name='up_concat3', **common)(conv3, up4)
+    up2 = up_block(f[1], name='up_concat2', **common)(conv2, up3)
+    up1 = up_block(f[0], name='up_concat1', **common)(conv1, up2)
     up1 = nn.Dropout(self.dropout_rate, name='dropout2')(up1, deterministic=not use_dropout)
 
     out_dtype = jnp.promote_types(jnp.result_type(up1), jnp.float32)

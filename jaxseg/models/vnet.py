@@ -15,6 +15,12 @@ The encoder and decoder are written once (`encoder_blocks`, `decoder_blocks`): `
 its own scope (flat parameter tree above), the `Encoder` / `Decoder` modules under their own name
 (BCP's and CML's VNets: `encoder/block_X...`, `decoderK/block_X_up...`). `check_input` is the input
 validation all of them share.
+
+`remat=True` (config `model.remat`) wraps every ConvBlock and ResampleBlock in `nn.remat`
+(`jax.checkpoint` lifted over the module's variables): the backward pass recomputes a block's
+convolutions, norms and ReLUs from its input instead of keeping them, for less activation memory
+at the cost of one more forward of each block. Same parameter tree and, up to float rounding, the
+same numbers (tests/test_remat.py).
 """
 
 from __future__ import annotations
@@ -118,6 +124,16 @@ class ResampleBlock(nn.Module):
     return nn.relu(x)
 
 
+# nn.remat counts `self` as argument 0: `train` (argument 2) is a Python bool choosing code paths.
+RematConvBlock = nn.remat(ConvBlock, static_argnums=(2,))
+RematResampleBlock = nn.remat(ResampleBlock, static_argnums=(2,))
+
+
+def blocks(remat: bool) -> tuple[type[nn.Module], type[nn.Module]]:
+  """(ConvBlock, ResampleBlock), rematerialised when `remat` (same parameters and numbers)."""
+  return (RematConvBlock, RematResampleBlock) if remat else (ConvBlock, ResampleBlock)
+
+
 def encoder_blocks(
   x: Array,
   train: bool,
@@ -125,18 +141,21 @@ def encoder_blocks(
   n_filters: int,
   fast_updown: bool,
   dropout: nn.Dropout | None = None,
+  remat: bool = False,
   **common,
 ) -> list[Array]:
   """`x [B, D, H, W, cin]` -> `[x1, x2, x3, x4, x5]` (channels f .. 16f at full .. 1/16 resolution),
   x5 after `dropout` when given. Builds block_one .. block_five and block_one_dw .. block_four_dw
-  in the calling module's scope; `common`: normalization, torch_init, dtype."""
+  in the calling module's scope (rematerialised with `remat`); `common`: normalization,
+  torch_init, dtype."""
+  conv_block, resample_block = blocks(remat)
   feats = []
   for k in range(5):
     width = n_filters * 2**k
-    x = ConvBlock(_STAGES[k], width, name=f'block_{_NAMES[k]}', **common)(x, train)
+    x = conv_block(_STAGES[k], width, name=f'block_{_NAMES[k]}', **common)(x, train)
     feats.append(x)
     if k < 4:
-      x = ResampleBlock(
+      x = resample_block(
         2 * width, up=False, fast=fast_updown, name=f'block_{_NAMES[k]}_dw', **common
       )(x, train)
   if dropout is not None:
@@ -153,23 +172,25 @@ def decoder_blocks(
   fast_updown: bool,
   up_type: int = 0,
   dropout: nn.Dropout | None = None,
+  remat: bool = False,
   **common,
 ) -> tuple[Array, list[Array]]:
   """`[x1, .., x5]` -> `(logits [B, D, H, W, n_classes], [x6, x7, x8, x9])` with additive skips
   (x9 after `dropout` when given; logits in at least float32). Builds block_five_up ..
   block_eight_up (`UP_TYPES`), block_six .. block_nine and out_conv in the calling module's
-  scope."""
+  scope (the blocks rematerialised with `remat`)."""
   if up_type not in UP_TYPES:
     raise ValueError(f'VNet decoder: up_type must be one of {UP_TYPES}, got {up_type}')
+  conv_block, resample_block = blocks(remat)
   x, outs = feats[4], []
   for k in range(4):
     width, name = n_filters * 2 ** (3 - k), f'block_{_NAMES[k + 4]}_up'
     if up_type == 0:
-      x = ResampleBlock(width, up=True, fast=fast_updown, name=name, **common)(x, train)
+      x = resample_block(width, up=True, fast=fast_updown, name=name, **common)(x, train)
     else:  # CML's Upsampling_function: parameter-free x2 upsample, then block_X_up/{conv0, bn0}
-      x = ConvBlock(1, width, name=name, **common)(upsample2x_linear_align_corners(x), train)
+      x = conv_block(1, width, name=name, **common)(upsample2x_linear_align_corners(x), train)
     x = x + feats[3 - k]
-    x = ConvBlock(_STAGES[k + 5], width, name=f'block_{_NAMES[k + 5]}', **common)(x, train)
+    x = conv_block(_STAGES[k + 5], width, name=f'block_{_NAMES[k + 5]}', **common)(x, train)
     outs.append(x)
   if dropout is not None:
     outs[3] = dropout(outs[3], deterministic=False)
@@ -185,6 +206,7 @@ def _block_kwargs(module: nn.Module, dropout: nn.Dropout | None) -> dict[str, An
     n_filters=module.n_filters,
     fast_updown=module.fast_updown,
     dropout=dropout,
+    remat=module.remat,
     normalization=module.normalization,
     torch_init=module.torch_init,
     dtype=module.dtype,
@@ -200,6 +222,7 @@ class _Part(nn.Module):
   dropout_rate: float = 0.5
   torch_init: bool = True
   fast_updown: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   def _kwargs(self, train: bool, use_dropout: bool) -> dict[str, Any]:
@@ -218,6 +241,7 @@ def part_kwargs(net: nn.Module) -> dict[str, Any]:
       'dropout_rate',
       'torch_init',
       'fast_updown',
+      'remat',
       'dtype',
     )
   }
@@ -267,8 +291,9 @@ class VNet(nn.Module):
     torch_init: torch default init (U(+-1/sqrt(fan_in)) for conv weights and biases) instead of
       the flax defaults.
     fast_updown: k2 s2 down/up convs as space-to-depth + matmul (same params and numbers).
-    dtype: compute dtype (params stay float32; jnp.bfloat16 for bf16 compute). Logits are
-      returned in at least float32.
+    remat: recompute each block's activations in the backward pass (module docstring).
+    dtype: compute dtype (params stay float32; jnp.bfloat16 for bf16 compute). Logits and
+      features are returned in at least float32.
 
   Call: `apply(variables, x, train=False, turnoff_drop=False, return_features=False)`. With
   train=True, batch norm uses batch statistics and updates `batch_stats` (pass
@@ -289,6 +314,7 @@ class VNet(nn.Module):
   dropout_rate: float = 0.5
   torch_init: bool = True
   fast_updown: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -302,7 +328,8 @@ class VNet(nn.Module):
     feats = encoder_blocks(x, train, **kw)
     logits, (_, _, x8, x9) = decoder_blocks(feats, train, n_classes=self.n_classes, **kw)
     if return_features:
-      return logits, {'x5': feats[4], 'x8': x8, 'x9': x9}
+      features = {'x5': feats[4], 'x8': x8, 'x9': x9}
+      return logits, {k: v.astype(logits.dtype) for k, v in features.items()}
     return logits
 
 

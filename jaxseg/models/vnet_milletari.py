@@ -201,7 +201,8 @@ class VNetMilletari(nn.Module):
     n_classes: output channels (2 upstream).
     dropout_rate: the Dropout3d probability (0.5 upstream).
     literal_batch_repeat: reproduce the 2017 input transition that mixes the samples of a batch.
-    dtype: compute dtype (parameters stay float32 unless the caller passes float64 ones).
+    dtype: compute dtype (parameters stay float32 unless the caller passes float64 ones); the
+      logits come back in at least float32.
   """
 
   n_filters: int = 16
@@ -262,7 +263,8 @@ class VNetMilletari(nn.Module):
     # Output transition.
     y = Conv3d(2, 5, padding=2, dtype=dt, name='out_tr_conv1')(y)
     y = PReLU(dtype=dt, name='out_tr_relu1')(ContBatchNorm(dtype=dt, name='out_tr_bn1')(y))
-    return Conv3d(self.n_classes, 1, dtype=dt, name='out_tr_conv2')(y)
+    logits = Conv3d(self.n_classes, 1, dtype=dt, name='out_tr_conv2')(y)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
   def _repeat_input(self, x: Array, channels: int) -> Array:
     """`[B, D, H, W, 1]` -> `[B, D, H, W, channels]` added in the input transition."""

@@ -47,6 +47,7 @@ class VNetSDF(nn.Module):
   dropout_rate: float = 0.5
   torch_init: bool = True
   fast_updown: bool = True
+  remat: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -59,6 +60,7 @@ class VNetSDF(nn.Module):
       dropout_rate=self.dropout_rate,
       torch_init=self.torch_init,
       fast_updown=self.fast_updown,
+      remat=self.remat,
       dtype=self.dtype,
     )
     # The trunk's variables live at this module's level (block_one, ..., out_conv), so the tree
