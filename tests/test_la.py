@@ -116,3 +116,37 @@ def test_real_la_cases():
     np.testing.assert_array_equal(np.unique(label), [0, 1])
     assert int(label.sum()) == int(row["foreground_voxels"])
     assert -1.5 < image.min() < 0 < image.max() < 20
+
+
+def test_downsample_shrinks_once_and_caches(tmp_path):
+  shape = (10, 9, 6)
+  ids = _write_root(tmp_path, n=2, shape=shape)
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=shape).astype(np.float32)
+  label = (rng.uniform(size=shape) > 0.7).astype(np.uint8)
+  write_case(case_path(tmp_path, ids[1]), image, label)
+  src = LASource(tmp_path, ids, num_classes=2, downsample=2)
+  item = src[1]
+  # zoom 0.5 rounds each axis: 10 -> 5, 9 -> 4 (4.5 rounds half to even), 6 -> 3.
+  assert item["image"].shape == item["label"].shape == (5, 4, 3)
+  assert item["image"].dtype == np.float32 and item["label"].dtype == np.uint8
+  # Order 1 corners keep the source's corner voxels; order 0 labels stay in {0, 1}.
+  assert item["image"][0, 0, 0] == pytest.approx(image[0, 0, 0])
+  assert item["image"][-1, -1, -1] == pytest.approx(image[-1, -1, -1])
+  assert set(np.unique(item["label"])) <= {0, 1}
+  assert item["label"][0, 0, 0] == label[0, 0, 0] and item["label"][-1, -1, -1] == label[-1, -1, -1]
+  # The small copy replaces the full-resolution one in the cache, and is served again unchanged.
+  assert src._cache[1][0].shape == (5, 4, 3)
+  assert src[1]["image"] is item["image"] and not item["image"].flags.writeable
+  assert src[-2]["image"].shape == (5, 4, 3)
+  with pytest.raises(DataError, match="data.downsample=0"):
+    LASource(tmp_path, ids, downsample=0)
+
+
+def test_downsample_from_the_data_config(tmp_path):
+  ids = _write_root(tmp_path, n=2, shape=(8, 8, 4))
+  for factor, shape in ((1, (8, 8, 4)), (2, (4, 4, 2))):
+    d = ml_collections.ConfigDict(dict(downsample=factor))
+    for split in ("train", "val"):
+      src = build_source("la", tmp_path, ids, 2, split=split, data_config=d)
+      assert src[0]["image"].shape == shape

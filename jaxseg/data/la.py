@@ -4,9 +4,14 @@ Upstream reference: ``yulequan/UA-MT: code/dataloaders/la_heart.py`` (LAHeart re
 ``<root>/2018LA_Seg_Training Set/<id>/mri_norm2.h5`` for each id of a list file).
 """
 
+import dataclasses
+import functools
 import os
 import pathlib
 from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage
 
 from jaxseg.data import registry
 from jaxseg.data import splits as splits_lib
@@ -45,12 +50,49 @@ def find_root(config_root: str | os.PathLike | None) -> pathlib.Path:
   )
 
 
+def downsample_case(image: np.ndarray, label: np.ndarray, factor: int):
+  """``(image, label)`` [D, H, W] shrunk by an integer ``factor`` per axis: the image by trilinear
+  interpolation (``scipy.ndimage.zoom`` order 1), the label by nearest neighbour (order 0) so it
+  stays a label map. Each output axis is ``round(n / factor)`` voxels (half to even: 9 -> 4 at
+  factor 2)."""
+  zoom = 1.0 / factor
+  small_image = scipy.ndimage.zoom(image, zoom, order=1).astype(np.float32)
+  small_label = scipy.ndimage.zoom(label, zoom, order=0).astype(label.dtype)
+  return small_image, small_label
+
+
 class LASource(H5Source):
   """LA cases ``case_path(root, id)``: ``source[i]`` -> ``{'image': float32 [D, H, W], 'label':
-  uint8 [D, H, W], 'case': str}``, validated on first access and cached in RAM (h5source.py)."""
+  uint8 [D, H, W], 'case': str}``, validated on first access and cached in RAM (h5source.py).
 
-  def __init__(self, root: str | os.PathLike, case_ids: Sequence[str], num_classes: int = 2):
+  ``downsample`` > 1 shrinks every case by that factor per axis once, when it is first read
+  (``downsample_case``), and caches the small volumes: training and evaluation then both run at
+  the reduced resolution (the reduced-scale protocol of jaxseg/reproduce.py)."""
+
+  def __init__(
+    self,
+    root: str | os.PathLike,
+    case_ids: Sequence[str],
+    num_classes: int = 2,
+    downsample: int = 1,
+  ):
     super().__init__(root, case_ids, num_classes, case_path, ndim=3)
+    if int(downsample) != downsample or downsample < 1:
+      raise DataError(f"data.downsample={downsample!r}: expected an integer >= 1")
+    self.downsample = int(downsample)
+    self._small: set[int] = set()
+
+  def __getitem__(self, index: int) -> dict:
+    item = super().__getitem__(index)
+    key = int(index) % len(self)
+    if self.downsample == 1 or key in self._small:
+      return item
+    image, label = downsample_case(item["image"], item["label"], self.downsample)
+    image.flags.writeable = False
+    label.flags.writeable = False
+    self._cache[key] = (image, label)  # replaces the full-resolution copy
+    self._small.add(key)
+    return {"image": image, "label": label, "case": item["case"]}
 
 
 def make_splits(root: pathlib.Path, data_config) -> dict[str, list[str]]:
@@ -67,12 +109,23 @@ def synthesize(root: pathlib.Path, cfg) -> pathlib.Path:
   )
 
 
+def configure(data_config) -> DatasetSpec:
+  """``DATASET`` with sources bound to ``data.downsample`` (1, the default, reads the volumes as
+  stored)."""
+  factor = data_config.get("downsample", 1)
+  if factor == 1:
+    return DATASET
+  source = functools.partial(LASource, downsample=factor)
+  return dataclasses.replace(DATASET, train_source=source, val_source=source, configure=None)
+
+
 DATASET = DatasetSpec(
   find_root=find_root,
   make_splits=make_splits,
   train_source=LASource,
   val_source=LASource,
   synthesize=synthesize,
+  configure=configure,
 )
 
 __all__ = ["DATASET", "DataError", "LASource", "case_path", "find_root", "make_splits"]

@@ -1,0 +1,110 @@
+"""Tests for jaxseg.reproduce: the reduced-scale shrink, the test-split refusal, and one table on
+the synthetic phantoms (2 methods x 2 seeds, 2 steps) whose rendered numbers are the runs'
+summaries."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxseg import config_lib
+from jaxseg import errors
+from jaxseg import published
+from jaxseg import reproduce
+
+METHODS = ("supervised", "mean_teacher")
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reproduce")
+  argv = ["--table", "la16", "--methods", ",".join(METHODS), "--seeds", "2", "--scale", "mini"]
+  argv += ["--data", "synthetic", "--steps", "2", "--root", str(root)]
+  assert reproduce.main(argv) == 0
+  return root, argv
+
+
+def test_table_numbers_are_the_run_summaries(table_run):
+  root, _ = table_run
+  out = root / "la16" / "mini"
+  rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+  assert sorted(rows) == sorted(METHODS)
+  md = (out / "results.md").read_text()
+  assert "REDUCED SCALE" in md and (out / "results.png").stat().st_size > 0
+  for method in METHODS:
+    runs = [out / method / f"seed{s}" for s in (1337, 1338)]
+    summaries = [json.loads((r / "eval" / "val" / "summary.json").read_text()) for r in runs]
+    # Each run trained the schedule-scaled smoke config: 2 steps, its own seed.
+    for run, seed in zip(runs, (1337, 1338)):
+      config = json.loads((run / "config.json").read_text())
+      assert (config["total_steps"], config["seed"], config["method"]) == (2, seed, method)
+    dice = [100 * s["dice"] for s in summaries]
+    row = rows[method]
+    assert row["n_seeds"] == 2 and row["seeds"] == [1337, 1338]
+    np.testing.assert_allclose(row["dice"], np.mean(dice), rtol=1e-12)
+    np.testing.assert_allclose(row["dice_std"], np.std(dice, ddof=1), rtol=1e-12)
+    hd95 = [s["hd95"] for s in summaries]
+    if all(math.isfinite(h) for h in hd95):
+      np.testing.assert_allclose(row["hd95"], np.mean(hd95), rtol=1e-12)
+    published_dice = published.lookup(method, "la", 16).dice
+    assert row["published_dice"] == published_dice
+    np.testing.assert_allclose(row["diff"], np.mean(dice) - published_dice, rtol=1e-12)
+    # No band in the docs for these two: the seeds' own std, and the verdict follows from it.
+    assert row["band_source"] == "the seeds' own std"
+    assert row["inside"] == (abs(row["diff"]) <= row["dice_std"])
+    # The Markdown row shows the same numbers.
+    line = next(l for l in md.splitlines() if l.startswith(f"| {method} |"))
+    assert f"{np.mean(dice):.2f} ± {np.std(dice, ddof=1):.2f}" in line
+    assert f"{np.mean(dice) - published_dice:+.2f}" in line
+  np.testing.assert_allclose(
+    rows["mean_teacher"]["vs_supervised"], rows["mean_teacher"]["dice"] - rows["supervised"]["dice"]
+  )
+
+
+def test_finished_runs_are_skipped(table_run, capsys):
+  root, argv = table_run
+  assert reproduce.main(argv) == 0
+  assert capsys.readouterr().out.count(": done (") == 4
+
+
+def test_mini_shrinks_and_keeps_the_ratios():
+  c = config_lib.load_config_module(reproduce.REPO / "configs/la_uamt.py").get_config()
+  reproduce.mini(c, steps=600)
+  assert c.total_steps == 600
+  assert c.optimizer.lr_step_every == 250  # 2500 of 6000
+  assert c.uamt.iters_per_epoch == 15  # the consistency ramp still spans the run: 40 x 15 = 600
+  assert (c.batch_size, c.labeled_batch_size, c.data.labeled) == (4, 2, 16)
+  assert c.data.downsample == 4 and c.data.spacing == (2.5, 2.5, 2.5)
+  assert tuple(c.data.patch_size) == reproduce.MINI_PATCH
+  assert c.model.kwargs.n_filters == reproduce.MINI_FILTERS
+  assert (c.eval.stride_xy, c.eval.stride_z, c.eval.every_steps) == (4, 1, 0)
+  bcp = config_lib.load_config_module(reproduce.REPO / "configs/la_bcp.py").get_config()
+  reproduce.mini(bcp, steps=1700)
+  assert (bcp.bcp.pretrain_steps, bcp.bcp.mask_bounds) == (200, "shape")
+  acdc = config_lib.load_config_module(reproduce.REPO / "configs/acdc_bcp.py").get_config()
+  with pytest.raises(errors.ConfigError, match="calibrated on LA only"):
+    reproduce.mini(acdc)
+
+
+def test_refuses_a_config_that_evaluates_on_test(tmp_path):
+  path = tmp_path / "la_test_split.py"
+  path.write_text(
+    "from jaxseg import config_lib\n\n\n"
+    "def get_config(arg=None):\n"
+    "  c = config_lib.load_config_module("
+    f"'{reproduce.REPO / 'configs/la_vnet.py'}').get_config(arg)\n"
+    "  c.eval.split = 'test'\n"
+    "  return c\n"
+  )
+  entry = dataclasses.replace(published.lookup("supervised", "la", 16), config=str(path))
+  with pytest.raises(errors.ConfigError, match="validation split only"):
+    reproduce.build_config(entry, 1337, "full", "real", data_root=str(tmp_path))
+
+
+def test_unknown_table_and_method():
+  with pytest.raises(errors.ConfigError, match="its methods"):
+    reproduce.plan("la16", ["nope"], 1, "mini", "/tmp/x")
+  with pytest.raises(errors.ConfigError, match="unknown table"):
+    reproduce.plan("la3", None, 1, "mini", "/tmp/x")
