@@ -117,8 +117,9 @@ def mini(c: ml_collections.ConfigDict, steps: int = MINI_STEPS) -> ml_collection
   c.model.kwargs.n_filters = MINI_FILTERS
   c.eval.stride_xy = max(1, c.eval.stride_xy // MINI_DOWNSAMPLE)
   c.eval.stride_z = max(1, c.eval.stride_z // MINI_DOWNSAMPLE)
-  if "bcp" in c:
-    c.bcp.mask_bounds = "shape"
+  for block in c.values():  # a method block with box-mask bounds (BCP's) takes them from the patch
+    if isinstance(block, ml_collections.ConfigDict) and "mask_bounds" in block:
+      block.mask_bounds = "shape"
   return c
 
 
@@ -252,7 +253,7 @@ def collect(runs: list[Run]) -> list[dict]:
     row["published_source"] = entry.source
     row["verified"] = entry.verified
     row["mode"] = summaries[0].get("mode", "?")
-    if method == "supervised":
+    if method == published.BASELINE_METHOD:
       baseline = row["dice"]
     rows.append(row)
   for row in rows:

@@ -99,11 +99,15 @@ def test_method_mentions_are_found(tmp_path):
   assert found == ["uamt", "dtc", "bcp"]
 
 
+# Data keyed by method name, with no method logic: the published tables.
+DATA_MODULES = {"published.py"}
+
+
 def test_no_module_outside_methods_names_a_method():
   hits = [
     h
     for p in sorted(PKG.rglob("*.py"))
-    if "methods" not in p.relative_to(PKG).parts
+    if "methods" not in p.relative_to(PKG).parts and p.name not in DATA_MODULES
     for h in method_mentions(p)
   ]
   assert hits == []
