@@ -344,9 +344,9 @@ def x64_loss_and_grads(model_name: str, kwargs: dict, loss_fn, variables, x, los
 # that length. Every backward path crosses the full-resolution layers, so n = batch x input voxels
 # and the first-order float32 error is at most GRAD_SUMS_IN_SERIES worst-case summation bounds
 # gamma_n = n u / (1 - n u), u = 2^-24, taken relative to max|grad64| of the tensor. The bound holds
-# whatever order a backend sums in (XLA:CPU's YNNPACK reduce fusion leaves jaxseg's gradients up to
-# 1.06 gamma_n from grad64 on AMD EPYC, where torch's sit 1e-5 gamma_n away), and a float32-only
-# fault (a bfloat16 forward, the loss scaled by 1.02) exceeds it. Where cancellation makes torch's
+# whatever order a backend sums in (batch norm's own sums are blocked, layers._blocked_sum, which
+# keeps jaxseg's gradients near torch's, about 1e-5 of max|grad64|, under every XLA:CPU setting
+# measured), and a float32-only fault (a bfloat16 forward, the loss scaled by 1.02) exceeds it. Where cancellation makes torch's
 # own float32 gradient noisier than that (grad_fp32_noise_rel), GRAD_NOISE_FACTOR times its noise.
 GRAD_SUMS_IN_SERIES = 3
 GRAD_NOISE_FACTOR = 10.0

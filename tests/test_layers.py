@@ -1,4 +1,5 @@
-"""Tests for jaxseg/models/layers.py: norms vs numpy, fast k2s2 convs vs generic, torch init."""
+"""Tests for jaxseg/models/layers.py: norms vs numpy, fast k2s2 and matmul stride-1 convs vs
+generic, the conv lowering switch, torch init."""
 
 import itertools
 import math
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseg.errors import ConfigError
 from jaxseg.models import layers
 
 
@@ -82,6 +84,50 @@ def test_batchnorm_bf16_compute_keeps_float32_stats():
   assert y16.dtype == jnp.bfloat16 and u16['batch_stats']['var'].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=5e-2)
   np.testing.assert_allclose(u16['batch_stats']['mean'], u32['batch_stats']['mean'], atol=1e-2)
+
+
+def test_batchnorm_block_split():
+  assert layers._block_split((2, 32, 32, 32, 4)) == 2  # outer 2 x 32, inner 32 x 32
+  assert layers._block_split((8, 64, 64, 16)) == 2
+  assert layers._block_split((4, 7)) == 0  # one reduced axis: a plain sum
+  x = _rand(7, (3, 5, 4, 6, 2)) + 10
+  for split in range(4):
+    np.testing.assert_allclose(
+      layers._blocked_sum(jnp.asarray(x), split), x.astype(np.float64).sum((0, 1, 2, 3)), rtol=1e-6
+    )
+
+
+def _bn_loss_grads(x, w, dtype):
+  bn = layers.BatchNorm(dtype=dtype, param_dtype=dtype)
+  v = bn.init(jax.random.key(0), jnp.asarray(x, dtype), train=False)
+
+  def loss(params, x):
+    y, _ = bn.apply(
+      {'params': params, 'batch_stats': v['batch_stats']}, x, train=True, mutable=['batch_stats']
+    )
+    return jnp.sum(y * jnp.asarray(w, dtype))
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(v['params'], jnp.asarray(x, dtype))
+
+
+def test_batchnorm_gradients_float32_close_to_float64():
+  # The scale gradient sums dy * xhat over n = 65536 values that cancel, on inputs far from zero.
+  # Summed in one pass it was 4e-5 (XLA:CPU -O2) to 2.8e-4 (-O0) of its scale from float64 on an
+  # AMD EPYC; in two blocked stages (1088 terms in series) 4e-7 to 6e-6. Likewise dx: 1e-6 to
+  # 6.6e-6 in one pass, 1.6e-7 blocked.
+  x = _rand(8, (2, 32, 32, 32, 2)) + 50
+  w = _rand(9, x.shape)
+  (p32, dx32) = _bn_loss_grads(x, w, jnp.float32)
+  with jax.enable_x64(True):
+    (p64, dx64) = _bn_loss_grads(x, w, jnp.float64)
+  for got, want, tol in (
+    (p32['scale'], p64['scale'], 2e-5),
+    (p32['bias'], p64['bias'], 2e-5),
+    (dx32, dx64, 5e-7),
+  ):
+    want = np.asarray(want)
+    err = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
+    assert err < tol, (err, tol)
 
 
 def test_groupnorm_matches_numpy():
@@ -184,6 +230,82 @@ def test_conv_matches_numpy():
   for a, bb, c in itertools.product(range(3), repeat=3):
     want += np.einsum('ndhwi,io->ndhwo', xp[:, a : a + 4, bb : bb + 3, c : c + 5], k[a, bb, c])
   np.testing.assert_allclose(m.apply(v, x), want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stride-1 convolutions as im2col + matmul (layers._conv_matmul, the CPU default) == lax conv.
+
+
+def _conv_pair(monkeypatch, module, x, seed):
+  """(matmul, xla) outputs and gradients (params and input) of `module` on `x`, same variables."""
+  v = jax.tree.map(lambda a: a + 0.05, module.init(jax.random.key(seed), x))  # non-zero bias
+  shape = jax.eval_shape(module.apply, v, x).shape
+  w = jnp.asarray(_rand(seed + 1, shape), x.dtype)
+
+  def run(p, x):
+    def loss(p, x):
+      return jnp.sum((module.apply({'params': p}, x) * w).astype(jnp.float32))
+
+    return (module.apply({'params': p}, x), *jax.grad(loss, argnums=(0, 1))(p, x))
+
+  out = {}
+  for lowering in ('matmul', 'xla'):
+    monkeypatch.setattr(layers, 'CONV_LOWERING', lowering)
+    # A new jit per lowering: the switch is read at trace time.
+    out[lowering] = jax.jit(lambda p, x: run(p, x))(v['params'], x)
+  return out['matmul'], out['xla']
+
+
+@pytest.mark.parametrize(
+  'shape,features,kernel,padding,dtype',
+  [
+    ((2, 4, 5, 3, 1), 4, (3, 3, 3), 1, jnp.float32),  # cin 1 (a network's first conv)
+    ((2, 4, 3, 5, 3), 2, (3, 3, 3), 1, jnp.float32),
+    ((1, 5, 4, 4, 2), 3, (3, 3, 3), (0, 1, 2), jnp.float32),  # 'valid' to 'full' per axis
+    ((1, 5, 4, 4, 2), 3, (5, 5, 5), 2, jnp.float32),
+    ((2, 6, 5, 1), 3, (3, 3), 1, jnp.float32),  # 2D, cin 1
+    ((2, 6, 5, 4), 3, (3, 3), 1, jnp.float32),
+    ((2, 4, 3, 5, 3), 2, (3, 3, 3), 1, jnp.bfloat16),
+    ((2, 6, 5, 4), 3, (3, 3), 1, jnp.bfloat16),
+  ],
+)
+def test_conv_matmul_equals_lax_conv(monkeypatch, shape, features, kernel, padding, dtype):
+  x = jnp.asarray(_rand(20, shape), dtype)
+  m = layers.Conv(features, kernel, padding=padding, dtype=dtype)
+  fast, ref = _conv_pair(monkeypatch, m, x, seed=21)
+  # bf16 compute: both round their inputs and outputs to bf16 (8 bits of mantissa).
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for name, fast_tree, ref_tree in zip(('output', 'params', 'input'), fast, ref):
+    for a, b in zip(jax.tree.leaves(fast_tree), jax.tree.leaves(ref_tree)):
+      assert a.dtype == b.dtype and a.shape == b.shape, name
+      a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+      scale = np.abs(b).max()
+      assert scale > 0
+      np.testing.assert_allclose(a, b, rtol=0, atol=tol * scale, err_msg=name)
+
+
+def _lowered_to_lax_conv(module, x):
+  v = module.init(jax.random.key(0), x)
+  return 'conv_general_dilated' in str(jax.make_jaxpr(module.apply)(v, x))
+
+
+def test_conv_lowering_switch(monkeypatch):
+  x = jnp.zeros((1, 4, 4, 4, 2))
+  k3, k1 = layers.Conv(3, (3, 3, 3), padding=1), layers.Conv(3, (1, 1, 1))
+  strided = layers.Conv(3, (3, 3, 3), padding=1, strides=2)
+  monkeypatch.setattr(layers, 'CONV_LOWERING', 'auto')
+  assert jax.default_backend() == 'cpu' and layers.conv_lowering() == 'matmul'
+  assert not _lowered_to_lax_conv(k3, x)
+  # 1x1 kernels, strides and padding beyond k-1 stay with lax.
+  assert _lowered_to_lax_conv(k1, x) and _lowered_to_lax_conv(strided, x)
+  assert _lowered_to_lax_conv(layers.Conv(3, (3, 3, 3), padding=3), x)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert layers.conv_lowering() == 'xla' and _lowered_to_lax_conv(k3, x)
+  monkeypatch.setattr(layers, 'CONV_LOWERING', 'matmul')
+  assert layers.conv_lowering() == 'matmul' and not _lowered_to_lax_conv(k3, x)
+  monkeypatch.setattr(layers, 'CONV_LOWERING', 'fast')
+  with pytest.raises(ConfigError, match="JAXSEG_CONV_LOWERING.*'fast'"):
+    layers.conv_lowering()
 
 
 # ---------------------------------------------------------------------------------------------

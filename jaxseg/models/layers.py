@@ -17,7 +17,10 @@ Parity notes (PyTorch semantics reproduced here, see docs/parity.md "Layout conv
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import os
 import string
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxseg.errors import ConfigError
 
 Array = jax.Array
 Dtype = Any
@@ -122,12 +127,127 @@ class Conv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = (self.padding,) * nd if isinstance(self.padding, int) else tuple(self.padding)
     strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides)
-    y = lax.conv_general_dilated(
-      x, kernel, strides, [(p, p) for p in pad], dimension_numbers=_dimension_numbers(nd)
-    )
+    if _use_matmul_conv(self.kernel_size, pad, strides):
+      y = _conv_matmul(x, kernel, pad)
+    else:
+      y = lax.conv_general_dilated(
+        x, kernel, strides, [(p, p) for p in pad], dimension_numbers=_dimension_numbers(nd)
+      )
     if bias is not None:
       y = y + bias
     return y
+
+
+# How `Conv` lowers stride-1 kernels larger than 1: 'xla' (the default:
+# `lax.conv_general_dilated`), 'matmul' (`_conv_matmul`) or 'auto' (matmul on CPU, lax elsewhere,
+# where cuDNN / the TPU convolution units are fast). On XLA:CPU the matmul form runs a single
+# convolution 1.5-2.5x faster forward and backward, but it compiles 1.5-6x slower and no whole
+# training step has yet been measured faster on an idle machine (docs/benchmarks.md), so it is
+# opt-in until one is. Read at trace time, so tests and benchmarks may set it before jitting.
+CONV_LOWERING = os.environ.get('JAXSEG_CONV_LOWERING', 'xla')
+_CONV_LOWERINGS = ('auto', 'xla', 'matmul')
+
+
+def conv_lowering() -> str:
+  """'xla' or 'matmul': what `CONV_LOWERING` (env JAXSEG_CONV_LOWERING) resolves to here."""
+  if CONV_LOWERING not in _CONV_LOWERINGS:
+    raise ConfigError(
+      f'JAXSEG_CONV_LOWERING / layers.CONV_LOWERING is {CONV_LOWERING!r}; expected one of '
+      f'{_CONV_LOWERINGS}'
+    )
+  if CONV_LOWERING == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  return CONV_LOWERING
+
+
+def _use_matmul_conv(kernel_size, pad, strides) -> bool:
+  # The matmul form covers stride 1 with padding 0..k-1 per axis (its input gradient is the same
+  # form with padding k-1-p); 1x1 kernels are already a single matmul inside XLA.
+  return (
+    math.prod(kernel_size) > 1
+    and all(s == 1 for s in strides)
+    and all(0 <= p < k for p, k in zip(pad, kernel_size))
+    and conv_lowering() == 'matmul'
+  )
+
+
+def _acc_dtype(dtype: Dtype) -> Dtype:
+  # Matmuls accumulate in float32 at least: a bf16 sum over taps and channels, or over every voxel
+  # for the kernel gradient, would otherwise lose digits.
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _last_axis_taps(x: Array, kernel_size: Sequence[int], pad: Sequence[int]) -> Array:
+  """`[B, *S, C]` -> `[B, *(S[:-1] + 2p[:-1]), S'[-1], k[-1] * C]`: zero-padded on every spatial
+  axis, the k[-1] windows along the last one concatenated on channels (tap-major, then channel),
+  S' = S + 2p - k + 1."""
+  x = jnp.pad(x, [(0, 0), *((p, p) for p in pad), (0, 0)])
+  out = x.shape[-2] - kernel_size[-1] + 1
+  return jnp.concatenate([x[..., t : t + out, :] for t in range(kernel_size[-1])], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_matmul(x: Array, kernel: Array, pad: tuple[int, ...]) -> Array:
+  """Stride-1 convolution `[B, *S, I]` x (*k, I, O) with zero padding `pad` (0 <= p < k per axis)
+  -> `[B, *S', O]`, S' = S + 2p - k + 1, as one matmul and a sum of shifted slices; same values as
+  `lax.conv_general_dilated` (tests/test_layers.py).
+
+  The last axis's k[-1] taps are concatenated on channels (`_last_axis_taps`, k[-1] times the
+  input, not prod(k) times as im2col), one matmul to prod(k[:-1]) * O channels gives every other
+  tap's contribution at every padded position, and the output sums those contributions shifted by
+  their tap. XLA:CPU runs this 2x faster than its own convolution (docs/benchmarks.md).
+
+  The custom VJP keeps the backward in the same form: the input gradient is this convolution of
+  the output gradient with the spatially flipped, in/out-swapped kernel and padding k-1-p; the
+  kernel gradient is one matmul of the (recomputed) last-axis taps with the output gradient placed
+  at each other tap's offset. Only `x` and `kernel` are saved.
+  """
+  ks, cin, cout = kernel.shape[:-2], kernel.shape[-2], kernel.shape[-1]
+  nd = len(ks)
+  taps = _last_axis_taps(x, ks, pad)
+  # (*k, I, O) -> (k[-1], I, *k[:-1], O): rows match the tap-major channels of `taps`.
+  w = jnp.moveaxis(kernel, (nd - 1, nd), (0, 1)).reshape(ks[-1] * cin, -1)
+  z = lax.dot_general(
+    taps, w, (((taps.ndim - 1,), (0,)), ((), ())), preferred_element_type=_acc_dtype(x.dtype)
+  )
+  out = taps.shape[1:-2]
+  out = [s - k + 1 for s, k in zip(out, ks[:-1])]
+  y = 0
+  for i, t in enumerate(itertools.product(*(range(k) for k in ks[:-1]))):
+    window = tuple(slice(a, a + o) for a, o in zip(t, out))
+    y = y + z[(slice(None), *window, slice(None), slice(i * cout, (i + 1) * cout))]
+  return y.astype(x.dtype)
+
+
+def _conv_matmul_fwd(x, kernel, pad):
+  return _conv_matmul(x, kernel, pad), (x, kernel)
+
+
+def _conv_matmul_bwd(pad, res, g):
+  x, kernel = res
+  ks, nd = kernel.shape[:-2], kernel.ndim - 2
+  flipped = kernel[(slice(None, None, -1),) * nd].swapaxes(-1, -2)
+  dx = _conv_matmul(g, flipped, tuple(k - 1 - p for k, p in zip(ks, pad)))
+  # dk[t, c] = sum_q taps(x)[q + t, c-th block] g[q]: put g at each offset t of the other axes'
+  # taps (the padded extent is out + k - 1) and contract with the taps over every position at once.
+  shifted = [
+    jnp.pad(g, [(0, 0), *((a, k - 1 - a) for a, k in zip(t, ks[:-1])), (0, 0), (0, 0)])
+    for t in itertools.product(*(range(k) for k in ks[:-1]))
+  ]
+  taps = _last_axis_taps(x, ks, pad)
+  positions = tuple(range(taps.ndim - 1))
+  dk = lax.dot_general(
+    taps,
+    jnp.concatenate(shifted, -1),
+    ((positions, positions), ((), ())),
+    preferred_element_type=_acc_dtype(kernel.dtype),
+  )
+  # (k[-1] * I, prod(k[:-1]) * O) -> (k[-1], I, *k[:-1], O) -> (*k, I, O).
+  dk = dk.reshape(ks[-1], kernel.shape[-2], *ks[:-1], kernel.shape[-1])
+  return dx, jnp.moveaxis(dk, (0, 1), (nd - 1, nd)).astype(kernel.dtype)
+
+
+_conv_matmul.defvjp(_conv_matmul_fwd, _conv_matmul_bwd)
 
 
 def _k2_params(module: nn.Module, x: Array, torch_fan_in: int):
@@ -273,17 +393,60 @@ class BatchNorm(nn.Module):
           f'BatchNorm {self.name}: train mode needs more than one value per '
           f'channel (as torch), got input shape {x.shape}'
         )
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xs, axes)
-      var = jnp.mean(jnp.square(xs - mean), axes)  # Two-pass: biased variance, well conditioned.
+      split = _block_split(x.shape)
+      mean = _blocked_sum(xs, split) / n
+      centered = xs - _blocked_broadcast(mean, x.shape, split)
+      var = _blocked_sum(jnp.square(centered), split) / n  # Two-pass: biased, well conditioned.
       if not self.is_initializing():
         m = self.momentum
         ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(ra_mean.value.dtype)
         ra_var.value = ((1 - m) * ra_var.value + m * var * (n / (n - 1))).astype(ra_var.value.dtype)
+      inv = lax.rsqrt(var + self.epsilon) * scale.astype(sdt)
+      y = centered * _blocked_broadcast(inv, x.shape, split)
+      y = y + _blocked_broadcast(bias.astype(sdt), x.shape, split)
     else:
       mean, var = ra_mean.value.astype(sdt), ra_var.value.astype(sdt)
-    y = (xs - mean) * lax.rsqrt(var + self.epsilon) * scale.astype(sdt) + bias.astype(sdt)
+      y = (xs - mean) * lax.rsqrt(var + self.epsilon) * scale.astype(sdt) + bias.astype(sdt)
     return y.astype(out_dtype)
+
+
+# Train-mode batch norm sums over n = batch x voxels values per channel, in its statistics and, by
+# autodiff (the transposes of their broadcasts), in its gradients: the sums of dy and dy * xhat
+# that give the scale and bias gradients, where the terms cancel. Summed in one pass, a backend's
+# order decides the float32 error: on an AMD EPYC, XLA:CPU's serial loops at -O0 and YNNPACK's
+# reduce fusion left scale / bias gradients up to 2e-2 of their scale from a float64 reference,
+# where torch (which accumulates its CPU batch-norm sums in double) is 1e-5 away. Two stages, an
+# inner sum over the trailing axes and an outer one over the leading axes, with an optimization
+# barrier between them so that XLA cannot merge them back, bound the error by about
+# (inner + outer) u instead of n u, whatever order each stage runs in.
+def _block_split(shape: Sequence[int]) -> int:
+  """The axis that splits the reduced axes (all but the last) of `shape` into leading (outer) and
+  trailing (inner) groups of the most balanced sizes; 0 when there is only one reduced axis."""
+  reduced = list(shape[:-1])
+  if len(reduced) < 2:
+    return 0
+  return min(
+    range(1, len(reduced)),
+    key=lambda s: math.prod(reduced[:s]) + math.prod(reduced[s:]),
+  )
+
+
+def _blocked_sum(x: Array, split: int) -> Array:
+  """`x [*outer, *inner, C]` summed over all axes but the last, inner axes first -> `[C]`."""
+  if split == 0:
+    return jnp.sum(x, tuple(range(x.ndim - 1)))
+  partial = lax.optimization_barrier(jnp.sum(x, tuple(range(split, x.ndim - 1))))
+  return jnp.sum(partial, tuple(range(split)))
+
+
+def _blocked_broadcast(v: Array, shape: Sequence[int], split: int) -> Array:
+  """`v [C]` broadcast to `shape` through `[*outer, C]`: its transpose (autodiff's cotangent of
+  `v`) is then the two-stage `_blocked_sum`."""
+  if split == 0:
+    return jnp.broadcast_to(v, shape)
+  outer = lax.optimization_barrier(jnp.broadcast_to(v, (*shape[:split], shape[-1])))
+  ones = (1,) * (len(shape) - 1 - split)
+  return jnp.broadcast_to(outer.reshape(*shape[:split], *ones, shape[-1]), shape)
 
 
 class GroupNorm(nn.Module):
