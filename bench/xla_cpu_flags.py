@@ -2,8 +2,8 @@
 
   python bench/xla_cpu_flags.py --rounds 5 --out runs/xla_cpu_flags
 
-One worker process per flag set (XLA reads XLA_FLAGS once, when its backend starts; jaxseg's own
-CPU defaults are switched off in the workers with JAXSEG_CPU_FLAGS=0). Every worker compiles every
+One worker process per flag set (XLA reads XLA_FLAGS once, when its backend starts; convolutions
+as `layers.CONV_LOWERING` says, JAXSEG_CONV_LOWERING in the environment). Every worker compiles every
 case first; then the coordinator runs the cases round-robin, one call in one worker at a time, so
 that all flag sets see the same machine load, and reports the median ms per (case, flag set) and
 each output's largest deviation from the no-flag baseline relative to the baseline's scale.
@@ -34,6 +34,9 @@ FLAG_SETS = {
   "xnn_conv": "--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
   "ynn_conv_dot": "--xla_cpu_experimental_ynn_fusion_type="
   "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+  "xnn_conv_dot": "--xla_cpu_experimental_xnn_fusion_type="
+  "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+  "ynn_no_reduce": "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_REDUCE",
   "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
   "xnnpack": "--xla_cpu_use_xnnpack=true",
   "one_thread": "--xla_cpu_multi_thread_eigen=false",
@@ -152,7 +155,7 @@ def coordinate(
 ) -> dict:
   procs = {}
   for name, flags in flag_sets.items():
-    env = dict(os.environ, XLA_FLAGS=flags, JAXSEG_CPU_FLAGS="0", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     procs[name] = subprocess.Popen(
       [sys.executable, __file__, "--worker", "--nets", ",".join(nets)],
       stdin=subprocess.PIPE,
