@@ -12,6 +12,7 @@ root). Where the folder is absent (a user's fresh clone) parity tests skip with 
 how to get them; with ``JAXSEG_REQUIRE_PARITY=1`` (set by ``.ci/run``) a missing fixture fails.
 """
 
+import importlib
 import json
 import os
 import pathlib
@@ -50,6 +51,14 @@ def require_shared_data(path: pathlib.Path) -> None:
   if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":
     pytest.fail(msg)
   pytest.skip(msg)
+
+
+def require_import(name: str):
+  """`pytest.importorskip(name)` in a user's environment; under JAXSEG_REQUIRE_PARITY=1 (CI, which
+  installs the dev and torchcheck extras) a missing module is an import error, not a skip."""
+  if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":
+    return importlib.import_module(name)
+  return pytest.importorskip(name)
 
 
 # Function fixtures (docs/parity.md "Tolerances"): rtol 1e-5 / atol 1e-6 for elementwise maps,

@@ -12,6 +12,7 @@ import pytest
 
 from jaxseg import bench
 from jaxseg import bench_suite
+from tests.conftest import require_import
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -184,7 +185,7 @@ def test_suite_writes_json_and_markdown(tmp_path):
 
 
 def test_against_torch_same_flops_and_loss_scale(tmp_path):
-  pytest.importorskip("torch")
+  require_import("torch")
   out = tmp_path / "against.json"
   proc = subprocess.run(
     [

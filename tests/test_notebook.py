@@ -7,10 +7,11 @@ import pathlib
 
 import pytest
 
+from tests.conftest import require_import
 from tests.conftest import xla_flags
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = require_import("nbformat")
+nbclient = require_import("nbclient")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab_tpu.ipynb"

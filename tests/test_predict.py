@@ -17,6 +17,7 @@ from jaxseg import predict
 from jaxseg.data import h5folder
 from jaxseg.data import synthetic
 from jaxseg.methods import base
+from tests.conftest import require_import
 from tests.conftest import tiny_config
 
 SCAN_SHAPE = (28, 20, 18)
@@ -130,7 +131,7 @@ def test_nifti_round_trip_keeps_affine_and_shape(run, capsys):
 
 
 def test_metaimage_round_trip_keeps_geometry(run):
-  sitk = pytest.importorskip("SimpleITK")
+  sitk = require_import("SimpleITK")
   raw = _raw_scan(7)
   img = sitk.GetImageFromArray(np.transpose(raw))  # SimpleITK arrays are (k, j, i)
   img.SetSpacing((0.7, 1.1, 3.0))
@@ -154,7 +155,7 @@ def test_metaimage_round_trip_keeps_geometry(run):
 def test_torch_state_dict_gives_the_same_label_map(run):
   """The run's weights written as an upstream VNet state_dict (.pth) predict the same map through
   torch_import as through the checkpoint."""
-  torch = pytest.importorskip("torch")
+  torch = require_import("torch")
   from jaxseg.models import torch_import
 
   config, state = run["config"], run["state"]
@@ -332,7 +333,7 @@ def test_acdc_isles_la_preparations_match_prepare(tmp_path):
   np.testing.assert_array_equal(prepared.restore(out["label"]), label)
 
   # LA: NRRD in, read by SimpleITK here and by pynrrd in the preparation (same (x, y, z) order).
-  pytest.importorskip("SimpleITK")
+  require_import("SimpleITK")
   raw = (rng.random((40, 36, 8)) * 500).astype(np.float32)
   endo = np.zeros(raw.shape, np.uint8)
   endo[15:22, 12:20, 2:6] = 255
@@ -365,7 +366,7 @@ def test_pancreas_preparation_resamples_and_restores():
 
 
 def test_promise12_preparation_matches_prepare(tmp_path):
-  sitk = pytest.importorskip("SimpleITK")
+  sitk = require_import("SimpleITK")
   from jaxseg.prepare import common
   from jaxseg.prepare import promise12 as prepare_promise12
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxseg.models import resize
+from tests.conftest import require_import
 
 
 def _direct(x, shape):
@@ -48,7 +49,7 @@ def test_matches_direct_formula(in_shape, out_shape):
   [((3, 4, 5), (6, 8, 10)), ((2, 5, 3), (4, 7, 6)), ((4, 6), (8, 12)), ((7, 5), (3, 11))],
 )
 def test_matches_torch_interpolate(in_shape, out_shape):
-  torch = pytest.importorskip("torch")
+  torch = require_import("torch")
   x = np.random.default_rng(1).normal(size=(2, 3, *in_shape)).astype(np.float32)
   mode = "trilinear" if len(in_shape) == 3 else "bilinear"
   want = torch.nn.functional.interpolate(

@@ -1,15 +1,15 @@
 """Tests for jaxseg/models/torch_import.py: layout conversion, key checks, checkpoint inputs."""
 
-import importlib.util
+import sys
 
 import flax
 import numpy as np
 import pytest
 
 from jaxseg.models import torch_import
+from tests.conftest import require_import
 
 FIXTURE = 'UA-MT_VNet.npz'
-HAS_TORCH = importlib.util.find_spec('torch') is not None
 
 
 def _flat(variables):
@@ -126,15 +126,14 @@ def test_unknown_model_and_bad_paths(tmp_path):
     torch_import.import_state_dict('vnet', str(tmp_path / 'weights.npz'))
 
 
-@pytest.mark.skipif(HAS_TORCH, reason='checks the message shown when torch is absent')
-def test_pth_without_torch_says_what_to_do(tmp_path):
+def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` raises ImportError, as if absent
   with pytest.raises(ImportError, match='install torch'):
     torch_import.import_state_dict('vnet', tmp_path / 'iter_6000.pth')
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason='torch is not installed')
 def test_pth_roundtrip_with_torch(tmp_path):
-  import torch  # pylint: disable=g-import-not-at-top
+  torch = require_import('torch')
 
   sd = _synthetic('vnet', seed=3, n_filters=4)
   path = tmp_path / 'iter_6000.pth'
