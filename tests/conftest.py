@@ -16,6 +16,8 @@ import importlib
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,6 +53,24 @@ def require_shared_data(path: pathlib.Path) -> None:
   if os.environ.get("JAXSEG_REQUIRE_PARITY") == "1":
     pytest.fail(msg)
   pytest.skip(msg)
+
+
+def run_script(script: str, *args: str, n_devices: int = 1, env=None, timeout: int = 900):
+  """Runs python `-c script args` from the repo root with `n_devices` simulated CPU devices (env:
+  `env` or this process's, XLA_FLAGS from `xla_flags`); asserts it succeeded and returns the JSON
+  of its last stdout line."""
+  env = dict(os.environ if env is None else env)
+  env.update(XLA_FLAGS=xla_flags(n_devices), JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+    [sys.executable, "-c", script, *args],
+    cwd=_REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def require_import(name: str):

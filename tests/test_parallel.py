@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxseg import parallel
+from tests.conftest import run_script
 from tests.conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,17 +53,7 @@ print(json.dumps({"devices": len(jax.devices()), "losses": losses, "mesh": dict(
 
 
 def _losses(n_devices: int, mesh_shape: str = "auto") -> dict:
-  env = dict(os.environ, XLA_FLAGS=xla_flags(n_devices), JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", _SCRIPT, mesh_shape],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return run_script(_SCRIPT, mesh_shape, n_devices=n_devices, timeout=900)
 
 
 def test_eight_devices_match_one_device_after_two_steps():
@@ -108,17 +99,7 @@ def test_xla_depth_sharded_conv_gradient():
   """Why "space" does not shard the depth yet: the weight gradient of one convolution, its input
   replicated over "data" (4) and its depth sharded over "space" (2), is 4x the one-device gradient.
   Strict: once XLA computes it right this test fails, and the depth can go on "space"."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", _XLA_SCRIPT],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  err = json.loads(out.stdout.strip().splitlines()[-1])
+  err = run_script(_XLA_SCRIPT, n_devices=8, timeout=600)
   assert err["data"] < 1e-5  # samples over "data" alone are right
   assert err["depth"] < 1e-5, err
 
@@ -251,17 +232,7 @@ print(json.dumps(out))
 def test_jitted_sliding_window_equals_the_host_loop(n_devices):
   """The on-device sliding window (windows sharded over every device) gives the host loop's label
   map and scores, in both modes, for a VNet's predict."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags(n_devices), JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", _EVAL_SCRIPT],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  got = json.loads(out.stdout.strip().splitlines()[-1])
+  got = run_script(_EVAL_SCRIPT, n_devices=n_devices, timeout=900)
   assert got["devices"] == n_devices and got["window_batch"] == max(4, n_devices)
   for mode in ("parity", "clean"):
     assert got[mode]["labels_equal"], got

@@ -25,8 +25,8 @@ from jaxseg.methods import base as methods_base
 from launch import report
 from launch import sweep
 from tests.conftest import random_batch
+from tests.conftest import run_script
 from tests.conftest import tiny_config
-from tests.conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/la_mt.py:smoke=1,labeled=4"
@@ -124,17 +124,8 @@ def runs_losses(counts: list[int]) -> dict:
 def test_runs_on_8_devices_equal_one_device():
   """runs=2 (runs 2 x data 4) and runs=8 (runs 8) on 8 simulated devices give one device's losses
   (the replicas' steps mapped over "runs" by shard_map, runs.Runs.jit)."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", _DEVICES_SCRIPT, "2", "8"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  eight = {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+  got = run_script(_DEVICES_SCRIPT, "2", "8", n_devices=8, timeout=900)
+  eight = {int(k): v for k, v in got.items()}
   one = runs_losses([2, 8])
   assert eight[2]["mesh"] == {"runs": 2, "data": 4, "space": 1}
   assert eight[8]["mesh"] == {"runs": 8, "data": 1, "space": 1}

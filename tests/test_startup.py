@@ -1,16 +1,14 @@
 """Start-up cost and profiling: the persistent compilation cache (`config.compile_cache`) and the
 jax.profiler trace of `config.profile_steps`."""
 
-import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from jaxseg import errors
 from jaxseg import train
+from tests.conftest import run_script
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -30,17 +28,8 @@ print(json.dumps(sorted(p.name for p in folder.iterdir()) if folder.exists() els
 
 def _cache_files(setting: str, folder: pathlib.Path, environ: dict) -> list | None:
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env.update(environ, JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  out = subprocess.run(
-    [sys.executable, "-c", _CACHE_SCRIPT, setting, str(folder)],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  env.update(environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return run_script(_CACHE_SCRIPT, setting, str(folder), env=env, timeout=300)
 
 
 def test_compile_cache_folder_auto_and_off(tmp_path):
