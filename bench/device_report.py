@@ -3,11 +3,14 @@
   python bench/device_report.py --suite OUT/suite/suite.json --train_workdir OUT/train \
       --train_wall_s 212 --train_rc 0 --total_steps 1000 --command "launch/device_check.sh" \
       --train_command "python -m jaxseg.main ..." --out OUT/benchmarks_rows.md \
+      [--remat OUT/remat.json] [--results_md OUT/reproduce/la16/full/results.md] \
       [--append docs/benchmarks.md]
 
-Reads the suite's JSON (jaxseg/bench_suite.py) and the training run's workdir (`metrics.jsonl`,
-`eval/val/summary.json`, `env.json`) and writes a Markdown section: the device, the suite table,
-and one row for the training run (steps done, wall seconds, final loss, validation Dice).
+Reads the suite's JSON (jaxseg/bench_suite.py), the `--compare_remat` lines (jaxseg/bench.py) and
+the training run's workdir (`metrics.jsonl`, `eval/val/summary.json`, `env.json`) and writes a
+Markdown section: the device, the suite table, the rematerialisation table, one row for the
+training run (steps done, wall seconds, final loss, validation Dice) and, when the run came from
+`python -m jaxseg.reproduce`, a link to its table.
 """
 
 from __future__ import annotations
@@ -57,6 +60,37 @@ def train_row(workdir: pathlib.Path, wall_s: float, rc: int, total_steps: int) -
   )
 
 
+def remat_table(results: list[dict] | None) -> str:
+  """The `--compare_remat` lines as a Markdown table (plain, remat, and their ratio)."""
+  if not results:
+    return "Rematerialisation: not measured (the stage did not finish; see remat.log).\n"
+  cases = [r for r in results if "remat" in r]
+  ratio = next((r for r in results if r.get("ratio")), {})
+
+  def mib(v):
+    return f"{v / 2**20:.0f}" if v is not None else "-"
+
+  out = [
+    "| model.remat | compile s | median step ms | XLA peak MiB | XLA temp MiB | final loss |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in cases:
+    out.append(
+      f"| {r['remat']} | {r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
+      f"| {mib(r.get('xla_peak_bytes'))} | {mib(r.get('xla_temp_bytes'))} | {r['final_loss']:.4f} |"
+    )
+  if ratio:
+    keys = ("compile_s", "step_s_median", "xla_peak_bytes", "xla_temp_bytes")
+    cells = [f"{ratio[k]:.2f}" if k in ratio else "-" for k in keys]
+    out.append(f"| remat / plain | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | |")
+  first = cases[0] if cases else {}
+  head = (
+    f"Rematerialisation (`--compare_remat`, {first.get('method', '?')}, patch "
+    f"{'x'.join(map(str, first.get('patch_size', [])))}, batch {first.get('batch_size', '?')}):\n\n"
+  )
+  return head + "\n".join(out) + "\n"
+
+
 def section(
   suite: dict,
   workdir: pathlib.Path,
@@ -65,6 +99,8 @@ def section(
   total_steps: int,
   command: str,
   train_command: str,
+  remat: list[dict] | None = None,
+  results_md: pathlib.Path | None = None,
 ) -> str:
   rows = suite["rows"]
   measured = [r for r in rows if "device_kind" in r]
@@ -80,8 +116,15 @@ def section(
   return (
     f"## {device} ({when})\n\n`{command}`\n\nSuite: `{suite['command']}`\n\n"
     + bench_suite.markdown(rows)
+    + "\n"
+    + remat_table(remat)
     + f"\nTraining: `{train_command}`\n\n"
     + train_row(workdir, wall_s, rc, total_steps)
+    + (
+      f"\nIts table beside the published number: `{results_md}`\n"
+      if results_md is not None and results_md.is_file()
+      else ""
+    )
   )
 
 
@@ -95,13 +138,23 @@ def main(argv=None) -> None:
   p.add_argument("--command", required=True)
   p.add_argument("--train_command", required=True)
   p.add_argument("--out", required=True, type=pathlib.Path)
+  p.add_argument("--remat", type=pathlib.Path, help="the --compare_remat JSON (a list)")
+  p.add_argument("--results_md", type=pathlib.Path, help="reproduce's results.md, if it ran")
   p.add_argument("--append", type=pathlib.Path, help="also append the section to this file")
   a = p.parse_args(argv)
   suite = _read_json(a.suite)
   if suite is None:
     raise FileNotFoundError(f"{a.suite}: no suite JSON (did the suite run?)")
   text = section(
-    suite, a.train_workdir, a.train_wall_s, a.train_rc, a.total_steps, a.command, a.train_command
+    suite,
+    a.train_workdir,
+    a.train_wall_s,
+    a.train_rc,
+    a.total_steps,
+    a.command,
+    a.train_command,
+    remat=_read_json(a.remat) if a.remat else None,
+    results_md=a.results_md,
   )
   a.out.parent.mkdir(parents=True, exist_ok=True)
   a.out.write_text(text)

@@ -76,6 +76,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"data.patch_size={tuple(config.data.patch_size)}: every side must be divisible "
       "by 16 (VNet has four stride-2 downsamplings)",
     )
+  # A tuple flag given twice (`--config.data.spacing=... --config.data.spacing=...`) is
+  # concatenated by the flag parser, not replaced: a 6-tuple spacing would pass silently.
+  spacing = config.data.get("spacing")
+  if spacing is not None:
+    need(
+      len(spacing) == len(config.data.patch_size) and all(s > 0 for s in spacing),
+      f"data.spacing={tuple(spacing)}: must be {len(config.data.patch_size)} positive mm values, "
+      f"one per axis of data.patch_size={tuple(config.data.patch_size)} (a tuple flag given "
+      "twice is concatenated)",
+    )
   # Grain worker processes stream the same batches (tests/test_pipeline.py) but their iterator
   # state did not survive an orbax save/restore round trip here; threads (worker_count 0, the
   # default) prefetch enough for these crop-and-flip pipelines.

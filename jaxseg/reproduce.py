@@ -21,6 +21,10 @@ published Dice, the difference, and whether the difference falls inside the run-
 the spread the method's doc reports (published.BANDS) where there is one, else the seeds' own
 sample std (ddof 1; no band with one seed).
 
+Two commands on one root can share a table's work (two GPUs, or the two cores of a CPU):
+`--first_seed 1338` starts the seeds there, and each command's table includes every finished
+seed of its methods on disk.
+
 `--scale mini` is the reduced-scale protocol for 2 CPU cores (`mini`); `--data synthetic` runs
 every config's smoke shrink (config_lib.smoke: generated phantoms) instead of real data, to test
 the plumbing.
@@ -171,8 +175,11 @@ def build_config(
   return c
 
 
-def plan(table: str, methods: list[str] | None, seeds: int, scale: str, root) -> list[Run]:
-  """Every (row, seed) run of `table`, rows in published order, seeds SEED0, SEED0 + 1, ...
+def plan(
+  table: str, methods: list[str] | None, seeds: int, scale: str, root, first_seed: int = SEED0
+) -> list[Run]:
+  """Every (row, seed) run of `table`, rows in published order, seeds first_seed, first_seed + 1,
+  ... (`first_seed` other than SEED0 lets two commands on one root split a table's seeds).
 
   Raises:
     errors.ConfigError: an unknown table, or a `methods` name not in it.
@@ -190,12 +197,32 @@ def plan(table: str, methods: list[str] | None, seeds: int, scale: str, root) ->
     entries = [e for e in entries if e.method in methods]
   base = pathlib.Path(root) / table / scale
   return [
-    Run(e, SEED0 + i, base / e.method / f"seed{SEED0 + i}") for e in entries for i in range(seeds)
+    Run(e, first_seed + i, base / e.method / f"seed{first_seed + i}")
+    for e in entries
+    for i in range(seeds)
   ]
 
 
 def summary_path(run: Run) -> pathlib.Path:
   return run.workdir / "eval" / "val" / "summary.json"
+
+
+def with_finished_seeds(runs: list[Run]) -> list[Run]:
+  """`runs` plus every other finished seed (`seed<N>/` with a summary) of their methods on disk,
+  in method then seed order: the table a second command on the same root (`--first_seed`)
+  renders includes the first one's seeds."""
+  by_method: dict[str, dict[int, Run]] = {}
+  for run in runs:
+    by_method.setdefault(run.entry.method, {})[run.seed] = run
+  for seeds in by_method.values():
+    first = next(iter(seeds.values()))
+    for d in first.workdir.parent.glob("seed*"):
+      seed = d.name[len("seed") :]
+      if seed.isdigit() and int(seed) not in seeds:
+        run = Run(first.entry, int(seed), d)
+        if summary_path(run).is_file():
+          seeds[int(seed)] = run
+  return [seeds[k] for seeds in by_method.values() for k in sorted(seeds)]
 
 
 def train_all(runs: list[Run], configs: list, stream=None) -> None:
@@ -358,6 +385,13 @@ def main(argv=None) -> int:
   parser.add_argument("--table", required=True, choices=sorted(published.TABLES))
   parser.add_argument("--methods", default="", help="comma-separated subset (method names)")
   parser.add_argument("--seeds", type=int, default=3, help="seeds per method (1337, 1338, ...)")
+  parser.add_argument(
+    "--first_seed",
+    type=int,
+    default=SEED0,
+    help="the first seed (seeds first_seed, first_seed + 1, ...); two commands with different "
+    "first seeds on one --root train different runs side by side",
+  )
   parser.add_argument("--scale", default="full", choices=["full", "mini"])
   parser.add_argument("--root", required=True, help="runs go to ROOT/<table>/<scale>/<method>/")
   parser.add_argument("--data_root", default="", help="the dataset folder (config data.root)")
@@ -373,7 +407,7 @@ def main(argv=None) -> int:
     parser.error("--seeds must be >= 1")
   methods = [m for m in args.methods.split(",") if m]
   try:
-    runs = plan(args.table, methods, args.seeds, args.scale, args.root)
+    runs = plan(args.table, methods, args.seeds, args.scale, args.root, args.first_seed)
     configs = [
       build_config(r.entry, r.seed, args.scale, args.data, args.data_root, args.steps or None)
       for r in runs
@@ -384,7 +418,7 @@ def main(argv=None) -> int:
     print(f"jaxseg: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
     return 2
   out = pathlib.Path(args.root) / args.table / args.scale
-  render(runs, args.table, args.scale, args.data, out)
+  render(with_finished_seeds(runs), args.table, args.scale, args.data, out)
   print(f"wrote {out / 'results.md'}", flush=True)
   print((out / "results.md").read_text(), flush=True)
   return 0

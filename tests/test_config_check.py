@@ -40,6 +40,11 @@ def test_good_configs_pass():
       r"data.patch_size=\(112, 112, 81\): every side must be "
       "divisible by 16",
     ),
+    (
+      {"data.spacing": (0.625, 0.625, 0.625, 2.5, 2.5, 2.5)},
+      r"data.spacing=\(0.625, 0.625, 0.625, 2.5, 2.5, 2.5\): must be 3 positive mm values",
+    ),
+    ({"data.spacing": (0.625, 0.0, 0.625)}, r"data.spacing=\(0.625, 0.0, 0.625\): must be 3"),
     ({"data.worker_count": 2}, "data.worker_count=2: only 0"),
     ({"eval.mode": "best"}, "eval.mode='best': must be 'parity' or 'clean'"),
   ],

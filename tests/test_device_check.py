@@ -35,11 +35,22 @@ def test_device_check_dry_run(tmp_path):
   # same loss (bf16 keeps 8 mantissa bits; losses and BN statistics are float32).
   assert rows[0]["conv_matmul_flops_per_step"] == rows[1]["conv_matmul_flops_per_step"]
   np.testing.assert_allclose(rows[1]["final_loss"], rows[0]["final_loss"], rtol=0.05)
-  summary = json.loads((tmp_path / "train" / "eval" / "val" / "summary.json").read_text())
+  # Rematerialisation recomputes the same forward: the same loss, off and on.
+  plain, remat, ratio = json.loads((tmp_path / "remat.json").read_text())
+  assert (plain["remat"], remat["remat"]) == (False, True)
+  np.testing.assert_allclose(remat["final_loss"], plain["final_loss"], rtol=1e-4)
+  assert ratio["step_s_median"] == remat["step_s_median"] / plain["step_s_median"]
+  # The training stage is the reproduce command's UA-MT run, its table beside the published number.
+  run = tmp_path / "reproduce" / "la16" / "full" / "uamt" / "seed1337"
+  summary = json.loads((run / "eval" / "val" / "summary.json").read_text())
   assert 0.0 <= summary["dice"] <= 1.0
+  results = json.loads((tmp_path / "reproduce" / "la16" / "full" / "results.json").read_text())
+  (row,) = [r for r in results["rows"] if r["method"] == "uamt"]
+  np.testing.assert_allclose(row["dice"], 100 * summary["dice"], rtol=1e-6)
   text = (tmp_path / "benchmarks_rows.md").read_text()
   assert "| configs/la_uamt.py | 2/2 | done |" in text
   assert f"| {100 * summary['dice']:.2f} |" in text
+  assert "| remat / plain |" in text and "results.md" in text
   assert text.count("| la_uamt.py:smoke=1,labeled=4,seed=0 | recipe |") == 2
   # A dry run leaves the repository's benchmarks page alone.
   assert (benchmarks.read_text() if benchmarks.exists() else None) == before

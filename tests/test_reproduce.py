@@ -67,6 +67,15 @@ def test_finished_runs_are_skipped(table_run, capsys):
   root, argv = table_run
   assert reproduce.main(argv) == 0
   assert capsys.readouterr().out.count(": done (") == 4
+  # The second seed alone (what a second command on the same root runs): its two runs, done.
+  one = argv[: argv.index("--seeds")] + ["--seeds", "1", "--first_seed", "1338"]
+  one += argv[argv.index("--seeds") + 2 :]
+  assert reproduce.main(one) == 0
+  out = capsys.readouterr().out
+  assert out.count(": done (") == 2 and "seed1338" in out and "seed1337" not in out
+  # ... and the table it renders still holds both seeds of each method.
+  rows = json.loads((root / "la16" / "mini" / "results.json").read_text())["rows"]
+  assert [r["seeds"] for r in rows] == [[1337, 1338]] * len(METHODS)
 
 
 def test_mini_shrinks_and_keeps_the_ratios():
