@@ -31,6 +31,7 @@ the plumbing.
 """
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
@@ -281,12 +282,29 @@ def collect(runs: list[Run]) -> list[dict]:
     row["published_source"] = entry.source
     row["verified"] = entry.verified
     row["mode"] = summaries[0].get("mode", "?")
+    row["case_dice"] = _case_dice([r for r in method_runs if summary_path(r).is_file()])
     if method == published.BASELINE_METHOD:
       baseline = row["dice"]
     rows.append(row)
   for row in rows:
     row["vs_supervised"] = row["dice"] - baseline if baseline is not None else math.nan
   return rows
+
+
+def _case_dice(runs: list[Run]) -> dict[str, float]:
+  """{case: Dice % averaged over `runs`} from each run's `eval/val/cases.csv`, cases in file
+  order; a case some run lacks is left out (a NaN Dice stays NaN)."""
+  per_run = []
+  for run in runs:
+    path = summary_path(run).parent / "cases.csv"
+    if not path.is_file():
+      return {}
+    with path.open(newline="") as f:
+      per_run.append({r["case"]: 100.0 * float(r["dice"]) for r in csv.DictReader(f)})
+  if not per_run:
+    return {}
+  cases = [c for c in per_run[0] if all(c in d for d in per_run)]
+  return {c: float(np.mean([d[c] for d in per_run])) for c in cases}
 
 
 def _pm(mean: float, std: float) -> str:
@@ -328,6 +346,20 @@ def markdown(rows: list[dict], table: str, scale: str, data: str) -> str:
       f"| {_pm(r['asd'], r['asd_std'])} | {vs} | {r['published_dice']:.2f} "
       f"| {r['diff']:+.2f} | {band} | {inside} | {ckpt} |"
     )
+  cases = list(dict.fromkeys(c for r in rows for c in r.get("case_dice", {})))
+  if cases:
+    lines += [
+      "",
+      "Per validation case: Dice % (mean over the seeds), so that one case's failure is not "
+      "hidden in a mean over a few cases.",
+      "",
+      "| method | " + " | ".join(cases) + " |",
+      "|---|" + "---|" * len(cases),
+    ]
+    for r in rows:
+      d = r.get("case_dice", {})
+      cells = [f"{d[c]:.2f}" if c in d else "-" for c in cases]
+      lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
   if any(r["published_checkpoint"] == "best_on_test" for r in rows):
     lines += [
       "",
@@ -365,7 +397,7 @@ def render(runs: list[Run], table: str, scale: str, data: str, out_dir) -> list[
   rows = collect(runs)
   text = markdown(rows, table, scale, data)
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "results.md").write_text(text)
+  io_utils.write_text(out_dir / "results.md", text)
   # Strict JSON: a std or band that does not exist (one seed) is null, not NaN.
   strict = [
     {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}

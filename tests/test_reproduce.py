@@ -2,6 +2,7 @@
 the synthetic phantoms (2 methods x 2 seeds, 2 steps) whose rendered numbers are the runs'
 summaries."""
 
+import csv
 import dataclasses
 import json
 import math
@@ -54,6 +55,20 @@ def test_table_numbers_are_the_run_summaries(table_run):
     # No band in the docs for these two: the seeds' own std, and the verdict follows from it.
     assert row["band_source"] == "the seeds' own std"
     assert row["inside"] == (abs(row["diff"]) <= row["dice_std"])
+    # Per case: each validation case's Dice averaged over the two seeds' cases.csv.
+    per_seed = [
+      {
+        r["case"]: 100 * float(r["dice"])
+        for r in csv.DictReader((run / "eval" / "val" / "cases.csv").open())
+      }
+      for run in runs
+    ]
+    assert list(row["case_dice"]) == list(per_seed[0]) and len(per_seed[0]) >= 1
+    for case, value in row["case_dice"].items():
+      np.testing.assert_allclose(value, (per_seed[0][case] + per_seed[1][case]) / 2, rtol=1e-12)
+    case_line = [l for l in md.splitlines() if l.startswith(f"| {method} |")][1]
+    assert case_line.count("|") == len(per_seed[0]) + 2
+    assert f"| {row['case_dice'][next(iter(per_seed[0]))]:.2f} |" in case_line
     # The Markdown row shows the same numbers.
     line = next(l for l in md.splitlines() if l.startswith(f"| {method} |"))
     assert f"{np.mean(dice):.2f} ± {np.std(dice, ddof=1):.2f}" in line
