@@ -2,6 +2,7 @@
 
   python -m jaxseg.evaluate --workdir RUN [--split val|test] [--mode parity|clean]
                             [--checkpoint final|best_val] [--largest_cc] [--save_predictions]
+  python -m jaxseg.evaluate --workdir JOB/run1 ...     # replica 1 of a runs job (config.runs > 1)
 
 The modes and where the results go: jaxseg/evaluation.py.
 """
@@ -45,6 +46,12 @@ def main(argv=None) -> int:
     action="store_true",
     help="save each case's label map as predictions/<case>.npz (launch/report.py)",
   )
+  parser.add_argument(
+    "--replica",
+    type=int,
+    default=None,
+    help="a runs job (config.runs > 1): the replica K to evaluate (or pass --workdir JOB/run<K>)",
+  )
   parser.add_argument("--max_cases", type=int, default=0, help="evaluate only the first N cases")
   parser.add_argument("--batch_size", type=int, default=None, help="windows per network call")
   args = parser.parse_args(argv)
@@ -69,6 +76,7 @@ def main(argv=None) -> int:
       save_predictions=args.save_predictions,
       max_cases=args.max_cases,
       batch_size=args.batch_size,
+      replica=args.replica,
     )
   except (FileNotFoundError, ValueError) as e:  # CheckpointError and DataError are ValueErrors
     print(f"{parser.prog}: error: {e}", file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import pathlib
+import re
 import sys
 import time
 import warnings
@@ -425,23 +426,38 @@ def evaluate_workdir(
   max_cases: int = 0,
   batch_size: int | None = None,
   stream=sys.stdout,
+  replica: int | None = None,
 ) -> tuple[dict, pathlib.Path]:
-  """Evaluates a run's checkpoint (see the module docstring). Returns (summary, output folder)."""
+  """Evaluates a run's checkpoint (see the module docstring). Returns (summary, output folder).
+
+  A runs job (`config.runs` N > 1, jaxseg/runs.py) is evaluated one replica at a time: `replica`
+  k, or `workdir` given as the replica's folder `<job>/run<k>`. Its final state is slice k of the
+  job's stacked checkpoint, its best one the replica's own `run<k>/checkpoints_best`; the results
+  go to `<job>/run<k>/eval/<split>/<variant>/`."""
   from jaxseg import checkpoints as checkpoints_lib
   from jaxseg import config_check
   from jaxseg import methods
+  from jaxseg import runs as runs_lib
   from jaxseg.methods import base as methods_base
 
   checkpoint = checkpoints_lib.resolve_choice(checkpoint)
   workdir = pathlib.Path(workdir).resolve()
+  if not (workdir / "config.json").is_file() and re.fullmatch(r"run\d+", workdir.name):
+    if replica is not None and replica != int(workdir.name[3:]):
+      raise ValueError(
+        f"--workdir {workdir} is replica {workdir.name[3:]}, not --replica {replica}"
+      )
+    workdir, replica = workdir.parent, int(workdir.name[3:])
   config = load_run_config(workdir)
-  if config.get("runs", 1) > 1:
-    # Its checkpoint holds the replicas stacked (jaxseg/runs.py); re-evaluating one is not built.
+  n_runs = config.get("runs", 1)
+  if n_runs > 1 and (replica is None or not 0 <= replica < n_runs):
     raise ValueError(
-      f"{workdir / 'config.json'}: runs={config.runs}, a job of {config.runs} replicas in one "
-      f"checkpoint; their evaluations are in {workdir}/run<k>/eval/<split>/ (re-evaluating a "
-      "replica on another split or mode is not supported yet: train it as a single run)"
+      f"{workdir / 'config.json'}: runs={n_runs}, a job of {n_runs} replicas in one checkpoint; "
+      f"choose one: --replica K with K in 0..{n_runs - 1} (or --workdir {workdir}/run<K>)"
+      + ("" if replica is None else f", not {replica}")
     )
+  if n_runs == 1 and replica not in (None, 0):
+    raise ValueError(f"--replica {replica}: {workdir} is a single run (runs=1), not a runs job")
   mode = mode or config.eval.mode
   if mode not in MODES:
     raise ValueError(f"--mode {mode!r}: must be one of {MODES}")
@@ -467,6 +483,10 @@ def evaluate_workdir(
         file=stream,
         flush=True,
       )
+  layout = runs_lib.Runs(config, workdir)
+  if n_runs > 1:  # evaluate replica k as the single run of seed + k it is
+    with config.unlocked():
+      config.runs, config.seed = 1, config.seed + replica
   config_check.validate(config)
   source = split_source(config, workdir, split)
 
@@ -474,7 +494,14 @@ def evaluate_workdir(
   template = method.init(
     jax.random.PRNGKey(config.seed), methods_base.example_batch(config, method.host_targets)
   )
-  state, step = checkpoints_lib.restore(workdir, checkpoint, template)
+  if n_runs == 1:
+    state, step = checkpoints_lib.restore(workdir, checkpoint, template)
+  elif checkpoint == "final":
+    stacked = jax.tree.map(lambda x: np.broadcast_to(x, (n_runs, *np.shape(x))), template)
+    state, step = checkpoints_lib.restore(workdir, checkpoint, stacked)
+    state = layout.replicas(state)[replica]
+  else:
+    state, step = checkpoints_lib.restore(layout.dirs[replica], checkpoint, template)
   if checkpoint == "final" and step < config.total_steps:
     print(
       f"[jaxseg.evaluate] note: the run is not finished: latest checkpoint is step {step} of "
@@ -483,7 +510,7 @@ def evaluate_workdir(
       flush=True,
     )
 
-  out_dir = workdir / "eval" / split / variant_name(mode, checkpoint, largest_cc)
+  out_dir = layout.dirs[replica or 0] / "eval" / split / variant_name(mode, checkpoint, largest_cc)
   print(
     f"[jaxseg.evaluate] mode={mode} split={split} ({len(source)} cases) checkpoint={checkpoint} "
     f"(step {step}) -> {out_dir}",

@@ -227,9 +227,33 @@ def test_a_runs_job_writes_each_replica_as_a_single_run(job, capsys):
   assert (s0["dice"], s0["hd95"]) != (s1["dice"], s1["hd95"])
   assert sweep.main(args) == 0  # a finished job is skipped
   assert capsys.readouterr().out.count("), skipped\n") == 1
-  # Re-evaluating a runs job is refused by name, not with an orbax restore error.
-  with pytest.raises(ValueError, match=r"config.json: runs=2, a job of 2 replicas"):
+  # Re-evaluating a runs job needs a replica, asked for by name, not an orbax restore error.
+  with pytest.raises(ValueError, match=r"config.json: runs=2, a job of 2 replicas .*--replica K"):
     evaluation.evaluate_workdir(workdir)
+  with pytest.raises(ValueError, match=r"K in 0..1 .*, not 2"):
+    evaluation.evaluate_workdir(workdir, replica=2)
+
+
+def test_a_replica_of_a_runs_job_evaluates_to_its_own_numbers(job):
+  """Replica k re-evaluated from the job's stacked final checkpoint (and from its own best one,
+  the same step 4) gives what training wrote for it in the same mode, and not the other's."""
+  _, run, _ = job
+  workdir = pathlib.Path(run.workdir)
+  results = _results(workdir)
+  for k, (want, _) in enumerate(results):
+    for where, kwargs in ((workdir, dict(replica=k)), (workdir / f"run{k}", {})):
+      for checkpoint in ("final", "best_val"):
+        summary, out = evaluation.evaluate_workdir(
+          where, mode="parity", checkpoint=checkpoint, stream=None, **kwargs
+        )
+        suffix = "" if checkpoint == "final" else "_best_val"
+        assert out == workdir / f"run{k}" / "eval" / "val" / f"parity{suffix}"
+        assert summary["checkpoint_step"] == 4
+        for metric in ("dice", "jaccard", "hd95", "asd"):
+          assert summary[metric] == pytest.approx(want[metric], rel=1e-6, abs=1e-9), (k, metric)
+  assert results[0][0]["dice"] != results[1][0]["dice"]
+  with pytest.raises(ValueError, match="is replica 1, not --replica 0"):
+    evaluation.evaluate_workdir(workdir / "run1", replica=0)
 
 
 def test_a_killed_runs_job_resumes_to_the_same_numbers(job, tmp_path):
