@@ -379,6 +379,15 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def test_list_path(config, workdir) -> pathlib.Path:
+  """`<data root>/<the dataset's test list>` of the run in `workdir` (it may not exist)."""
+  from jaxseg.data import builder
+  from jaxseg.data import get_dataset
+
+  root = builder.resolve_root(config, pathlib.Path(workdir))
+  return root / get_dataset(config.data.name, config.data).test_list
+
+
 def split_source(config, workdir, split: str):
   """The random-access source of `split`: 'val' from <workdir>/splits.json, 'test' from
   <data root>/test.list (held out: never part of the run's train or val ids)."""
@@ -392,7 +401,7 @@ def split_source(config, workdir, split: str):
   if split == "val":
     ids = stored["val"]
   elif split == "test":
-    list_path = root / get_dataset(config.data.name, config.data).test_list
+    list_path = test_list_path(config, workdir)
     if not list_path.is_file():
       raise FileNotFoundError(
         f"--split test: {list_path} not found. The test split is the data root's test list "

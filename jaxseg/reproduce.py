@@ -11,15 +11,20 @@ Tables and published numbers: jaxseg/published.py. For each row (method) of `--t
 (1337, 1338, ...), the row's config (configs/*.py, `labeled=N,seed=S`) is trained with
 `train.train_and_evaluate` in `<root>/<table>/<scale>/<method>/seed<S>`, one run after another.
 A run whose `eval/val/summary.json` exists is skipped; a killed one resumes from its checkpoint
-(the same command again). Every run is evaluated on the VALIDATION split its config uses (the
-last ids of train.list on LA): the command refuses a config that evaluates or selects on the test
-split, and the table says where upstream selected its checkpoint on the test list.
+(the same command again). Training validates on the VALIDATION split its config uses (the last
+ids of train.list on LA): the command refuses a config that evaluates or selects on the test split.
+Each finished run's FINAL state is then evaluated (`evaluate_all`) in parity mode (the method's own
+evaluation) and clean mode (jaxseg/evaluation.py), on the validation split and, where the data
+root holds the dataset's test list (LA's test.list of 20 cases), on the test split: nothing is
+selected on it. The table says where upstream selected its checkpoint on the test list.
 
-Writes `<root>/<table>/<scale>/results.md`, `results.json` and `results.png`: per method the
-reproduced mean ± std over seeds (each seed's mean over cases) of Dice, Jaccard, 95HD and ASD, the
-published Dice, the difference, and whether the difference falls inside the run-to-run band:
-the spread the method's doc reports (published.BANDS) where there is one, else the seeds' own
-sample std (ddof 1; no band with one seed).
+Writes `<root>/<table>/<scale>/results.md`, `results.json` and `results.png`: one table per split
+and mode evaluated (test before validation, parity before clean; the first is the headline: the
+figure and results.json "rows"), each with per method the reproduced mean ± std over seeds (each
+seed's mean over cases) of Dice, Jaccard, 95HD and ASD, the published Dice, the difference, and
+whether the difference falls inside the run-to-run band: the spread the method's doc reports
+(published.BANDS) where there is one, else the seeds' own sample std (ddof 1; no band with one
+seed); and the per-case Dice.
 
 Two commands on one root can share a table's work (two GPUs, or the two cores of a CPU):
 `--first_seed 1338` starts the seeds there, and each command's table includes every finished
@@ -204,8 +209,19 @@ def plan(
   ]
 
 
-def summary_path(run: Run) -> pathlib.Path:
-  return run.workdir / "eval" / "val" / "summary.json"
+# The evaluations of each finished run, in the order the tables are rendered: the final state on
+# the test split (where the data root has the dataset's test list) and on the validation split,
+# each in parity mode (the method's own evaluation) and clean mode (jaxseg/evaluation.py). The
+# first with results is the table's headline (results.json "rows"); nothing is selected on any.
+EVALS = (("test", "parity"), ("test", "clean"), ("val", "parity"), ("val", "clean"))
+
+
+def summary_path(run: Run, split: str = "val", mode: str = "parity") -> pathlib.Path:
+  """Where the run's `split` / `mode` summary is: training writes val / parity to eval/val/,
+  `jaxseg.evaluate` the others to eval/<split>/<mode>/."""
+  if (split, mode) == ("val", "parity"):
+    return run.workdir / "eval" / "val" / "summary.json"
+  return run.workdir / "eval" / split / mode / "summary.json"
 
 
 def with_finished_seeds(runs: list[Run]) -> list[Run]:
@@ -242,30 +258,52 @@ def train_all(runs: list[Run], configs: list, stream=None) -> None:
       raise errors.RunStateError(f"{tag}: stopped by SIGTERM; run the same command to resume")
 
 
+def evaluate_all(runs: list[Run], stream=None) -> None:
+  """Evaluates each finished run's final state in every (split, mode) of EVALS it lacks (the test
+  split only where the data root has its test list); progress lines go to `stream`."""
+  from jaxseg import evaluation
+
+  stream = stream or sys.stdout
+  for run in runs:
+    if not summary_path(run).is_file():
+      continue
+    config = evaluation.load_run_config(run.workdir)
+    has_test = evaluation.test_list_path(config, run.workdir).is_file()
+    for split, mode in EVALS:
+      if summary_path(run, split, mode).is_file() or (split == "test" and not has_test):
+        continue
+      print(
+        f"[reproduce] {run.entry.method} seed={run.seed}: evaluating the final state on {split}, "
+        f"{mode} mode",
+        file=stream,
+        flush=True,
+      )
+      evaluation.evaluate_workdir(run.workdir, split=split, mode=mode, stream=None)
+
+
 def _stats(values: list[float]) -> tuple[float, float]:
   """(mean, sample std with ddof 1; NaN for one value)."""
   a = np.asarray(values, np.float64)
   return float(np.mean(a)), float(np.std(a, ddof=1)) if len(a) > 1 else math.nan
 
 
-def collect(runs: list[Run]) -> list[dict]:
-  """One row per method: the reproduced mean and std over seeds of each run's summary (Dice and
-  Jaccard in %), the published entry, the difference and the band. Methods without a finished
-  run are left out."""
+def collect(runs: list[Run], split: str = "val", mode: str = "parity") -> list[dict]:
+  """One row per method: the reproduced mean and std over seeds of each run's `split` / `mode`
+  summary (Dice and Jaccard in %), the published entry, the difference and the band. Methods
+  without such a summary are left out."""
   rows = []
   by_method: dict[str, list[Run]] = {}
   for run in runs:
     by_method.setdefault(run.entry.method, []).append(run)
   baseline = None
   for method, method_runs in by_method.items():
-    summaries = [
-      json.loads(summary_path(r).read_text()) for r in method_runs if summary_path(r).is_file()
-    ]
+    done = [r for r in method_runs if summary_path(r, split, mode).is_file()]
+    summaries = [json.loads(summary_path(r, split, mode).read_text()) for r in done]
     if not summaries:
       continue
     entry = method_runs[0].entry
     row = dict(method=method, config=entry.config, n_seeds=len(summaries))
-    row["seeds"] = [r.seed for r in method_runs if summary_path(r).is_file()]
+    row["seeds"] = [r.seed for r in done]
     for metric, scale in (("dice", 100.0), ("jaccard", 100.0), ("hd95", 1.0), ("asd", 1.0)):
       row[metric], row[f"{metric}_std"] = _stats([scale * s[metric] for s in summaries])
     row["published_dice"] = entry.dice
@@ -282,7 +320,8 @@ def collect(runs: list[Run]) -> list[dict]:
     row["published_source"] = entry.source
     row["verified"] = entry.verified
     row["mode"] = summaries[0].get("mode", "?")
-    row["case_dice"] = _case_dice([r for r in method_runs if summary_path(r).is_file()])
+    row["units"] = summaries[0].get("units", "?")
+    row["case_dice"] = _case_dice([summary_path(r, split, mode).parent for r in done])
     if method == published.BASELINE_METHOD:
       baseline = row["dice"]
     rows.append(row)
@@ -291,12 +330,12 @@ def collect(runs: list[Run]) -> list[dict]:
   return rows
 
 
-def _case_dice(runs: list[Run]) -> dict[str, float]:
-  """{case: Dice % averaged over `runs`} from each run's `eval/val/cases.csv`, cases in file
-  order; a case some run lacks is left out (a NaN Dice stays NaN)."""
+def _case_dice(folders: list[pathlib.Path]) -> dict[str, float]:
+  """{case: Dice % averaged over the runs} from each evaluation folder's `cases.csv`, cases in
+  file order; a case some run lacks is left out (a NaN Dice stays NaN)."""
   per_run = []
-  for run in runs:
-    path = summary_path(run).parent / "cases.csv"
+  for folder in folders:
+    path = folder / "cases.csv"
     if not path.is_file():
       return {}
     with path.open(newline="") as f:
@@ -313,14 +352,20 @@ def _pm(mean: float, std: float) -> str:
   return f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
 
 
-def markdown(rows: list[dict], table: str, scale: str, data: str) -> str:
+def markdown(
+  rows: list[dict], table: str, scale: str, data: str, split: str = "val", mode: str = "parity"
+) -> str:
   """The results table as Markdown, with what it measures and what it compares against."""
   dataset, labeled = published.TABLES[table]
+  units = rows[0]["units"] if rows else "?"
+  units = "voxels" if units == "voxel" else units
   lines = [
-    f"## Table {table}: {dataset}, {labeled} labeled, scale {scale}, data {data}",
+    f"## Table {table}: {dataset}, {labeled} labeled, scale {scale}, data {data}; "
+    f"{'TEST' if split == 'test' else 'VALIDATION'} split, {mode} mode",
     "",
-    "Reproduced: mean ± std over seeds (sample std) of each run's mean over the VALIDATION "
-    "cases, final state, parity evaluation (distances in voxels"
+    "Reproduced: mean ± std over seeds (sample std) of each run's mean over the "
+    f"{'TEST' if split == 'test' else 'VALIDATION'} cases, final state, {mode} evaluation "
+    f"(distances in {units}"
     + (f", of the {MINI_DOWNSAMPLE}x downsampled volumes" if scale == "mini" else "")
     + "). Published: the paper's test-split number (jaxseg/published.py).",
   ]
@@ -391,21 +436,37 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
   plt.close(fig)
 
 
-def render(runs: list[Run], table: str, scale: str, data: str, out_dir) -> list[dict]:
-  """Writes results.md / results.json / results.png into `out_dir`; returns the rows."""
-  out_dir = pathlib.Path(out_dir)
-  rows = collect(runs)
-  text = markdown(rows, table, scale, data)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  io_utils.write_text(out_dir / "results.md", text)
-  # Strict JSON: a std or band that does not exist (one seed) is null, not NaN.
-  strict = [
+def _strict(rows: list[dict]) -> list[dict]:
+  """Strict JSON: a std or band that does not exist (one seed) is null, not NaN."""
+  return [
     {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
     for r in rows
   ]
-  io_utils.write_json(out_dir / "results.json", {"table": table, "scale": scale, "rows": strict})
+
+
+def render(runs: list[Run], table: str, scale: str, data: str, out_dir) -> list[dict]:
+  """Writes results.md / results.json / results.png into `out_dir`: one table per (split, mode)
+  of EVALS with results, the first of them the headline ("rows", the figure). Returns its rows."""
+  out_dir = pathlib.Path(out_dir)
+  tables = [(split, mode, collect(runs, split, mode)) for split, mode in EVALS]
+  tables = [t for t in tables if t[2]] or [("val", "parity", [])]
+  split, mode, rows = tables[0]
+  text = "\n".join(markdown(r, table, scale, data, sp, mo) for sp, mo, r in tables)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  io_utils.write_text(out_dir / "results.md", text)
+  io_utils.write_json(
+    out_dir / "results.json",
+    {
+      "table": table,
+      "scale": scale,
+      "split": split,
+      "mode": mode,
+      "rows": _strict(rows),
+      "tables": [dict(split=sp, mode=mo, rows=_strict(r)) for sp, mo, r in tables],
+    },
+  )
   if rows:
-    plot(rows, out_dir / "results.png", f"{table}, scale {scale}, data {data}")
+    plot(rows, out_dir / "results.png", f"{table}, scale {scale}, data {data}, {split} {mode}")
   return rows
 
 
@@ -446,6 +507,7 @@ def main(argv=None) -> int:
     ]
     if not args.render_only:
       train_all(runs, configs)
+      evaluate_all(runs)
   except errors.UserError as e:
     print(f"jaxseg: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
     return 2

@@ -76,6 +76,24 @@ def test_table_numbers_are_the_run_summaries(table_run):
   np.testing.assert_allclose(
     rows["mean_teacher"]["vs_supervised"], rows["mean_teacher"]["dice"] - rows["supervised"]["dice"]
   )
+  # Each run's final state was also evaluated in clean mode (the phantoms have no test list, so no
+  # test split): a second table, of those summaries, after the parity headline.
+  results = json.loads((out / "results.json").read_text())
+  assert (results["split"], results["mode"]) == ("val", "parity")
+  assert [(t["split"], t["mode"]) for t in results["tables"]] == [
+    ("val", "parity"),
+    ("val", "clean"),
+  ]
+  clean = {r["method"]: r for r in results["tables"][1]["rows"]}
+  for method in METHODS:
+    runs = [out / method / f"seed{s}" for s in (1337, 1338)]
+    dice = [
+      100 * json.loads((r / "eval" / "val" / "clean" / "summary.json").read_text())["dice"]
+      for r in runs
+    ]
+    np.testing.assert_allclose(clean[method]["dice"], np.mean(dice), rtol=1e-12)
+    assert clean[method]["mode"] == "clean"
+  assert md.index("VALIDATION split, parity mode") < md.index("VALIDATION split, clean mode")
 
 
 def test_finished_runs_are_skipped(table_run, capsys):
