@@ -4,6 +4,7 @@ summaries."""
 
 import csv
 import dataclasses
+import io
 import json
 import math
 
@@ -150,3 +151,39 @@ def test_unknown_table_and_method():
     reproduce.plan("la16", ["nope"], 1, "mini", "/tmp/x")
   with pytest.raises(errors.ConfigError, match="unknown table"):
     reproduce.plan("la3", None, 1, "mini", "/tmp/x")
+
+
+def test_evaluate_all_adds_the_test_split_only_where_a_test_list_exists(tmp_path, monkeypatch):
+  """Which (split, mode) evaluations a finished run gets: the test split's two only when its data
+  root has the test list, nothing already on disk again, nothing for an unfinished run."""
+  from jaxseg import evaluation
+
+  entry = published.table("la16")[0]
+  runs = [reproduce.Run(entry, s, tmp_path / f"seed{s}") for s in (1337, 1338, 1339)]
+  for run in runs[:2]:  # 1339 is unfinished
+    reproduce.summary_path(run).parent.mkdir(parents=True)
+    reproduce.summary_path(run).write_text("{}")
+  done_clean = reproduce.summary_path(runs[1], "val", "clean")
+  done_clean.parent.mkdir(parents=True)
+  done_clean.write_text("{}")
+  test_list = tmp_path / "test.list"
+  calls = []
+  monkeypatch.setattr(evaluation, "load_run_config", lambda workdir: None)
+  monkeypatch.setattr(evaluation, "test_list_path", lambda config, workdir: test_list)
+  monkeypatch.setattr(
+    evaluation,
+    "evaluate_workdir",
+    lambda workdir, split, mode, stream: calls.append((workdir.name, split, mode)),
+  )
+  reproduce.evaluate_all(runs, stream=io.StringIO())
+  assert calls == [("seed1337", "val", "clean")]  # no test list; seed1338 has its clean one
+  calls.clear()
+  test_list.write_text("case\n")
+  reproduce.evaluate_all(runs, stream=io.StringIO())
+  assert calls == [
+    ("seed1337", "test", "parity"),
+    ("seed1337", "test", "clean"),
+    ("seed1337", "val", "clean"),
+    ("seed1338", "test", "parity"),
+    ("seed1338", "test", "clean"),
+  ]
