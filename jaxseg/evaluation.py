@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import pathlib
-import re
 import sys
 import time
 import warnings
@@ -451,12 +450,11 @@ def evaluate_workdir(
 
   checkpoint = checkpoints_lib.resolve_choice(checkpoint)
   workdir = pathlib.Path(workdir).resolve()
-  if not (workdir / "config.json").is_file() and re.fullmatch(r"run\d+", workdir.name):
-    if replica is not None and replica != int(workdir.name[3:]):
-      raise ValueError(
-        f"--workdir {workdir} is replica {workdir.name[3:]}, not --replica {replica}"
-      )
-    workdir, replica = workdir.parent, int(workdir.name[3:])
+  job = runs_lib.replica_of(workdir)
+  if job is not None:
+    if replica is not None and replica != job[1]:
+      raise ValueError(f"--workdir {workdir} is replica {job[1]}, not --replica {replica}")
+    workdir, replica = job
   config = load_run_config(workdir)
   n_runs = config.get("runs", 1)
   if n_runs > 1 and (replica is None or not 0 <= replica < n_runs):

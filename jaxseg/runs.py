@@ -95,6 +95,16 @@ def replica_dir(workdir, k: int) -> pathlib.Path:
   return pathlib.Path(workdir) / f"run{k}"
 
 
+def replica_of(path) -> tuple[pathlib.Path, int] | None:
+  """(job workdir, k) when `path` is a replica folder `replica_dir(job, k)` (it holds no
+  config.json of its own), else None."""
+  path = pathlib.Path(path)
+  k = path.name[len("run") :]
+  if path.name.startswith("run") and k.isdigit() and not (path / "config.json").is_file():
+    return path.parent, int(k)
+  return None
+
+
 class RunsIterator:
   """N training iterators as one: `next` stacks their batches on a leading axis [N, B, ...]; the
   state is theirs in order, so grain's orbax handler (`grain.checkpoint.CheckpointSave`, which
