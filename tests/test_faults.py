@@ -157,34 +157,70 @@ def test_second_run_on_a_workdir_refuses_and_the_first_is_unharmed(straight, tmp
   _assert_same_as(straight, tmp_path)
 
 
+def _run_on_small_tmpfs(workdir, mnt: pathlib.Path, out: pathlib.Path):
+  """The smoke run with `mnt` a 10 MB tmpfs, then what it left there: (process, names of the
+  entries in `mnt`, whether `mnt/2` is committed). As root the tmpfs is mounted here; otherwise in
+  a private user and mount namespace (`unshare -rm`, no root needed), where the run and the listing
+  happen. None where neither can mount."""
+  mount = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)], capture_output=True, text=True
+  )
+  if mount.returncode == 0:
+    try:
+      proc = _run(workdir)
+      return (
+        proc,
+        sorted(p.name for p in mnt.iterdir()),
+        (mnt / "2" / "commit_success.txt").exists(),
+      )
+    finally:
+      subprocess.run(["umount", str(mnt)], check=True)
+  probe = subprocess.run(
+    ["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+    capture_output=True,
+  )
+  if probe.returncode != 0:
+    return None
+  script = (
+    'mnt="$1"; out="$2"; shift 2; mount -t tmpfs -o size=10m tmpfs "$mnt" || exit 99; "$@"; rc=$?; '
+    'ls -1 "$mnt" > "$out/listing"; [ -e "$mnt/2/commit_success.txt" ] && touch "$out/committed"; '
+    'exit "$rc"'
+  )
+  proc = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", script, "sh", str(mnt), str(out), *_command(workdir)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode != 99, proc.stderr
+  names = sorted((out / "listing").read_text().split())
+  return proc, names, (out / "committed").exists()
+
+
 def test_full_disk_while_checkpointing_is_a_clear_error(tmp_path):
   """checkpoints/ on a tmpfs with room for one checkpoint of the smoke run (about 7 MB): the
   second fails with ENOSPC."""
   mnt = tmp_path / "small"
   mnt.mkdir()
-  mount = subprocess.run(
-    ["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)], capture_output=True, text=True
-  )
-  if mount.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs to fill ({mount.stderr.strip()}); needs root")
-  try:
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "checkpoints").symlink_to(mnt)
-    full = _run(workdir)
-    assert full.returncode == 2, full.stderr[-3000:]
-    # jaxseg's one line; orbax's background writer may print its own traceback around it.
-    lines = full.stderr.strip().splitlines()
-    assert any(
-      l.startswith("jaxseg: error:")
-      and "no space left" in l
-      and "earlier checkpoints are intact" in l
-      for l in lines
-    ), lines
-    assert sorted(p.name for p in mnt.iterdir()) == ["2"]  # no partial checkpoint left
-    assert (mnt / "2" / "commit_success.txt").exists()
-  finally:
-    subprocess.run(["umount", str(mnt)], check=True)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "checkpoints").symlink_to(mnt)
+  result = _run_on_small_tmpfs(workdir, mnt, tmp_path)
+  if result is None:
+    pytest.skip("cannot mount a tmpfs to fill: neither root nor unprivileged user namespaces")
+  full, names, committed = result
+  assert full.returncode == 2, full.stderr[-3000:]
+  # jaxseg's one line; orbax's background writer may print its own traceback around it.
+  lines = full.stderr.strip().splitlines()
+  assert any(
+    l.startswith("jaxseg: error:")
+    and "no space left" in l
+    and "earlier checkpoints are intact" in l
+    for l in lines
+  ), lines
+  assert names == ["2"]  # no partial checkpoint left
+  assert committed
 
 
 def _bad_case(path: pathlib.Path, kind: str) -> str:
