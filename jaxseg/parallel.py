@@ -222,11 +222,53 @@ def put_runs(tree, mesh: Mesh):
   return jax.device_put(tree, runs_sharding(mesh))
 
 
-def put_runs_batch(batch: dict, mesh: Mesh) -> dict:
-  """The stacked numpy batch [N, B, ...] of a runs axis (one process) -> arrays sharded as
-  `runs_sharding(mesh, batch=True)`."""
+def process_runs_rows(mesh: Mesh, runs: int, batch_size: int) -> dict[int, list[int]]:
+  """{replica: rows (ascending)} of the stacked global batch [runs, batch_size, ...] that this
+  process's devices hold under `runs_sharding(mesh, batch=True)`: the replicas whose streams this
+  process reads, and their rows. One process: every replica, every row."""
+  held = {}
   sharding = runs_sharding(mesh, batch=True)
-  return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
+  for index in sharding.addressable_devices_indices_map((runs, batch_size)).values():
+    for k in range(*index[0].indices(runs)):
+      held.setdefault(k, set()).update(range(*index[1].indices(batch_size)))
+  return {k: sorted(held[k]) for k in sorted(held)}
+
+
+def put_runs_batch(
+  batch: dict, mesh: Mesh, held: dict[int, list[int]], runs: int, batch_size: int
+) -> dict:
+  """This process's part of the stacked batch of a runs axis -> global arrays
+  [runs, batch_size, ...] sharded as `runs_sharding(mesh, batch=True)`.
+
+  Args:
+    batch: numpy [len(held), R, ...]: the replicas of `held` in its order, each its R rows.
+    held: `process_runs_rows(mesh, runs, batch_size)`; every replica with the same rows.
+  """
+  sharding = runs_sharding(mesh, batch=True)
+  replicas = list(held)
+  rows = held[replicas[0]]
+  position = {r: i for i, r in enumerate(rows)}
+
+  def global_array(value):
+    value = np.asarray(value)
+    shape = (runs, batch_size, *value.shape[2:])
+
+    def local(index):
+      ks = [replicas.index(k) for k in range(*index[0].indices(runs))]
+      bs = [position[b] for b in range(*index[1].indices(batch_size))]
+      return value[ks][:, bs]
+
+    return jax.make_array_from_callback(shape, sharding, local)
+
+  return {k: global_array(v) for k, v in batch.items()}
+
+
+def to_host(tree):
+  """A pytree of (possibly multi-process) arrays as numpy, each array's global value. One process:
+  `jax.device_get`; several: a gather every process calls at the same point of its loop."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def any_process(flag: bool) -> bool:

@@ -9,6 +9,10 @@ a leading axis sharded over the mesh's "runs" axis (jaxseg/parallel.py) and feed
 single run writes them to its workdir, while one checkpoint of the stacked state and the N
 iterators in `<workdir>/checkpoints` resumes them all. With runs=1 every function here is the plain
 run's: no leading axis, no vmap, the workdir itself.
+
+With several processes each reads only the streams of the replicas its devices hold (and of those
+only its rows of the batch), checkpoints those streams' states, and holds one whole replica's state
+at a time for evaluation; the stacked state itself stays sharded over the processes.
 """
 
 import json
@@ -28,13 +32,9 @@ class Runs:
 
   def __init__(self, config, workdir: pathlib.Path):
     self.n = int(config.runs)
-    if self.n > 1 and jax.process_count() > 1:
-      raise errors.ConfigError(
-        f"invalid config: runs={self.n} with {jax.process_count()} processes: a runs axis is "
-        "fed by one process; run the replicas on one host, or as separate jobs"
-      )
     self.batch_size = config.batch_size
     self.seeds = [config.seed + k for k in range(self.n)]
+    self._take = {}  # mesh -> the jitted slice of `replica_states`
     self.dirs = [workdir] if self.n == 1 else [replica_dir(workdir, k) for k in range(self.n)]
 
   def init(self, method, example_batch):
@@ -44,15 +44,37 @@ class Runs:
       return states[0]
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *states)
 
-  def iterator(self, config, data: builder.Datasets):
-    """The training stream: `data.train_iterator` (seed `config.seed`), with more replicas a
-    `RunsIterator` of it and each further seed's own stream."""
+  def held(self, mesh=None) -> dict[int, list[int]]:
+    """{replica: rows} of the stacked global batch that this process feeds
+    (`parallel.process_runs_rows`; without a mesh, every replica and row). With several processes
+    each reads only the streams of the replicas its devices hold, and of those only its rows.
+
+    Raises:
+      parallel.MeshError: the process holds different rows of different replicas (a mesh whose
+        devices are not grouped by process), which one stacked local batch cannot feed.
+    """
+    if mesh is None:
+      return {k: list(range(self.batch_size)) for k in range(self.n)}
+    held = parallel.process_runs_rows(mesh, self.n, self.batch_size)
+    if len({tuple(rows) for rows in held.values()}) > 1:
+      raise parallel.MeshError(
+        f"mesh ({parallel.describe(mesh)}): process {jax.process_index()} holds different rows "
+        f"of different replicas ({held}); set mesh.shape so that each process's devices cover "
+        "whole rows of the runs axis"
+      )
+    return held
+
+  def iterator(self, config, data: builder.Datasets, mesh=None):
+    """The training stream: `data.train_iterator` (seed `config.seed`); with more replicas a
+    `RunsIterator` of each held replica's stream (seed + k, this process's rows; `held`)."""
     if self.n == 1:
       return data.train_iterator
-    more = [
-      builder.train_iterator(config, data.train_source, data.splits, s) for s in self.seeds[1:]
-    ]
-    return RunsIterator([data.train_iterator, *more])
+    return RunsIterator(
+      {
+        k: builder.train_iterator(config, data.train_source, data.splits, self.seeds[k], rows)
+        for k, rows in self.held(mesh).items()
+      }
+    )
 
   def jit(self, fn, mesh):
     """`fn(state, *args)` compiled with the state donated; with replicas, vmapped over the runs
@@ -77,13 +99,28 @@ class Runs:
   def put_batch(self, batch: dict, mesh) -> dict:
     if self.n == 1:
       return parallel.put_process_batch(batch, mesh, self.batch_size)
-    return parallel.put_runs_batch(batch, mesh)
+    return parallel.put_runs_batch(batch, mesh, self.held(mesh), self.n, self.batch_size)
 
   def replicas(self, tree) -> list:
     """Each replica's slice of a stacked pytree (metrics [N], states [N, ...]); one replica: [tree]."""
     if self.n == 1:
       return [tree]
     return [jax.tree.map(lambda x, k=k: x[k], tree) for k in range(self.n)]
+
+  def replica_states(self, state, mesh):
+    """Each replica's state, placed as a single run's (replicated over `mesh`): what validation,
+    the best checkpoint and the final evaluation take. One jitted slice per replica, so that one
+    replica at a time is gathered, and every process of a multi-process run holds it whole."""
+    if self.n == 1:
+      yield state
+      return
+    if mesh not in self._take:
+      self._take[mesh] = jax.jit(
+        lambda tree, k: jax.tree.map(lambda x: x[k], tree),
+        out_shardings=parallel.replicated(mesh),
+      )
+    for k in range(self.n):
+      yield self._take[mesh](state, k)
 
   def tag(self, k: int) -> str:
     """'' for a single run, 'run<k> (seed S): ' for a replica, to prefix log lines."""
@@ -106,12 +143,20 @@ def replica_of(path) -> tuple[pathlib.Path, int] | None:
 
 
 class RunsIterator:
-  """N training iterators as one: `next` stacks their batches on a leading axis [N, B, ...]; the
-  state is theirs in order, so grain's orbax handler (`grain.checkpoint.CheckpointSave`, which
-  stores an iterator's `get_state()` bytes) checkpoints and restores all N streams at once."""
+  """The training iterators of several replicas as one: `next` stacks their batches on a leading
+  axis [n, R, ...]. Its state is theirs, keyed by replica, so grain's orbax handler
+  (`grain.checkpoint.CheckpointSave`, which stores an iterator's `get_state()` bytes, one file per
+  process) checkpoints and restores every stream a process reads at once.
 
-  def __init__(self, iterators: list):
-    self.iterators = list(iterators)
+  Args:
+    iterators: {replica: iterator} in replica order (a list: replicas 0..n-1).
+  """
+
+  def __init__(self, iterators):
+    if not isinstance(iterators, dict):
+      iterators = dict(enumerate(iterators))
+    self.replicas = list(iterators)
+    self.iterators = list(iterators.values())
 
   def __iter__(self) -> "RunsIterator":
     return self
@@ -121,16 +166,25 @@ class RunsIterator:
     return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
 
   def get_state(self) -> bytes:
-    return json.dumps([it.get_state() for it in self.iterators], sort_keys=True).encode()
+    state = {"replicas": self.replicas, "streams": [it.get_state() for it in self.iterators]}
+    return json.dumps(state, sort_keys=True).encode()
 
   def set_state(self, state: bytes) -> None:
-    states = json.loads(state)
-    if len(states) != len(self.iterators):
+    state = json.loads(state)
+    if isinstance(state, list):  # written before the replicas were recorded: all of them
+      state = {"replicas": list(range(len(state))), "streams": state}
+    replicas, streams = state["replicas"], state["streams"]
+    if len(streams) != len(self.iterators):
       raise errors.RunStateError(
-        f"the checkpoint holds {len(states)} training streams, this run has "
+        f"the checkpoint holds {len(streams)} training streams, this run has "
         f"{len(self.iterators)} (runs differs)"
       )
-    for it, s in zip(self.iterators, states):
+    if replicas != self.replicas:
+      raise errors.RunStateError(
+        f"the checkpoint holds the training streams of replicas {replicas} for this process, "
+        f"which now reads those of {self.replicas} (the processes or mesh.shape differ)"
+      )
+    for it, s in zip(self.iterators, streams):
       it.set_state(s)
 
   def start_prefetch(self) -> None:

@@ -95,9 +95,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   data.val_source.check_all(range(len(data.val_source)))
   method = methods.build(config)
   layout = runs_lib.Runs(config, workdir)
-  iterator = layout.iterator(config, data)
+  iterator = layout.iterator(config, data, mesh)
 
   state = layout.init(method, methods_base.example_batch(config, method.host_targets))
+  first_params = layout.replicas(state.params)[0]  # host numpy: printed for a fresh run
 
   ckpt = ocp.CheckpointManager(
     workdir / "checkpoints",
@@ -117,8 +118,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   start = _step_of(state)
   total = config.total_steps
   if start == 0 and jax.process_index() == 0:
-    params = layout.replicas(state.params)[0]
-    print(parameter_overview.get_parameter_overview(params, include_stats=False), flush=True)
+    print(parameter_overview.get_parameter_overview(first_params, include_stats=False), flush=True)
 
   summary_paths = [d / "eval" / config.eval.split / "summary.json" for d in layout.dirs]
   if start >= total and all(p.exists() for p in summary_paths):
@@ -188,7 +188,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, run: io_uti
   if config.eval.max_cases:  # a short check on real data; the summary's n_cases says so
     n_eval = min(n_eval, config.eval.max_cases)
   summaries = []
-  for k, (replica, out) in enumerate(zip(layout.replicas(state), layout.dirs)):
+  for k, (replica, out) in enumerate(zip(layout.replica_states(state, mesh), layout.dirs)):
     _log(
       f"{layout.tag(k)}evaluating the final state (step {total}) on the {config.eval.split} "
       f"split ({n_eval} of {len(data.val_source)} cases, mode {config.eval.mode})"
@@ -248,7 +248,7 @@ def _loop(
       progress.start_timing(done)
     _accumulate(window, metrics)
     if done % config.log_every_steps == 0 or done == total:
-      computed = jax.device_get({k: a.compute() for k, a in window.items()})
+      computed = parallel.to_host({k: a.compute() for k, a in window.items()})
       scalars = [_checked(r, done, workdir) for r in layout.replicas(computed)]
       window.clear()
       for writer, values in zip(metric_writers, scalars):
@@ -256,7 +256,7 @@ def _loop(
       progress.report(done, scalars[0] if layout.n == 1 else _per_run(scalars))
     every = config.eval.every_steps
     if every and (done % every == 0 or done == total):
-      for k, replica in enumerate(layout.replicas(state)):
+      for k, replica in enumerate(layout.replica_states(state, mesh)):
         val = evaluation.evaluate(
           method,
           replica,
@@ -286,7 +286,7 @@ def _loop(
     # step when any one was signalled (each checkpoint is one collective save).
     stop = parallel.any_process(term.requested)
     if stop or done % config.checkpoint_every_steps == 0 or done == total:
-      for loss in layout.replicas(jax.device_get(metrics["loss"])):
+      for loss in layout.replicas(parallel.to_host(metrics["loss"])):
         _checked({"loss": loss}, done, workdir)
       _save(ckpt, done, state, iterator, workdir)
     if done == fault[_FAULT_KILL_IN_SAVE_ENV]:
@@ -566,7 +566,7 @@ def _accumulate(window: dict, metrics: dict) -> None:
 
 def _step_of(state) -> int:
   """The state's step (with a runs axis, every replica's: they step together)."""
-  return int(np.ravel(jax.device_get(state.step))[0])
+  return int(np.ravel(parallel.to_host(state.step))[0])
 
 
 def _per_run(scalars: list[dict]) -> dict:

@@ -79,9 +79,21 @@ def _env(n_devices: int, writes: pathlib.Path, **extra) -> dict:
   return env
 
 
-def _launch(workdir: pathlib.Path, envs: list[dict]) -> list[subprocess.CompletedProcess]:
+def _launch(
+  workdir: pathlib.Path, envs: list[dict], extra: tuple = ()
+) -> list[subprocess.CompletedProcess]:
   """One process per environment, all at once, each with TIMEOUT_S; returns their results."""
-  command = [sys.executable, "-c", _MAIN, "--config", CONFIG, "--workdir", str(workdir), *OVERRIDES]
+  command = [
+    sys.executable,
+    "-c",
+    _MAIN,
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    *OVERRIDES,
+    *extra,
+  ]
   procs = [
     subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for env in envs
@@ -99,7 +111,9 @@ def _launch(workdir: pathlib.Path, envs: list[dict]) -> list[subprocess.Complete
   return results
 
 
-def _two_processes(workdir: pathlib.Path, logs: pathlib.Path, tag: str, faults=({}, {})):
+def _two_processes(
+  workdir: pathlib.Path, logs: pathlib.Path, tag: str, faults=({}, {}), extra: tuple = ()
+):
   """Processes 0 and 1 of one run, with the fault variables `faults[i]` for process i."""
   coordinator = f"localhost:{_free_port()}"
   return _launch(
@@ -115,6 +129,7 @@ def _two_processes(workdir: pathlib.Path, logs: pathlib.Path, tag: str, faults=(
       )
       for i in range(2)
     ],
+    extra,
   )
 
 
@@ -220,6 +235,60 @@ def test_only_process_zero_writes_the_run_files(runs):
   assert "[step 3/3" in runs["resumed"][0].stdout and "| method |" in runs["resumed"][0].stdout
   for p in (runs["killed"][1], runs["termed"][1], runs["resumed"][1]):
     assert "[step" not in p.stdout and "| method |" not in p.stdout
+
+
+RUNS = ("--config.runs=2",)
+
+
+@pytest.fixture(scope="module")
+def runs_job(tmp_path_factory):
+  """runs=2 (seeds 0 and 1): one process with 2 devices (runs 2 x data 1), straight; 2 processes
+  of one device each (each holds one replica), killed after step 1's checkpoint, then restarted to
+  the end."""
+  logs = tmp_path_factory.mktemp("runs_logs")
+  single = tmp_path_factory.mktemp("runs_single") / "run"
+  (one,) = _launch(single, [_env(2, logs / "single_writes0.txt")], RUNS)
+  assert one.returncode == 0, one.stderr[-3000:]
+  multi = tmp_path_factory.mktemp("runs_multi") / "run"
+  kill = {train._FAULT_ENV: "1"}
+  killed = _two_processes(multi, logs, "killed", (kill, kill), RUNS)
+  assert (multi / "checkpoints").is_dir(), killed[0].stderr[-3000:] + killed[1].stderr[-3000:]
+  after_kill = _checkpoints(multi)
+  resumed = _two_processes(multi, logs, "resumed", extra=RUNS)
+  for p in resumed:
+    assert p.returncode == 0, p.stderr[-3000:]
+  return dict(single=single, multi=multi, logs=logs, after_kill=after_kill, resumed=resumed)
+
+
+def test_a_runs_axis_over_two_processes_resumes_to_one_process_numbers(runs_job):
+  """Each process feeds, checkpoints and restores the stream of the replica its device holds; both
+  replicas' logs and results equal those of one process with two devices."""
+  assert runs_job["after_kill"] == ["1"]
+  out = runs_job["resumed"][0].stdout
+  assert "resumed from" in out and "at step 1" in out
+  assert "as runs 2 x data 1 x space 1" in out and "2 runs (seeds 0..1)" in out
+  data = runs_job["multi"] / "checkpoints" / "3" / "data"
+  for i in range(2):
+    stored = json.loads((data / f"process_{i}-of-2.json").read_text())
+    assert stored["replicas"] == [i], stored
+    assert stored["streams"] == [{"next_index": 3}]
+  losses = []
+  for k in range(2):
+    want_summary, want = _result(runs_job["single"] / f"run{k}")
+    summary, got = _result(runs_job["multi"] / f"run{k}")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3]
+    for key in ("loss", "loss_ce", "loss_dice", "loss_consistency"):
+      np.testing.assert_allclose(
+        [r[key] for r in got], [r[key] for r in want], rtol=1e-5, atol=1e-5, err_msg=f"run{k} {key}"
+      )
+    losses.append([r["loss"] for r in got])
+    assert summary["n_cases"] == want_summary["n_cases"] == 1
+    for key in ("dice", "jaccard", "hd95", "asd"):
+      assert summary[key] == pytest.approx(want_summary[key], rel=1e-6, abs=1e-9), (k, key)
+  assert losses[0] != losses[1]  # two seeds, two runs
+  # Process 1 computed everything and wrote nothing.
+  assert _written(runs_job["logs"], "resumed_writes1.txt") == []
+  assert "[step" not in runs_job["resumed"][1].stdout
 
 
 def _take(iterator, n: int) -> list[dict]:

@@ -157,8 +157,18 @@ def test_replica_streams_are_the_single_runs_streams(tmp_path):
   again = next(stacked)
   for key in second:
     np.testing.assert_array_equal(again[key], second[key])
+  stored = json.loads(saved)
+  assert stored["replicas"] == [0, 1, 2]
   with pytest.raises(errors.RunStateError, match="holds 2 training streams, this run has 3"):
-    stacked.set_state(json.dumps(json.loads(saved)[:2]).encode())
+    stacked.set_state(json.dumps(stored["streams"][:2]).encode())
+  # A checkpoint written for another process's replicas (another process count or mesh).
+  with pytest.raises(errors.RunStateError, match="replicas \\[1, 2, 3\\] for this process"):
+    stacked.set_state(json.dumps({**stored, "replicas": [1, 2, 3]}).encode())
+  # The format before replicas were recorded (a list of every stream) still restores.
+  stacked.set_state(json.dumps(stored["streams"]).encode())
+  again = next(stacked)
+  for key in second:
+    np.testing.assert_array_equal(again[key], second[key])
 
 
 def test_runs_must_be_a_positive_integer():
