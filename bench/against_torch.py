@@ -22,6 +22,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import bench_suite
@@ -71,9 +72,16 @@ def _check_config(config) -> None:
     )
 
 
-def against_torch(config, steps: int = 5, threads: int | None = None, log=print) -> dict:
+def against_torch(
+  config, steps: int = 5, threads: int | None = None, log=print, lowerings=None
+) -> dict:
   """Median step seconds of jaxseg and of the PyTorch reference, timed alternately; their ratio,
-  the FLOPs of each step and the first-step losses on the same weights and batch."""
+  the FLOPs of each step and the first-step losses on the same weights and batch.
+
+  `lowerings`: the `layers.CONV_LOWERING` values to compile the jaxseg step under (default: the
+  one in effect), each timed in every round beside torch, so that their ratios come from one run
+  (under "lowerings" in the result; the top-level jax_* keys are the first's).
+  """
   if steps < 1:
     raise ValueError(f"--steps={steps}: --against_torch needs at least one timed round")
   _check_config(config)
@@ -81,6 +89,9 @@ def against_torch(config, steps: int = 5, threads: int | None = None, log=print)
   reference = load_reference()
   import torch  # only here: jaxseg never imports torch otherwise
 
+  from jaxseg.models import layers
+
+  lowerings = list(lowerings or [layers.CONV_LOWERING])
   hp, kwargs = config.uamt, config.model.kwargs.to_dict()
   ref = reference.UAMTStep(
     kwargs["n_filters"],
@@ -95,43 +106,82 @@ def against_torch(config, steps: int = 5, threads: int | None = None, log=print)
   student, teacher = (
     torch_import.import_state_dict("vnet", sd, **kwargs) for sd in ref.state_dicts()
   )
-  state = method.init(jax.random.PRNGKey(0), host_batch)
-  state = state.replace(
-    params=student["params"],
-    batch_stats=student["batch_stats"],
-    opt_state=method.tx.init(student["params"]),
-    aux={"ema_params": teacher["params"], "ema_batch_stats": teacher["batch_stats"]},
-  )
   batch = jax.device_put(host_batch)
   images, labels = reference.to_torch(host_batch["image"], host_batch["label"])
-
   train_step = methods_base.phases_of(method)[-1].train_step
-  flops_jax = bench_suite.conv_matmul_flops(train_step, state, batch)
-  flops_xla = bench_suite.step_flops(config, state, batch)
-  t = time.perf_counter()
-  step = jax.jit(train_step, donate_argnums=0)
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t
-  state, metrics = compiled(state, batch)
-  loss_jax = float(metrics["loss"])
+
+  def initial_state():
+    """The same starting state, in fresh buffers each time (every compiled step donates its)."""
+    state = method.init(jax.random.PRNGKey(0), host_batch)
+    state = state.replace(
+      params=student["params"],
+      batch_stats=student["batch_stats"],
+      opt_state=method.tx.init(student["params"]),
+      aux={"ema_params": teacher["params"], "ema_batch_stats": teacher["batch_stats"]},
+    )
+    return jax.tree.map(jnp.copy, state)
+
+  runs = {}
+  previous = layers.CONV_LOWERING
+  try:
+    for lowering in lowerings:
+      layers.CONV_LOWERING = lowering  # read at trace time: nothing traced before may be reused
+      jax.clear_caches()
+      layers.conv_lowering()  # an unknown name fails here, naming the setting
+      state = initial_state()
+      flops_jax = bench_suite.conv_matmul_flops(train_step, state, batch)
+      flops_xla = bench_suite.step_flops(config, state, batch)
+      t = time.perf_counter()
+      compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()
+      compile_s = time.perf_counter() - t
+      state, metrics = compiled(state, batch)
+      runs[lowering] = dict(
+        compiled=compiled,
+        state=state,
+        compile_s=compile_s,
+        flops=flops_jax,
+        flops_xla=flops_xla,
+        loss=float(metrics["loss"]),
+        step_s=[],
+      )
+  finally:
+    layers.CONV_LOWERING = previous
   loss_torch = ref.step(images, labels)
   flops_torch = ref.flops(images, labels)
-  log(
-    f"compiled in {compile_s:.1f} s; first-step loss jaxseg {loss_jax:.5f} torch "
-    f"{loss_torch:.5f}; GFLOP/step jaxseg {flops_jax / 1e9:.2f} torch {flops_torch / 1e9:.2f}"
-  )
+  for lowering, run in runs.items():
+    log(
+      f"convolutions {lowering}: compiled in {run['compile_s']:.1f} s; first-step loss jaxseg "
+      f"{run['loss']:.5f} torch {loss_torch:.5f}; GFLOP/step jaxseg {run['flops'] / 1e9:.2f} "
+      f"torch {flops_torch / 1e9:.2f}"
+    )
 
-  jax_s, torch_s = [], []
+  torch_s = []
   for r in range(steps):
-    t = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    jax_s.append(time.perf_counter() - t)
+    for run in runs.values():
+      t = time.perf_counter()
+      run["state"], metrics = run["compiled"](run["state"], batch)
+      jax.block_until_ready(metrics)
+      run["step_s"].append(time.perf_counter() - t)
     t = time.perf_counter()
     ref.step(images, labels)
     torch_s.append(time.perf_counter() - t)
-    log(f"round {r + 1}/{steps}: jaxseg {jax_s[-1]:.3f} s, torch {torch_s[-1]:.3f} s")
-  jax_med, torch_med = float(np.median(jax_s)), float(np.median(torch_s))
+    jax_part = ", ".join(f"jaxseg ({k}) {v['step_s'][-1]:.3f} s" for k, v in runs.items())
+    log(f"round {r + 1}/{steps}: {jax_part}, torch {torch_s[-1]:.3f} s")
+  torch_med = float(np.median(torch_s))
+  per_lowering = {
+    lowering: {
+      "jax_compile_s": run["compile_s"],
+      "jax_step_s": run["step_s"],
+      "jax_step_s_median": float(np.median(run["step_s"])),
+      "ratio_jax_over_torch": float(np.median(run["step_s"])) / torch_med,
+      "flops_jax": run["flops"],
+      "flops_ratio": run["flops"] / flops_torch if run["flops"] and flops_torch else None,
+      "flops_xla_cost_analysis": run["flops_xla"],
+      "first_loss_jax": run["loss"],
+    }
+    for lowering, run in runs.items()
+  }
+  first = per_lowering[lowerings[0]]
   return {
     "method": "uamt",
     "n_filters": kwargs["n_filters"],
@@ -142,19 +192,14 @@ def against_torch(config, steps: int = 5, threads: int | None = None, log=print)
     "backend": jax.default_backend(),
     "device_kind": jax.devices()[0].device_kind,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "conv_lowering": lowerings[0],
     "torch": torch.__version__,
     "torch_threads": torch.get_num_threads(),
     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    "jax_compile_s": compile_s,
-    "jax_step_s": jax_s,
+    **first,
     "torch_step_s": torch_s,
-    "jax_step_s_median": jax_med,
     "torch_step_s_median": torch_med,
-    "ratio_jax_over_torch": jax_med / torch_med,
-    "flops_jax": flops_jax,
     "flops_torch": flops_torch,
-    "flops_ratio": flops_jax / flops_torch if flops_jax and flops_torch else None,
-    "flops_xla_cost_analysis": flops_xla,
-    "first_loss_jax": loss_jax,
     "first_loss_torch": loss_torch,
+    "lowerings": per_lowering,
   }

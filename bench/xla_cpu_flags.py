@@ -2,8 +2,9 @@
 
   python bench/xla_cpu_flags.py --rounds 5 --out runs/xla_cpu_flags
 
-One worker process per flag set (XLA reads XLA_FLAGS once, when its backend starts; convolutions
-as `layers.CONV_LOWERING` says, JAXSEG_CONV_LOWERING in the environment). Every worker compiles every
+One worker process per flag set and convolution lowering (`--lowerings xla,matmul`: each flag set
+under each JAXSEG_CONV_LOWERING, jaxseg/models/layers.py; XLA reads XLA_FLAGS once, when its
+backend starts). Every worker compiles every
 case first; then the coordinator runs the cases round-robin, one call in one worker at a time, so
 that all flag sets see the same machine load, and reports the median ms per (case, flag set) and
 each output's largest deviation from the no-flag baseline relative to the baseline's scale.
@@ -109,7 +110,7 @@ def _cases(nets: tuple[str, ...] = NETS):
 
     out[f"conv16_{layout}/forward"] = (jax.jit(conv), (x, w))
     out[f"conv16_{layout}/train"] = (
-      jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))),
+      jax.jit(jax.value_and_grad(lambda x, w, conv=conv: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))),
       (x, w),
     )
   return out
@@ -150,12 +151,27 @@ def _deviation(got: list[float], want: list[float]) -> float:
   return max(abs(g - w) for g, w in zip(got, want)) / scale
 
 
+def worker_sets(flag_sets: dict[str, str], lowerings: tuple[str, ...]) -> dict[str, tuple]:
+  """{worker name: (XLA_FLAGS, JAXSEG_CONV_LOWERING)} of every flag set under every lowering; a
+  lowering other than the first is named as a suffix ('baseline+matmul')."""
+  return {
+    name + ("" if i == 0 else f"+{lowering}"): (flags, lowering)
+    for i, lowering in enumerate(lowerings)
+    for name, flags in flag_sets.items()
+  }
+
+
 def coordinate(
-  flag_sets: dict[str, str], rounds: int, out_dir: pathlib.Path, nets: tuple[str, ...] = NETS
+  flag_sets: dict[str, str],
+  rounds: int,
+  out_dir: pathlib.Path,
+  nets: tuple[str, ...] = NETS,
+  lowerings: tuple[str, ...] = ("xla",),
 ) -> dict:
+  workers = worker_sets(flag_sets, lowerings)
   procs = {}
-  for name, flags in flag_sets.items():
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  for name, (flags, lowering) in workers.items():
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", JAXSEG_CONV_LOWERING=lowering)
     procs[name] = subprocess.Popen(
       [sys.executable, __file__, "--worker", "--nets", ",".join(nets)],
       stdin=subprocess.PIPE,
@@ -167,7 +183,7 @@ def coordinate(
   for name, proc in procs.items():
     line = proc.stdout.readline()
     if not line:
-      raise RuntimeError(f"worker {name} ({flag_sets[name]}) exited (rc {proc.wait()})")
+      raise RuntimeError(f"worker {name} ({workers[name]}) exited (rc {proc.wait()})")
     ready[name] = json.loads(line)["ready"]
   cases = list(ready["baseline"])
   times = {n: {c: [] for c in cases} for n in procs}
@@ -183,7 +199,8 @@ def coordinate(
   import numpy as np
 
   result = {
-    "flag_sets": flag_sets,
+    "flag_sets": {name: flags for name, (flags, _) in workers.items()},
+    "lowerings": {name: lowering for name, (_, lowering) in workers.items()},
     "rounds": rounds,
     "command": " ".join(sys.argv),
     "load_average": list(os.getloadavg()),
@@ -216,7 +233,11 @@ def markdown(result: dict) -> str:
         cell += f" (dev {by_flag[n]['deviation']:.0e})"
       cells.append(cell)
     lines.append(f"| {case} | " + " | ".join(cells) + f" | {best} |")
-  legend = "\n".join(f"* `{n}`: `{f or '(none)'}`" for n, f in result["flag_sets"].items())
+  lowerings = result.get("lowerings", {})
+  legend = "\n".join(
+    f"* `{n}`: `{f or '(none)'}`, convolutions: {lowerings.get(n, 'xla')}"
+    for n, f in result["flag_sets"].items()
+  )
   return (
     "Median ms per call, flag sets alternated round-robin "
     f"({result['rounds']} rounds; 1-min load average at the end "
@@ -231,6 +252,12 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--sets", default=",".join(FLAG_SETS), help="comma list of FLAG_SETS names")
   p.add_argument("--nets", default=",".join(NETS), help="comma list of NETS")
+  p.add_argument(
+    "--lowerings",
+    default="xla",
+    help="comma list of JAXSEG_CONV_LOWERING values; every flag set runs under each (the first "
+    "is the baseline's)",
+  )
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/xla_cpu_flags"))
   a = p.parse_args()
   nets = tuple(a.nets.split(","))
@@ -243,7 +270,8 @@ def main() -> None:
   unknown = sorted(set(names) - set(FLAG_SETS))
   if unknown or "baseline" not in names:
     raise SystemExit(f"--sets: unknown {unknown} or no 'baseline'; known: {sorted(FLAG_SETS)}")
-  result = coordinate({n: FLAG_SETS[n] for n in names}, a.rounds, a.out, nets)
+  lowerings = tuple(a.lowerings.split(","))
+  result = coordinate({n: FLAG_SETS[n] for n in names}, a.rounds, a.out, nets, lowerings)
   print(markdown(result))
 
 

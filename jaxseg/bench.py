@@ -18,9 +18,9 @@ loop of forwards, and prints one JSON line per case.
 
 `--compare_remat` compiles the step with `model.remat` off and on (jaxseg/models/vnet.py) and times
 them alternately, so that both see the same load: one JSON line each with XLA's memory analysis
-of the step, then the ratios. On the CPU run it under
-`XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander`: without it XLA:CPU merges the
-recomputed forward back into the original one, and both steps are the same program
+of the step, then the ratios. On the CPU it relies on jaxseg's default
+`--xla_disable_hlo_passes=cse_barrier_expander` (jaxseg/xla_cpu.py): without it XLA:CPU merges
+the recomputed forward back into the original one, and both steps are the same program
 (docs/benchmarks.md "bf16 and rematerialisation").
 
 `--size` ('recipe', 'small' or a patch 'DxHxW') and `--n_filters` resize the config first.
@@ -90,6 +90,12 @@ _SUITE_BUDGET_S = flags.DEFINE_float(
   "skipped.",
 )
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "--suite: where suite.json / suite.md go.")
+_CONV_LOWERINGS = flags.DEFINE_string(
+  "conv_lowerings",
+  "",
+  "--against_torch: comma list of JAXSEG_CONV_LOWERING values (xla, matmul, auto) to compile "
+  "the jaxseg step under, each timed beside torch in every round (default: the one in effect).",
+)
 _AGAINST_TORCH = flags.DEFINE_bool(
   "against_torch",
   False,
@@ -350,13 +356,17 @@ def main(argv):
   if _COMPUTE_DTYPE.value:
     config.compute_dtype = _COMPUTE_DTYPE.value
   if _AGAINST_TORCH.value:
-    result = checkout_module("against_torch").against_torch(config, _STEPS.value)
-    print(json.dumps(result), file=sys.stdout, flush=True)
-    print(
-      f"UA-MT step: jaxseg {result['jax_step_s_median']:.3f} s, torch "
-      f"{result['torch_step_s_median']:.3f} s, ratio {result['ratio_jax_over_torch']:.2f}",
-      flush=True,
+    lowerings = _CONV_LOWERINGS.value.split(",") if _CONV_LOWERINGS.value else None
+    result = checkout_module("against_torch").against_torch(
+      config, _STEPS.value, lowerings=lowerings
     )
+    print(json.dumps(result), file=sys.stdout, flush=True)
+    for lowering, r in result["lowerings"].items():
+      print(
+        f"UA-MT step (convolutions {lowering}): jaxseg {r['jax_step_s_median']:.3f} s, torch "
+        f"{result['torch_step_s_median']:.3f} s, ratio {r['ratio_jax_over_torch']:.2f}",
+        flush=True,
+      )
     if _OUT.value:
       io_utils.write_json(_OUT.value, result)
     return
