@@ -1,6 +1,7 @@
 """The benchmark runs a config end to end and reports sane JSON (no timing is asserted)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -156,6 +157,9 @@ def test_suite_writes_json_and_markdown(tmp_path):
       str(tmp_path),
     ],
     cwd=REPO,
+    # The FLOP relation below is that of XLA's convolution (matmul convolutions also multiply
+    # over padded positions: tests/test_bench.py::test_against_torch_same_flops_and_loss_scale).
+    env={**os.environ, "JAXSEG_CONV_LOWERING": "xla"},
     capture_output=True,
     text=True,
     timeout=900,
@@ -197,6 +201,8 @@ def test_against_torch_same_flops_and_loss_scale(tmp_path):
       "configs/la_uamt.py:smoke=1,labeled=4,seed=0",
       "--steps",
       "1",
+      "--conv_lowerings",
+      "xla,matmul",
       "--out",
       str(out),
     ],
@@ -216,6 +222,13 @@ def test_against_torch_same_flops_and_loss_scale(tmp_path):
   np.testing.assert_allclose(
     result["ratio_jax_over_torch"], result["jax_step_s_median"] / result["torch_step_s_median"]
   )
+  # Both convolution lowerings timed in the same rounds: the same step from the same state and
+  # random keys, so the same first loss; the matmul form counts its taps over padded positions.
+  xla, matmul = result["lowerings"]["xla"], result["lowerings"]["matmul"]
+  assert result["conv_lowering"] == "xla" and xla["jax_step_s"] == result["jax_step_s"]
+  assert len(matmul["jax_step_s"]) == 1 and "(convolutions matmul)" in proc.stdout
+  np.testing.assert_allclose(matmul["first_loss_jax"], xla["first_loss_jax"], rtol=1e-4)
+  assert matmul["flops_jax"] >= xla["flops_jax"]
 
 
 def test_against_torch_needs_the_uamt_vnet():

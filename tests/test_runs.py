@@ -132,7 +132,9 @@ def test_runs_on_8_devices_equal_one_device():
   for n in (2, 8):
     assert one[n]["mesh"] == {"runs": 1, "data": 1, "space": 1}
     assert eight[n]["state"] == str(P("runs")) and eight[n]["image"] == str(P("runs", "data"))
-    np.testing.assert_allclose(eight[n]["losses"], one[n]["losses"], rtol=1e-5, atol=1e-5)
+    # float32 at the project's tolerance: the sharded and the single-device programs reduce in
+    # different orders (with the CPU's matmul convolutions, one loss of 16 moved by 3e-5 relative).
+    np.testing.assert_allclose(eight[n]["losses"], one[n]["losses"], rtol=1e-4, atol=1e-5)
     assert len({round(l, 6) for l in one[n]["losses"][1]}) == n  # the batches differ per replica
 
 

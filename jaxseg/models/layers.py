@@ -127,24 +127,36 @@ class Conv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pad = (self.padding,) * nd if isinstance(self.padding, int) else tuple(self.padding)
     strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides)
-    if _use_matmul_conv(self.kernel_size, pad, strides):
-      y = _conv_matmul(x, kernel, pad)
-    else:
-      y = lax.conv_general_dilated(
-        x, kernel, strides, [(p, p) for p in pad], dimension_numbers=_dimension_numbers(nd)
-      )
+    y = conv(x, kernel, pad, strides)
     if bias is not None:
       y = y + bias
     return y
 
 
-# How `Conv` lowers stride-1 kernels larger than 1: 'xla' (the default:
-# `lax.conv_general_dilated`), 'matmul' (`_conv_matmul`) or 'auto' (matmul on CPU, lax elsewhere,
-# where cuDNN / the TPU convolution units are fast). On XLA:CPU the matmul form runs a single
-# convolution 1.5-2.5x faster forward and backward, but it compiles 1.5-6x slower and no whole
-# training step has yet been measured faster on an idle machine (docs/benchmarks.md), so it is
-# opt-in until one is. Read at trace time, so tests and benchmarks may set it before jitting.
-CONV_LOWERING = os.environ.get('JAXSEG_CONV_LOWERING', 'xla')
+def conv(
+  x: Array, kernel: Array, pad: Sequence[int], strides: Sequence[int] | None = None
+) -> Array:
+  """Convolution `[B, *S, I]` x (*k, I, O) with symmetric zero padding `pad` and `strides`
+  (default 1) -> `[B, *S', O]`, no bias: `_conv_matmul` where `CONV_LOWERING` picks it for this
+  kernel, else `lax.conv_general_dilated`: the convolution of `Conv` and of DyCON's UNet3D. (The
+  Milletari V-Net's 5^3 kernels stay with lax: as matmuls their output before the slice sum would
+  hold 25 x cout channels at every padded position, gigabytes at its 128x128x64 patch.)"""
+  nd = kernel.ndim - 2
+  pad, strides = tuple(pad), tuple(strides or (1,) * nd)
+  if _use_matmul_conv(kernel.shape[:nd], pad, strides):
+    return _conv_matmul(x, kernel, pad)
+  return lax.conv_general_dilated(
+    x, kernel, strides, [(p, p) for p in pad], dimension_numbers=_dimension_numbers(nd)
+  )
+
+
+# How `Conv` lowers stride-1 kernels larger than 1: 'auto' (the default: matmul on CPU, lax
+# elsewhere, where cuDNN / the TPU convolution units are fast), 'xla' (`lax.conv_general_dilated`)
+# or 'matmul' (`_conv_matmul`). On an idle 2-core AMD EPYC the UA-MT step at 64x64x48 takes 12.5 s
+# through XLA:CPU's convolution, 6.9 s as matmuls and about 5 s as matmuls with the output barrier
+# kept (docs/benchmarks.md); it compiles about 1.4x slower. Read at trace time, so tests and
+# benchmarks may set it before jitting.
+CONV_LOWERING = os.environ.get('JAXSEG_CONV_LOWERING', 'auto')
 _CONV_LOWERINGS = ('auto', 'xla', 'matmul')
 
 
@@ -216,7 +228,11 @@ def _conv_matmul(x: Array, kernel: Array, pad: tuple[int, ...]) -> Array:
   for i, t in enumerate(itertools.product(*(range(k) for k in ks[:-1]))):
     window = tuple(slice(a, a + o) for a, o in zip(t, out))
     y = y + z[(slice(None), *window, slice(None), slice(i * cout, (i + 1) * cout))]
-  return y.astype(x.dtype)
+  # Without the barrier XLA fuses this sum of slices into every consumer of the output (bias, the
+  # batch-norm statistics, the normalisation), each then reading all of `z`, prod(k[:-1]) times the
+  # output's size, again: a third of the UA-MT step on XLA:CPU (docs/benchmarks.md). XLA:CPU keeps
+  # the barrier only with its `cse_barrier_expander` pass off, which `jaxseg.xla_cpu` arranges.
+  return lax.optimization_barrier(y.astype(x.dtype))
 
 
 def _conv_matmul_fwd(x, kernel, pad):

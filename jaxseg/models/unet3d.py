@@ -91,11 +91,7 @@ class KaimingConv(nn.Module):
     kernel = self.param('kernel', kernel_init, (k, k, k, cin, self.features), self.param_dtype)
     bias = self.param('bias', bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    pad = (k - 1) // 2
-    y = lax.conv_general_dilated(
-      x, kernel, (1, 1, 1), [(pad, pad)] * 3, dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')
-    )
-    return y + bias
+    return layers.conv(x, kernel, ((k - 1) // 2,) * 3) + bias
 
 
 class UnetConv3(nn.Module):
