@@ -35,6 +35,7 @@ class Runs:
     self.batch_size = config.batch_size
     self.seeds = [config.seed + k for k in range(self.n)]
     self._take = {}  # mesh -> the jitted slice of `replica_states`
+    self._held = {}  # mesh -> `held(mesh)`
     self.dirs = [workdir] if self.n == 1 else [replica_dir(workdir, k) for k in range(self.n)]
 
   def init(self, method, example_batch):
@@ -55,6 +56,8 @@ class Runs:
     """
     if mesh is None:
       return {k: list(range(self.batch_size)) for k in range(self.n)}
+    if mesh in self._held:  # asked for every step's batch
+      return self._held[mesh]
     held = parallel.process_runs_rows(mesh, self.n, self.batch_size)
     if len({tuple(rows) for rows in held.values()}) > 1:
       raise parallel.MeshError(
@@ -62,6 +65,7 @@ class Runs:
         f"of different replicas ({held}); set mesh.shape so that each process's devices cover "
         "whole rows of the runs axis"
       )
+    self._held[mesh] = held
     return held
 
   def iterator(self, config, data: builder.Datasets, mesh=None):
