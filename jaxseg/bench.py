@@ -142,7 +142,11 @@ def benchmark(config, steps: int = 5) -> dict:
   phase = methods_base.phases_of(method)[-1]
   device_batch = parallel.put_batch(batch, mesh)
   t = time.perf_counter()
-  step = jax.jit(phase.train_step, donate_argnums=0).lower(state, device_batch).compile()
+  step = (
+    jax.jit(parallel.for_mesh(phase.train_step, mesh), donate_argnums=0)
+    .lower(state, device_batch)
+    .compile()
+  )
   compile_s = time.perf_counter() - t
   analysis = step.memory_analysis()
   t = time.perf_counter()
@@ -224,7 +228,9 @@ def compare_mc(config, steps: int = 5) -> list[dict]:
     state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
     device_batch = parallel.put_batch(batch, mesh)
     t = time.perf_counter()
-    step = jax.jit(methods_base.phases_of(method)[-1].train_step, donate_argnums=0)
+    step = jax.jit(
+      parallel.for_mesh(methods_base.phases_of(method)[-1].train_step, mesh), donate_argnums=0
+    )
     compiled = step.lower(state, device_batch).compile()
     compile_s = time.perf_counter() - t
     analysis = compiled.memory_analysis()
@@ -269,7 +275,9 @@ def compare_remat(config, steps: int = 3) -> list[dict]:
     batch = _random_batch(case_config, method.host_targets)
     state = parallel.put_replicated(method.init(jax.random.PRNGKey(0), batch), mesh)
     device_batch = parallel.put_batch(batch, mesh)
-    step = jax.jit(methods_base.phases_of(method)[-1].train_step, donate_argnums=0)
+    step = jax.jit(
+      parallel.for_mesh(methods_base.phases_of(method)[-1].train_step, mesh), donate_argnums=0
+    )
     t = time.perf_counter()
     compiled = step.lower(state, device_batch).compile()
     compile_s = time.perf_counter() - t

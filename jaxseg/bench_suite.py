@@ -217,7 +217,11 @@ def measure(config, steps: int = 3) -> dict:
   phase = methods_base.phases_of(method)[-1]
   flops = step_flops(config, state, batch)
   t = time.perf_counter()
-  compiled = jax.jit(phase.train_step, donate_argnums=0).lower(state, batch).compile()
+  compiled = (
+    jax.jit(parallel.for_mesh(phase.train_step, mesh), donate_argnums=0)
+    .lower(state, batch)
+    .compile()
+  )
   compile_s = time.perf_counter() - t
   analysis = compiled.memory_analysis()
   times = []

@@ -9,14 +9,17 @@ count, the replica count and the batch (`config.mesh.shape='auto'`) or takes it 
 ('runs:2,data:4'): "runs" takes the devices the replicas can use, "data" those the batch can use,
 "space" the rest, so that a batch of 4 runs on 8 devices.
 
-The "space" devices replicate the step for now instead of sharding each sample's depth: with the
-depth sharded and the activations replicated along another mesh axis (data 4 x space 2, or space 8
-at 32^3), XLA's partitioned convolution backward returns weight gradients summed once per replica
-(jax 0.10, Shardy and GSPMD alike; tests/test_parallel.py::test_xla_depth_sharded_conv_gradient
-shows it). When that test starts failing, XLA is fixed and `batch_sharding` can put the depth on
-"space" (P("data", "space")).
+With "space" > 1 the batch's first spatial axis is split over it as well (P("data", "space"), where
+it divides; `batch_spec`), so that a batch of 4 on 8 devices puts half a patch on each, and the
+step is traced inside `jaxseg.models.layers.spatially_partitioned`: every convolution lowers to
+matmuls, pads and slices, which XLA's partitioner splits correctly, with the halos exchanged where
+a convolution reads across a split. XLA's own partitioned convolution is not used there: with the
+activations split along one axis and replicated along another (data 4 x space 2, or space 8 where
+deep feature maps are smaller than the axis) its weight gradients come back summed once per
+replica (jax 0.10, Shardy and GSPMD alike; tests/test_parallel.py::test_xla_depth_sharded_conv_gradient).
 """
 
+import functools
 import math
 import os
 
@@ -29,6 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxseg import errors
+from jaxseg.models import layers
 
 
 # Explicit jax.distributed.initialize arguments a launcher may set (launch/cluster.py): the
@@ -169,9 +173,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Samples over "data", replicated over "space" (module docstring)."""
-  return NamedSharding(mesh, P("data"))
+def batch_spec(mesh: Mesh, shape, lead: tuple = ("data",)) -> P:
+  """How an array of global `shape` whose leading axes are `lead` (the samples, or the replicas and
+  the samples) is split: over `lead`, and its first spatial axis (the one after them) over "space"
+  where the mesh has a "space" axis that divides it and the array has two spatial axes or more
+  ([B, H, W, D, C] images, [B, H, W, D] labels, 2D [B, H, W, C]); otherwise replicated over
+  "space"."""
+  space, n = mesh.shape["space"], len(lead)
+  if space > 1 and len(shape) >= n + 2 and shape[n] % space == 0:
+    return P(*lead, "space")
+  return P(*lead)
+
+
+def batch_sharding(mesh: Mesh, shape=None) -> NamedSharding:
+  """Samples over "data"; with `shape`, the sharding of an array of that global shape
+  (`batch_spec`)."""
+  return NamedSharding(mesh, P("data") if shape is None else batch_spec(mesh, shape))
+
+
+def for_mesh(fn, mesh: Mesh):
+  """`fn` (a step or forward to jit) as it must be traced for `mesh`: inside
+  `layers.spatially_partitioned` where the mesh has a "space" axis (module docstring), else
+  itself."""
+  return layers.partitioned_trace(fn) if mesh.shape["space"] > 1 else fn
 
 
 def put_replicated(tree, mesh: Mesh):
@@ -179,42 +203,54 @@ def put_replicated(tree, mesh: Mesh):
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:
-  """Host-local numpy batch -> global arrays sharded as `batch_sharding`.
-
-  On one host the local batch is the global batch; on several, each host feeds its own slice.
-  """
-  sharding = batch_sharding(mesh)
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-  }
+  """The whole global batch (numpy, one process) -> global arrays sharded as `batch_spec`."""
+  return put_process_batch(batch, mesh, len(next(iter(batch.values()))))
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> list[int]:
   """The rows (ascending) of a global batch of `batch_size` samples that this process's devices
-  hold under `batch_sharding(mesh)`: what this process loads. One process: every row."""
+  hold any part of under `batch_sharding(mesh)`: what this process loads (whole rows; "space" takes
+  its part of them in `put_process_batch`). One process: every row."""
+  return list(_held_rows(mesh, batch_size))
+
+
+@functools.cache
+def _held_rows(mesh: Mesh, batch_size: int) -> tuple[int, ...]:
   rows = set()
   for index in batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values():
     rows.update(range(*index[0].indices(batch_size)))
-  return sorted(rows)
+  return tuple(sorted(rows))
 
 
 def put_process_batch(batch: dict, mesh: Mesh, batch_size: int) -> dict:
   """This process's rows of a global batch (`process_rows` order, numpy [R, ...]) -> global arrays
-  [batch_size, ...] sharded as `batch_sharding`: every process feeds its own rows, and together
-  they make the global batch."""
-  sharding = batch_sharding(mesh)
-  return {
-    k: jax.make_array_from_process_local_data(
-      sharding, np.asarray(v), (batch_size, *np.shape(v)[1:])
-    )
-    for k, v in batch.items()
-  }
+  [batch_size, ...] sharded as `batch_spec`: every process feeds its own rows, each device takes
+  its part of them, and together they make the global batch."""
+  position = {r: i for i, r in enumerate(_held_rows(mesh, batch_size))}
+
+  def global_array(value):
+    value = np.asarray(value)
+    shape = (batch_size, *value.shape[1:])
+
+    def local(index):
+      rows = [position[b] for b in range(*index[0].indices(batch_size))]
+      return value[rows][(slice(None), *index[1:])]
+
+    sharding = NamedSharding(mesh, batch_spec(mesh, shape))
+    return jax.make_array_from_callback(shape, sharding, local)
+
+  return {k: global_array(v) for k, v in batch.items()}
 
 
-def runs_sharding(mesh: Mesh, batch: bool = False) -> NamedSharding:
+def runs_sharding(mesh: Mesh, batch: bool = False, shape=None) -> NamedSharding:
   """A leading replica axis (jaxseg/runs.py) over "runs": the stacked state [N, ...], or with
-  `batch` the stacked batch [N, B, ...], its samples over "data" as `batch_sharding`'s."""
-  return NamedSharding(mesh, P("runs", "data") if batch else P("runs"))
+  `batch` the stacked batch [N, B, ...], its samples over "data" (and, with the global `shape` of
+  one of its arrays, that array's first spatial axis as `batch_spec` splits it)."""
+  if not batch:
+    return NamedSharding(mesh, P("runs"))
+  if shape is None:
+    return NamedSharding(mesh, P("runs", "data"))
+  return NamedSharding(mesh, batch_spec(mesh, shape, lead=("runs", "data")))
 
 
 def put_runs(tree, mesh: Mesh):
@@ -244,7 +280,6 @@ def put_runs_batch(
     batch: numpy [len(held), R, ...]: the replicas of `held` in its order, each its R rows.
     held: `process_runs_rows(mesh, runs, batch_size)`; every replica with the same rows.
   """
-  sharding = runs_sharding(mesh, batch=True)
   replicas = list(held)
   rows = held[replicas[0]]
   position = {r: i for i, r in enumerate(rows)}
@@ -256,9 +291,9 @@ def put_runs_batch(
     def local(index):
       ks = [replicas.index(k) for k in range(*index[0].indices(runs))]
       bs = [position[b] for b in range(*index[1].indices(batch_size))]
-      return value[ks][:, bs]
+      return value[ks][:, bs][(slice(None), slice(None), *index[2:])]
 
-    return jax.make_array_from_callback(shape, sharding, local)
+    return jax.make_array_from_callback(shape, runs_sharding(mesh, True, shape), local)
 
   return {k: global_array(v) for k, v in batch.items()}
 

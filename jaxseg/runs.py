@@ -86,7 +86,9 @@ class Runs:
     (each device group vmaps over its own replicas; "data" and "space" stay automatic). vmap turns
     a convolution of stacked parameters into a grouped one, and XLA's partitioner does not split
     the groups of a grouped convolution over devices correctly (an invalid feature_group_count,
-    jax 0.10): the manual "runs" axis keeps the groups local."""
+    jax 0.10): the manual "runs" axis keeps the groups local. On a mesh with a "space" axis it is
+    traced inside `layers.spatially_partitioned` (jaxseg/parallel.py)."""
+    fn = parallel.for_mesh(fn, mesh)
     if self.n == 1:
       return jax.jit(fn, donate_argnums=0)
     batched = jax.vmap(fn)

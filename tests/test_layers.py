@@ -339,3 +339,62 @@ def test_flax_default_init_when_not_torch_init():
   np.testing.assert_array_equal(p['bias'], np.zeros(32))
   # lecun_normal: truncated normal with std 1/sqrt(fan_in).
   np.testing.assert_allclose(np.asarray(p['kernel']).std(), 1 / math.sqrt(8 * 27), rtol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatially partitioned steps (jaxseg/parallel.py): no XLA convolution, the same numbers.
+
+
+def _milletari_conv(features, kernel, stride=1, padding=0):
+  from jaxseg.models import vnet_milletari
+
+  return vnet_milletari.Conv3d(features, kernel, stride=stride, padding=padding)
+
+
+@pytest.mark.parametrize(
+  'make,shape',
+  [
+    (lambda: layers.Conv(3, (3, 3, 3), padding=1), (2, 4, 6, 4, 2)),
+    (lambda: layers.Conv(3, (1, 1, 1)), (2, 4, 6, 4, 2)),
+    (lambda: layers.Conv(3, (3, 3), padding=1), (2, 6, 4, 2)),  # 2D
+    (lambda: layers.DownConv2x(3, fast=False), (2, 4, 6, 4, 2)),
+    (lambda: layers.UpConv2x(3, fast=False), (2, 2, 3, 2, 2)),
+    (lambda: _milletari_conv(3, 5, padding=2), (1, 6, 5, 4, 2)),
+    (lambda: _milletari_conv(3, 2, stride=2), (1, 6, 4, 4, 2)),
+    (lambda: _milletari_conv(2, 1), (1, 4, 4, 4, 3)),
+  ],
+)
+def test_spatially_partitioned_lowers_without_xla_convolutions(monkeypatch, make, shape):
+  """Inside `spatially_partitioned` every convolution kind of the networks is a matmul form (even
+  with the lax lowering asked for), with the values and gradients of the lax convolution."""
+  monkeypatch.setattr(layers, 'CONV_LOWERING', 'xla')
+  module, x = make(), jnp.asarray(_rand(30, shape))
+  v = jax.tree.map(lambda a: a + 0.05, module.init(jax.random.key(3), x))
+  w = jnp.asarray(_rand(31, jax.eval_shape(module.apply, v, x).shape))
+
+  def run(p, x):
+    def loss(p, x):
+      return jnp.sum(jnp.sin(module.apply({'params': p}, x)) * w)
+
+    return (module.apply({'params': p}, x), *jax.grad(loss, argnums=(0, 1))(p, x))
+
+  jaxpr = str(jax.make_jaxpr(layers.partitioned_trace(run))(v['params'], x))
+  assert 'conv_general_dilated' not in jaxpr and 'conv_transpose' not in jaxpr
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(run)(v['params'], x))
+  assert not layers._PARTITIONED  # the trace leaves the switch as it found it
+  got = jax.jit(layers.partitioned_trace(run))(v['params'], x)
+  want = jax.jit(run)(v['params'], x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.shape == b.shape
+    scale = float(np.abs(b).max())
+    assert scale > 0
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
+
+
+def test_spatially_partitioned_refuses_a_convolution_it_cannot_lower():
+  x = jnp.zeros((1, 8, 8, 8, 2))
+  strided = layers.Conv(3, (3, 3, 3), padding=1, strides=2)
+  v = strided.init(jax.random.key(0), x)
+  with pytest.raises(ConfigError, match=r'kernel \(3, 3, 3\), strides \(2, 2, 2\).*"space"'):
+    layers.partitioned_trace(strided.apply)(v, x)
+  assert not layers._PARTITIONED

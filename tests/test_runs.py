@@ -122,16 +122,21 @@ def runs_losses(counts: list[int]) -> dict:
 
 
 def test_runs_on_8_devices_equal_one_device():
-  """runs=2 (runs 2 x data 4) and runs=8 (runs 8) on 8 simulated devices give one device's losses
-  (the replicas' steps mapped over "runs" by shard_map, runs.Runs.jit)."""
-  got = run_script(_DEVICES_SCRIPT, "2", "8", n_devices=8, timeout=900)
+  """runs=2 (runs 2 x data 4), runs=8 (runs 8) and runs=3 (3 replicas cannot split 8 devices: data 4
+  x space 2, each patch split over "space") on 8 simulated devices give one device's losses (the
+  replicas' steps mapped over "runs" by shard_map, runs.Runs.jit)."""
+  got = run_script(_DEVICES_SCRIPT, "2", "8", "3", n_devices=8, timeout=900)
   eight = {int(k): v for k, v in got.items()}
-  one = runs_losses([2, 8])
+  one = runs_losses([2, 8, 3])
   assert eight[2]["mesh"] == {"runs": 2, "data": 4, "space": 1}
   assert eight[8]["mesh"] == {"runs": 8, "data": 1, "space": 1}
-  for n in (2, 8):
+  assert eight[3]["mesh"] == {"runs": 1, "data": 4, "space": 2}
+  assert eight[3]["image"] == str(P("runs", "data", "space"))
+  for n in (2, 8, 3):
     assert one[n]["mesh"] == {"runs": 1, "data": 1, "space": 1}
-    assert eight[n]["state"] == str(P("runs")) and eight[n]["image"] == str(P("runs", "data"))
+    if n != 3:
+      assert eight[n]["state"] == str(P("runs"))
+      assert eight[n]["image"] == str(P("runs", "data"))
     # float32 at the project's tolerance: the sharded and the single-device programs reduce in
     # different orders (with the CPU's matmul convolutions, one loss of 16 moved by 3e-5 relative).
     np.testing.assert_allclose(eight[n]["losses"], one[n]["losses"], rtol=1e-4, atol=1e-5)

@@ -17,6 +17,7 @@ Parity notes (PyTorch semantics reproduced here, see docs/parity.md "Layout conv
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -134,20 +135,75 @@ class Conv(nn.Module):
 
 
 def conv(
-  x: Array, kernel: Array, pad: Sequence[int], strides: Sequence[int] | None = None
+  x: Array,
+  kernel: Array,
+  pad: Sequence[int],
+  strides: Sequence[int] | None = None,
+  large_kernel: bool = False,
 ) -> Array:
   """Convolution `[B, *S, I]` x (*k, I, O) with symmetric zero padding `pad` and `strides`
   (default 1) -> `[B, *S', O]`, no bias: `_conv_matmul` where `CONV_LOWERING` picks it for this
-  kernel, else `lax.conv_general_dilated`: the convolution of `Conv` and of DyCON's UNet3D. (The
-  Milletari V-Net's 5^3 kernels stay with lax: as matmuls their output before the slice sum would
-  hold 25 x cout channels at every padded position, gigabytes at its 128x128x64 patch.)"""
+  kernel, else `lax.conv_general_dilated`: the convolution of `Conv`, of DyCON's UNet3D and of the
+  Milletari V-Net. `large_kernel` (the Milletari V-Net's 5^3 kernels) keeps lax outside
+  `spatially_partitioned`: as matmuls their output before the slice sum would hold 25 x cout
+  channels at every padded position, gigabytes at its 128x128x64 patch.
+
+  Inside `spatially_partitioned` no XLA convolution is left: stride-1 kernels are `_conv_matmul`,
+  kernels that tile the input (stride = kernel, no padding) a space-to-depth matmul, 1x1 kernels one
+  matmul.
+  """
   nd = kernel.ndim - 2
-  pad, strides = tuple(pad), tuple(strides or (1,) * nd)
-  if _use_matmul_conv(kernel.shape[:nd], pad, strides):
+  ks, pad, strides = kernel.shape[:nd], tuple(pad), tuple(strides or (1,) * nd)
+  if _PARTITIONED:
+    if all(s == 1 for s in strides) and all(0 <= p < k for p, k in zip(pad, ks)):
+      if math.prod(ks) > 1:
+        return _conv_matmul(x, kernel, pad)
+      return jnp.einsum('...i,io->...o', x, kernel.reshape(kernel.shape[-2:]))
+    if strides == ks and not any(pad) and ks == (2,) * nd:
+      return _space_to_depth_matmul(x, kernel)
+    raise ConfigError(
+      f'a convolution with kernel {ks}, strides {strides} and padding {pad} has no lowering '
+      'for a spatially partitioned step (layers.spatially_partitioned); use mesh.shape without '
+      '"space"'
+    )
+  if not large_kernel and _use_matmul_conv(ks, pad, strides):
     return _conv_matmul(x, kernel, pad)
   return lax.conv_general_dilated(
     x, kernel, strides, [(p, p) for p in pad], dimension_numbers=_dimension_numbers(nd)
   )
+
+
+# Set while a step whose activations are split over the mesh's "space" axis is traced
+# (`spatially_partitioned`): XLA's partitioned convolution then returns wrong weight gradients
+# where the activations are also replicated along another axis (jax 0.10,
+# tests/test_parallel.py::test_xla_depth_sharded_conv_gradient), while the matmuls, pads and slices
+# of the matmul forms partition correctly (tests/test_parallel.py).
+_PARTITIONED = False
+
+
+@contextlib.contextmanager
+def spatially_partitioned():
+  """Within it, `conv`, `DownConv2x` and `UpConv2x` lower without XLA convolutions (`conv`); the
+  same values as outside it. Read at trace time: wrap the traced function, not its call
+  (`partitioned_trace`)."""
+  global _PARTITIONED
+  before, _PARTITIONED = _PARTITIONED, True
+  try:
+    yield
+  finally:
+    _PARTITIONED = before
+
+
+def partitioned_trace(fn: Callable) -> Callable:
+  """`fn` traced inside `spatially_partitioned`, for `jax.jit`: a new function object, so that no
+  trace made outside it is reused."""
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with spatially_partitioned():
+      return fn(*args, **kwargs)
+
+  return traced
 
 
 # How `Conv` lowers stride-1 kernels larger than 1: 'auto' (the default: matmul on CPU, lax
@@ -305,7 +361,7 @@ class DownConv2x(nn.Module):
   def __call__(self, x: Array) -> Array:
     nd = x.ndim - 2
     x, kernel, bias = _k2_params(self, x, torch_fan_in=x.shape[-1] * 2**nd)
-    if self.fast:
+    if self.fast or _PARTITIONED:
       y = _space_to_depth_matmul(x, kernel)
     else:
       y = lax.conv_general_dilated(
@@ -336,7 +392,7 @@ class UpConv2x(nn.Module):
     nd = x.ndim - 2
     # torch computes a ConvTranspose's fan_in from dim 1 (cout) of its (cin, cout, *k) weight.
     x, kernel, bias = _k2_params(self, x, torch_fan_in=self.features * 2**nd)
-    if self.fast:
+    if self.fast or _PARTITIONED:
       y = _matmul_depth_to_space(x, kernel)
     else:
       flipped = kernel[(slice(None, None, -1),) * nd]

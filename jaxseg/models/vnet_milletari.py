@@ -94,13 +94,8 @@ class Conv3d(nn.Module):
     w = self.param('kernel', _kaiming_normal(cin * math.prod(k)), (*k, cin, self.features))
     b = self.param('bias', nn.initializers.zeros, (self.features,))
     x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
-    y = lax.conv_general_dilated(
-      x,
-      w,
-      (self.stride,) * 3,
-      [(self.padding, self.padding)] * 3,
-      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
-    )
+    # large_kernel: lax outside a spatially partitioned step (layers.conv).
+    y = layers.conv(x, w, (self.padding,) * 3, (self.stride,) * 3, large_kernel=True)
     return y + b
 
 
