@@ -89,7 +89,11 @@ _SUITE_BUDGET_S = flags.DEFINE_float(
   "many seconds (0: no limit); the rest are rows marked "
   "skipped.",
 )
-_OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "--suite: where suite.json / suite.md go.")
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir",
+  "runs/bench",
+  "--suite: the folder the suite writes (<out_dir>/suite.json and <out_dir>/suite.md) to.",
+)
 _CONV_LOWERINGS = flags.DEFINE_string(
   "conv_lowerings",
   "",

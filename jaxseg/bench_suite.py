@@ -368,7 +368,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], out_dir: str | os.PathLike, command: str) -> tuple[str, str]:
-  """`suite.json` (the rows and the command) and `suite.md` (the table) in `out_dir`."""
+  """Writes `<out_dir>/suite.json` (the rows and the command) and `<out_dir>/suite.md` (the table)."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   io_utils.write_json(out / "suite.json", {"command": command, "rows": rows})

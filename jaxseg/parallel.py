@@ -185,10 +185,9 @@ def batch_spec(mesh: Mesh, shape, lead: tuple = ("data",)) -> P:
   return P(*lead)
 
 
-def batch_sharding(mesh: Mesh, shape=None) -> NamedSharding:
-  """Samples over "data"; with `shape`, the sharding of an array of that global shape
-  (`batch_spec`)."""
-  return NamedSharding(mesh, P("data") if shape is None else batch_spec(mesh, shape))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Samples over "data": which rows of a batch each device holds (`batch_spec` adds "space")."""
+  return NamedSharding(mesh, P("data"))
 
 
 def for_mesh(fn, mesh: Mesh):

@@ -3,6 +3,7 @@ with an uninterrupted run of the same command: SIGKILL between steps and while a
 being written, a truncated latest checkpoint, SIGTERM, two runs on one workdir, a full disk while
 checkpointing; plus bad data stopping a run before its first step, and bitwise determinism."""
 
+import errno
 import json
 import os
 import pathlib
@@ -208,7 +209,10 @@ def test_full_disk_while_checkpointing_is_a_clear_error(tmp_path):
   (workdir / "checkpoints").symlink_to(mnt)
   result = _run_on_small_tmpfs(workdir, mnt, tmp_path)
   if result is None:
-    pytest.skip("cannot mount a tmpfs to fill: neither root nor unprivileged user namespaces")
+    pytest.skip(
+      "cannot mount a tmpfs to fill: neither root nor unprivileged user namespaces (the handling "
+      "itself is checked without a mount by the test after this one)"
+    )
   full, names, committed = result
   assert full.returncode == 2, full.stderr[-3000:]
   # jaxseg's one line; orbax's background writer may print its own traceback around it.
@@ -221,6 +225,30 @@ def test_full_disk_while_checkpointing_is_a_clear_error(tmp_path):
   ), lines
   assert names == ["2"]  # no partial checkpoint left
   assert committed
+
+
+def test_a_failed_checkpoint_write_is_a_storage_error_and_leaves_no_partial_folder(tmp_path):
+  """The handling the tmpfs test above checks end to end, where no tmpfs can be mounted (no root, no
+  user namespaces): a real ENOSPC OSError, raised bare or wrapped as orbax / tensorstore wrap it,
+  becomes a StorageError naming the folder, and the unfinished temporary checkpoint folder is
+  removed while the finished checkpoint stays; anything else is not a storage failure."""
+  import orbax.checkpoint as ocp
+
+  folder = tmp_path / "checkpoints"
+  manager = ocp.CheckpointManager(folder)
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  wrapped = RuntimeError("Error writing local file")
+  wrapped.__cause__ = full
+  for e in (full, wrapped):
+    (folder / "2").mkdir(parents=True, exist_ok=True)
+    (folder / "3.orbax-checkpoint-tmp-1234").mkdir()
+    got = train._storage_failure(manager, e)
+    assert isinstance(got, errors.StorageError) and got.errno == errno.ENOSPC
+    assert str(folder) in str(got) and "no space left" in str(got)
+    assert "earlier checkpoints are intact" in str(got)
+    assert sorted(p.name for p in folder.iterdir()) == ["2"]
+  assert train._storage_failure(manager, ValueError("a bad shape")) is None
+  manager.close()
 
 
 def _bad_case(path: pathlib.Path, kind: str) -> str:
