@@ -7,6 +7,14 @@ compile time (tests/test_uamt.py + test_mean_teacher.py on a cold cache: 250 s -
 caller's own ``XLA_FLAGS`` replaces it. Subprocesses that need N host devices take
 ``xla_flags(n)``, which keeps it.
 
+The suite also traces convolutions with XLA's own convolution (``JAXSEG_CONV_LOWERING=xla``, what
+GPU and TPU runs use) rather than the CPU default's matmul form (``jaxseg.models.layers.conv``),
+whose larger programs take about a quarter longer to trace and compile (tests/test_uamt.py +
+test_mean_teacher.py on a cold cache: 159 s -> 124 s). The matmul form keeps its own tests: every
+convolution kind against lax in values and gradients (test_layers.py), the V-Net against the
+upstream outputs under both lowerings (test_vnet.py), and every run on a mesh with a "space" axis,
+which always uses it.
+
 Parity fixtures come from ``JAXSEG_PARITY_DIR`` (default ``../shared/parity`` relative to the repo
 root). Where the folder is absent (a user's fresh clone) parity tests skip with a reason that says
 how to get them; with ``JAXSEG_REQUIRE_PARITY=1`` (set by ``.ci/run``) a missing fixture fails.
@@ -25,6 +33,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_REPO / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
+os.environ.setdefault("JAXSEG_CONV_LOWERING", "xla")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -75,6 +75,7 @@ def _free_port() -> int:
 def _env(n_devices: int, writes: pathlib.Path, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(n_devices), JAXSEG_TEST_WRITES=str(writes))
+  env.update(JAXSEG_CONV_LOWERING=os.environ.get("JAXSEG_CONV_LOWERING", "auto"))  # conftest's
   env.update(extra)
   return env
 

@@ -7,11 +7,13 @@ import math
 import flax
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxseg import models
+from jaxseg.models import layers
 from jaxseg.models import torch_import
 from jaxseg.models.vnet import ConvBlock
 from tests.conftest import assert_forward_matches
@@ -41,15 +43,47 @@ def _eval_forward(model, variables, x):
   return model.apply(variables, x, train=False)
 
 
-def test_eval_outputs_match_upstream(parity):
+# XLA's convolution (GPU, TPU and the suite's default) and the CPU default's matmul form.
+LOWERINGS = pytest.mark.parametrize('lowering', ['xla', 'matmul'])
+
+
+def _stride1_convs(jaxpr) -> int:
+  """How many XLA convolutions with a kernel larger than 1 and stride 1 (the ones the CPU's matmul
+  form replaces) `jaxpr` holds, sub-jaxprs included."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      kernel = eqn.invars[1].aval.shape
+      n += math.prod(kernel[:-2]) > 1 and set(eqn.params['window_strides']) == {1}
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      n += _stride1_convs(sub)
+  return n
+
+
+def _lowered(forward, lowering, model, variables, x):
+  """`forward` as a new function (jit caches traces per function, and the lowering is read at
+  trace time), checked to trace its 3^3 convolutions to XLA's convolution or to none."""
+  fresh = lambda *a: forward(*a)  # noqa: E731
+  jaxpr = jax.make_jaxpr(fresh, static_argnums=0)(model, variables, x).jaxpr
+  assert (_stride1_convs(jaxpr) > 0) == (lowering == 'xla')
+  return fresh
+
+
+@LOWERINGS
+def test_eval_outputs_match_upstream(parity, lowering, monkeypatch):
+  monkeypatch.setattr(layers, 'CONV_LOWERING', lowering)
   pf, _, model, variables, x = _load(parity)
-  assert_forward_matches(pf, 'out', model, _eval_forward, variables, x)  # one output: the logits
+  forward = _lowered(_eval_forward, lowering, model, variables, x)
+  assert_forward_matches(pf, 'out', model, forward, variables, x)  # one output: the logits
 
 
-def test_train_outputs_and_bn_stats_match_upstream(parity):
+@LOWERINGS
+def test_train_outputs_and_bn_stats_match_upstream(parity, lowering, monkeypatch):
+  monkeypatch.setattr(layers, 'CONV_LOWERING', lowering)
   pf, kwargs, model, variables, x = _load(parity)
+  forward = _lowered(_train_forward, lowering, model, variables, x)
   assert_train_step_matches(
-    pf, model, torch_import.key_map('vnet', **kwargs), variables, x, _train_forward
+    pf, model, torch_import.key_map('vnet', **kwargs), variables, x, forward
   )
 
 
