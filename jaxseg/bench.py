@@ -92,7 +92,7 @@ _SUITE_BUDGET_S = flags.DEFINE_float(
 _OUT_DIR = flags.DEFINE_string(
   "out_dir",
   "runs/bench",
-  "--suite: the folder the suite writes (<out_dir>/suite.json and <out_dir>/suite.md) to.",
+  "--suite: the folder the suite writes its JSON rows and its Markdown table to.",
 )
 _CONV_LOWERINGS = flags.DEFINE_string(
   "conv_lowerings",

@@ -368,15 +368,18 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], out_dir: str | os.PathLike, command: str) -> tuple[str, str]:
-  """Writes `<out_dir>/suite.json` (the rows and the command) and `<out_dir>/suite.md` (the table)."""
+  """Writes, atomically, into `out_dir`: the rows and the command as JSON, and the table as Markdown,
+  both named `suite`; returns their paths (json, markdown)."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  io_utils.write_json(out / "suite.json", {"command": command, "rows": rows})
+  stem = out / "suite"
+  json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+  io_utils.write_json(json_path, {"command": command, "rows": rows})
   load_note = ""
   if hasattr(os, "getloadavg"):
     load_note = f" (1-min load average at the end: {os.getloadavg()[0]:.1f})"
-  (out / "suite.md").write_text(f"`{command}`{load_note}\n\n" + markdown(rows))
-  return str(out / "suite.json"), str(out / "suite.md")
+  io_utils.write_text(md_path, f"`{command}`{load_note}\n\n" + markdown(rows))
+  return str(json_path), str(md_path)
 
 
 def _worker(argv: list[str]) -> None:

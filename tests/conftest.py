@@ -221,6 +221,16 @@ REFERENCE_NOISE_RATIO = 8.0
 FLOOR_TOL = dict(rtol=1e-4, atol=1e-5)
 
 
+def all_eqns(jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in its equations (scan, cond, pjit, ...)."""
+  import jax.extend
+
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from all_eqns(sub)
+
+
 def as_tuple(out) -> tuple:
   """A forward's return value as a tuple (a single array becomes a 1-tuple)."""
   return tuple(out) if isinstance(out, (tuple, list)) else (out,)

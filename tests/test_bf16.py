@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend import core as jex_core
 
 from jaxseg import methods
 from jaxseg import models
 from jaxseg.methods import base
+from tests.conftest import all_eqns
 from tests.conftest import random_batch
 from tests.conftest import tiny_config
 from tests.test_methods import smoke_config
@@ -36,17 +36,9 @@ def test_every_network_is_covered():
 
 def _operand_dtypes(jaxpr, primitives) -> list[str]:
   """Input dtypes of every `primitives` equation in `jaxpr` and the jaxprs nested in it."""
-  out = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in primitives:
-      out += [str(v.aval.dtype) for v in eqn.invars]
-    for value in eqn.params.values():
-      for v in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(v, jex_core.ClosedJaxpr):
-          out += _operand_dtypes(v.jaxpr, primitives)
-        elif isinstance(v, jex_core.Jaxpr):
-          out += _operand_dtypes(v, primitives)
-  return out
+  return [
+    str(v.aval.dtype) for e in all_eqns(jaxpr) if e.primitive.name in primitives for v in e.invars
+  ]
 
 
 @pytest.mark.parametrize('name', sorted(_NETWORKS))

@@ -32,9 +32,10 @@ OVERRIDES = (
   "--config.eval.max_cases=1",
 )
 TIMEOUT_S = 600
-# Start-up variables of a caller's own environment that must not reach the runs.
+# Start-up variables of a caller's own environment that must not reach the runs (the suite's
+# convolution lowering, set by conftest, does).
 _CLEARED = (
-  *(k for k in os.environ if k.startswith("JAXSEG_")),
+  *(k for k in os.environ if k.startswith("JAXSEG_") and k != "JAXSEG_CONV_LOWERING"),
   "JAX_COORDINATOR_ADDRESS",
 )
 
@@ -75,7 +76,6 @@ def _free_port() -> int:
 def _env(n_devices: int, writes: pathlib.Path, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(n_devices), JAXSEG_TEST_WRITES=str(writes))
-  env.update(JAXSEG_CONV_LOWERING=os.environ.get("JAXSEG_CONV_LOWERING", "auto"))  # conftest's
   env.update(extra)
   return env
 

@@ -7,7 +7,6 @@ import math
 import flax
 import flax.linen as nn
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from jaxseg import models
 from jaxseg.models import layers
 from jaxseg.models import torch_import
 from jaxseg.models.vnet import ConvBlock
+from tests.conftest import all_eqns
 from tests.conftest import assert_forward_matches
 from tests.conftest import assert_grads64_match
 from tests.conftest import assert_train_step_matches
@@ -50,14 +50,11 @@ LOWERINGS = pytest.mark.parametrize('lowering', ['xla', 'matmul'])
 def _stride1_convs(jaxpr) -> int:
   """How many XLA convolutions with a kernel larger than 1 and stride 1 (the ones the CPU's matmul
   form replaces) `jaxpr` holds, sub-jaxprs included."""
-  n = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'conv_general_dilated':
-      kernel = eqn.invars[1].aval.shape
-      n += math.prod(kernel[:-2]) > 1 and set(eqn.params['window_strides']) == {1}
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      n += _stride1_convs(sub)
-  return n
+  return sum(
+    math.prod(e.invars[1].aval.shape[:-2]) > 1 and set(e.params['window_strides']) == {1}
+    for e in all_eqns(jaxpr)
+    if e.primitive.name == 'conv_general_dilated'
+  )
 
 
 def _lowered(forward, lowering, model, variables, x):
